@@ -1,0 +1,57 @@
+"""Suite metrics over a complete set of case results, and the suite's gates judged on them."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from harness.gates import judge, parse_gate
+from harness.results import CaseResult, SuiteResult
+from harness.scoring.metrics import percentile
+from harness.scoring.scorers import Scorer, get_scorer
+from harness.suite import Suite
+
+
+def _scorer(suite: Suite) -> Scorer | None:
+    try:
+        return get_scorer(suite.scorer, suite.scorer_options)
+    except ValueError:
+        # a custom scorer registered only in a sub-folder conftest the xdist controller never loads
+        return None
+
+
+def suite_metrics(suite: Suite, results: Sequence[CaseResult]) -> tuple[str, dict[str, float | None]]:
+    """The main metric's name and every metric of one suite on one model."""
+    n = len(results)
+    errors = sum(r.error is not None for r in results)
+    latencies = [r.latency_ms for r in results if r.error is None and r.latency_ms is not None]
+    tokens = [r.output_tokens for r in results if r.output_tokens is not None]
+    metrics: dict[str, float | None] = {
+        "cases": float(n),
+        "errors": float(errors),
+        "error_rate": errors / n if n else None,
+        "score": sum(r.score or 0.0 for r in results) / n if n else None,
+        "latency_p50_ms": percentile(latencies, 50),
+        "latency_p90_ms": percentile(latencies, 90),
+        "latency_p99_ms": percentile(latencies, 99),
+        "output_tokens_mean": sum(tokens) / len(tokens) if tokens else None,
+    }
+    if suite.pass_rule is not None:
+        metrics["pass_rate"] = sum(r.passed is True for r in results) / n if n else None
+    scorer = _scorer(suite)
+    if scorer is None:
+        main = suite.scorer
+        metrics[main] = metrics["score"]
+    else:
+        main = scorer.main_metric
+        metrics.update(scorer.aggregate(results))
+    return main, metrics
+
+
+def judge_suite(suite: Suite, model: str, results: Sequence[CaseResult], total_cases: int) -> SuiteResult:
+    """Metrics and gates of one suite on one model; a partial run skips gates with the reason."""
+    main, metrics = suite_metrics(suite, results)
+    subset = len(results) < total_cases
+    reason = (f"judged {len(results)} of {total_cases} cases: -k/-m/--lf ran a subset; "
+              f"gates judge the whole suite") if subset else None
+    gates = [judge(parse_gate(expr), metrics, reason) for expr in suite.gates]
+    return SuiteResult(suite.name, model, main, metrics, gates, len(results), total_cases, subset)

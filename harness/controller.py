@@ -1,0 +1,174 @@
+"""The controller's side of a run: plan and run generation, gather case results, judge gates.
+
+Runs in the only process without xdist, and in the xdist controller with it, so metrics and
+gates are computed once, on the complete set of results, whichever worker ran which case.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import pytest
+from _pytest.reports import TestReport
+
+from harness.aggregate import judge_suite
+from harness.collect import CaseItem, item_name, suite_cases
+from harness.generation import Generation, Task
+from harness.progress import ProgressLine
+from harness.results import CaseResult, GateResult, SuiteResult
+from harness.run import RunState
+from harness.suite import Suite, SuiteError, suite_for_dataset
+
+
+class Controller:
+    def __init__(self, config: pytest.Config, state: RunState) -> None:
+        self.config = config
+        self.state = state
+        self.root = config.rootpath
+        self.started_at = datetime.now(timezone.utc)
+        self.results: list[CaseResult] = []
+        self.suite_results: list[SuiteResult] = []
+        self.suites: dict[str, Suite] = {}  # by suite name
+        self.generation: dict[str, Any] = {}
+        self.planned = False
+        self.report_path: Path | None = None
+
+    # -- generation -------------------------------------------------------------------------
+    def plan_from_items(self, items: Iterable[pytest.Item]) -> list[Task]:
+        return [Task(i.nodeid, i.suite, i.case, i.model) for i in items if isinstance(i, CaseItem)]
+
+    def plan_from_ids(self, ids: Iterable[str]) -> list[Task]:
+        """Rebuild the tasks of the items an xdist worker collected, from their node ids."""
+        wanted = [nodeid for nodeid in ids if ".jsonl::" in nodeid]
+        by_file: dict[str, None] = dict.fromkeys(n.split("::", 1)[0] for n in wanted)
+        multi = len(self.state.models) > 1
+        known: dict[str, Task] = {}
+        for relpath in by_file:
+            path = self.root / relpath
+            try:
+                suite = suite_for_dataset(path)
+            except SuiteError:
+                continue  # the worker reported this as a collection error already
+            if suite is None:
+                continue
+            from harness.suite import load_cases
+
+            for case in load_cases(suite, path.resolve()):
+                for model in self.state.model_names:
+                    nodeid = f"{relpath}::{item_name(case.id, model, multi)}"
+                    known[nodeid] = Task(nodeid, suite, case, model)
+        return [known[n] for n in wanted if n in known]
+
+    def generate(self, tasks: list[Task], writer: Any) -> None:
+        """Start the engines, send every request, fill the result board; blocks until done."""
+        if self.planned or not tasks:
+            return
+        self.planned = True
+        store = self.state.store()
+        store.plan(t.nodeid for t in tasks)
+        models = list(dict.fromkeys(t.model for t in tasks))
+        clients = {}
+        for model in models:
+            spec = self.state.spec(model)
+            if spec.managed and writer is not None:
+                writer.line(f"llm-harness: starting the bundled engine for {model} (first run converts the model)")
+            started = time.monotonic()
+            clients[model] = self.state.client(model)
+            if spec.managed and writer is not None:
+                record = self.state.engine(model)
+                writer.line(f"llm-harness: {model} ready at {record['base_url']} in {time.monotonic() - started:.1f} s")
+        generation = Generation(tasks, clients, self.state.settings.concurrency)
+        progress = ProgressLine(writer, generation.total,
+                                f"llm-harness: generating ({len(models)} model(s), {self.state.settings.concurrency} in flight)")
+        started = time.time()
+        generation.start()
+        try:
+            while not generation.finished():
+                time.sleep(0.1)
+                store.put_many(generation.drain())
+                progress.update(generation.done, generation.errors)
+            store.put_many(generation.drain())
+            generation.result()
+        except BaseException:
+            generation.cancel()
+            raise
+        finished = time.time()
+        progress.close(generation.done, generation.errors)
+        self.generation = {"requests": generation.total, "errors": generation.errors,
+                           "wall_s": round(finished - started, 3),
+                           "requests_per_s": round(generation.total / max(finished - started, 1e-9), 3)}
+
+    # -- results ----------------------------------------------------------------------------
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        raw = getattr(report, "llm_case", None)
+        if raw is not None and report.when == "call":
+            self.results.append(CaseResult.from_dict(raw))
+
+    def _suite_of(self, result: CaseResult) -> Suite | None:
+        if result.suite not in self.suites:
+            suite = suite_for_dataset(self.root / result.dataset)
+            if suite is None:
+                return None
+            self.suites[result.suite] = suite
+        return self.suites[result.suite]
+
+    def judge(self) -> list[SuiteResult]:
+        """Suite metrics and gates for every suite and model that has results."""
+        groups: dict[tuple[str, str], list[CaseResult]] = defaultdict(list)
+        for result in self.results:
+            groups[(result.suite, result.model)].append(result)
+        totals: dict[str, int] = {}
+        self.suite_results = []
+        for (name, model), results in groups.items():
+            suite = self._suite_of(results[0])
+            if suite is None:
+                continue
+            if name not in totals:
+                totals[name] = len(suite_cases(suite))
+            results.sort(key=lambda r: (r.dataset, r.line))
+            self.suite_results.append(judge_suite(suite, model, results, totals[name]))
+        return self.suite_results
+
+    def suite_relpath(self, suite: Suite) -> str:
+        return suite.path.relative_to(self.root).as_posix() if suite.path.is_relative_to(self.root) \
+            else str(suite.path)
+
+    def gate_nodeid(self, suite: Suite, gate: GateResult, model: str) -> str:
+        tail = f"[{model}]" if len(self.state.models) > 1 else ""
+        return f"{self.suite_relpath(suite)}::gate[{gate.expr}]{tail}"
+
+    def emit_gates(self) -> None:
+        """Each gate becomes a test outcome: terminal, JUnit XML and exit code see it."""
+        for suite_result in self.suite_results:
+            suite = self.suites[suite_result.name]
+            for gate in suite_result.gates:
+                nodeid = self.gate_nodeid(suite, gate, suite_result.model)
+                emit_report(self.config, nodeid, self.suite_relpath(suite), gate, suite_result)
+
+
+def emit_report(config: pytest.Config, nodeid: str, path: str, gate: GateResult, suite: SuiteResult) -> None:
+    location = (path, None, nodeid.split("::", 1)[1])
+    hook = config.hook
+    hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
+    properties = [("metric", gate.metric), ("value", gate.value), ("threshold", gate.threshold),
+                  ("op", gate.op), ("cases", suite.cases), ("total_cases", suite.total_cases)]
+    message = (f"gate {gate.expr} on suite {suite.name} ({suite.model}): {gate.status}: {gate.reason}; "
+               f"judged {suite.cases} of {suite.total_cases} cases")
+    phases: list[tuple[str, str, Any]]
+    if gate.status == "skipped":
+        phases = [("setup", "skipped", (path, 0, f"Skipped: {gate.reason}")), ("teardown", "passed", None)]
+    else:
+        phases = [("setup", "passed", None), ("call", gate.status, message if gate.status == "failed" else None),
+                  ("teardown", "passed", None)]
+    now = time.time()
+    for when, outcome, longrepr in phases:
+        report = TestReport(nodeid, location, {"llm_gate": 1}, outcome, longrepr, when,  # type: ignore[arg-type]
+                            sections=[("llm gate", message)] if when == "call" else [], duration=0.0,
+                            start=now, stop=now, user_properties=properties)
+        report.llm_gate = gate.to_dict()  # type: ignore[attr-defined]
+        hook.pytest_runtest_logreport(report=report)
+    hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)

@@ -1,0 +1,84 @@
+"""One engine per model per run, whichever process asks first.
+
+The first process that needs a managed engine (the controller, or an xdist worker whose
+hand-written test uses ``llm_client``) starts it under a file lock and records it in the run's
+runtime folder; every other process reads that record. The controller stops them all at the end.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.engines.managed import free_port, pid_alive, start_server, stop_pid, wait_ready
+from harness.models import ModelSpec
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def engine_record_path(runtime_dir: Path, model: str) -> Path:
+    return runtime_dir / f"engine-{_slug(model)}.json"
+
+
+def ensure_engine(spec: ModelSpec, runtime_dir: Path, owner_pid: int, ready_timeout_s: float,
+                  max_batch: int = 16) -> dict[str, Any]:
+    """The engine record for a model: its base URL, and for a managed engine its pid, launch and log."""
+    if not spec.managed:
+        return {"model": spec.name, "kind": "openai-compatible", "base_url": spec.base_url, "launch": None}
+    runtime_dir.mkdir(parents=True, exist_ok=True)
+    record_path = engine_record_path(runtime_dir, spec.name)
+    with open(runtime_dir / f"engine-{_slug(spec.name)}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if record_path.exists():
+            record = json.loads(record_path.read_text())
+            if record.get("failed"):
+                raise RuntimeError(record["failed"])
+            if pid_alive(record["pid"]):
+                return record
+        port = free_port()
+        log_path = runtime_dir / f"engine-{_slug(spec.name)}.log"
+        argv = [sys.executable, "-m", "harness.engines.cpu_server", "--model", "bundled",
+                "--served-model-name", spec.name, "--host", "127.0.0.1", "--port", str(port),
+                "--max-batch", str(max_batch), "--parent-pid", str(owner_pid)]
+        started = time.monotonic()
+        proc = start_server(argv, log_path)
+        record = {"model": spec.name, "kind": "bundled-cpu", "base_url": f"http://127.0.0.1:{port}/v1",
+                  "pid": proc.pid, "launch": {"argv": argv, "max_batch": max_batch}, "log": str(log_path)}
+        # written before the wait so the controller can stop it even if we are interrupted
+        record_path.write_text(json.dumps(record))
+        try:
+            wait_ready(record["base_url"], spec.name, ready_timeout_s, proc, log_path)
+        except BaseException as exc:
+            stop_pid(proc.pid)
+            record["failed"] = str(exc)
+            record_path.write_text(json.dumps(record))
+            raise
+        record["ready_s"] = round(time.monotonic() - started, 2)
+        record_path.write_text(json.dumps(record))
+        return record
+
+
+def stop_engines(runtime_dir: Path) -> list[dict[str, Any]]:
+    """Stop every managed engine recorded in the runtime folder; returns their records."""
+    records = []
+    for path in sorted(runtime_dir.glob("engine-*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("pid") and pid_alive(record["pid"]):
+            stop_pid(record["pid"])
+        records.append(record)
+    return records
+
+
+def api_key(spec: ModelSpec) -> str | None:
+    return os.environ.get(spec.api_key_env)

@@ -1,0 +1,72 @@
+"""The versioned report envelope (what report.json holds), built from a finished run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from harness.controller import Controller
+from harness.metadata import dataset_metadata, environment, git_state, model_metadata
+from harness.results import REPORT_SCHEMA, SCHEMA_VERSION
+
+
+def build_envelope(controller: Controller, args: list[str], workers: int) -> dict[str, Any]:
+    state = controller.state
+    finished = datetime.now(timezone.utc)
+    commit, dirty = git_state(controller.root)
+    suites = list(controller.suites.values())
+    engines = {m: state._engines.get(m) for m in state.model_names}
+    used_models = {r.model for r in controller.results}
+    run: dict[str, Any] = {
+        "id": state.run_id,
+        "started_at": controller.started_at.isoformat(timespec="seconds"),
+        "finished_at": finished.isoformat(timespec="seconds"),
+        "duration_s": round((finished - controller.started_at).total_seconds(), 3),
+        **environment(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "rootdir": str(controller.root),
+        "pytest_args": args,
+        "xdist_workers": workers,
+        "models": [model_metadata(spec, engines.get(spec.name)) for spec in state.models
+                   if spec.name in used_models],
+        "generation": {"concurrency": state.settings.concurrency, "timeout_s": state.settings.timeout_s,
+                       "retries": state.settings.retries, **controller.generation},
+        "datasets": dataset_metadata(suites, controller.root),
+        "suites_config": [s.config_dict() for s in suites],
+    }
+    return {
+        "schema": REPORT_SCHEMA,
+        "version": SCHEMA_VERSION,
+        "run": run,
+        "suites": [s.to_dict() for s in controller.suite_results],
+        "cases": [r.to_dict() for r in controller.results],
+    }
+
+
+def report_dir(root: Path, option: str | None, ini: str, run_id: str) -> tuple[Path, bool]:
+    """Where this run writes: `--llm-report-dir` as given, else `<ini dir>/<run id>` (then `latest` too)."""
+    if option:
+        path = Path(option)
+        return (path if path.is_absolute() else root / path), False
+    base = Path(ini or "reports")
+    base = base if base.is_absolute() else root / base
+    return base / run_id, True
+
+
+def point_latest(run_dir: Path) -> None:
+    """`reports/latest` -> the newest run, replaced atomically."""
+    link = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest-{os.getpid()}"
+    try:
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:
+        # no symlinks on this filesystem: a copy still lets users open reports/latest
+        shutil.rmtree(link, ignore_errors=True)
+        shutil.copytree(run_dir, link)

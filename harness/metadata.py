@@ -1,0 +1,62 @@
+"""Run metadata for reproducibility: code, environment, models, data."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from harness.suite import Suite, file_digest
+
+
+def harness_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pytest-llm-harness")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def git_state(root: Path) -> tuple[str | None, bool | None]:
+    try:
+        done = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10)
+        commit = done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return commit, dirty if commit else None
+
+
+def model_metadata(spec: Any, engine: dict[str, Any] | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": spec.name, "source": spec.base_url, "weights_sha256": None,
+                             "engine": None}
+    if spec.managed:
+        from harness.engines.bundled import bundled_sha256, bundled_source
+
+        entry["source"] = bundled_source()
+        entry["weights_sha256"] = bundled_sha256()
+    if engine is not None:
+        entry["engine"] = {k: engine.get(k) for k in ("kind", "base_url", "launch", "ready_s")}
+        if engine.get("log"):
+            entry["engine"]["log"] = Path(engine["log"]).name
+    return entry
+
+
+def dataset_metadata(suites: list[Suite], root: Path) -> list[dict[str, Any]]:
+    rows = []
+    for suite in suites:
+        for dataset in suite.datasets:
+            md5, count = file_digest(dataset)
+            path = dataset.relative_to(root).as_posix() if dataset.is_relative_to(root) else str(dataset)
+            rows.append({"suite": suite.name, "path": path, "md5": md5, "rows": count})
+    return rows
+
+
+def environment() -> dict[str, Any]:
+    return {"harness_version": harness_version(), "python": platform.python_version(),
+            "platform": platform.platform(), "executable": sys.executable}

@@ -1,0 +1,250 @@
+"""The pytest plugin: options, hooks and fixtures. Thin: the work lives in the modules it calls.
+
+Loaded through the `pytest11` entry point wherever the package is installed, so importing it
+must stay cheap: no torch, transformers or openpyxl here.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Generator
+
+import pytest
+
+from harness.collect import JsonlFile, is_suite_dataset
+from harness.run import STATE_KEY, WORKERINPUT_KEY, RunState, Settings, run_state
+
+CONTROLLER_KEY = pytest.StashKey["Any"]()
+ENGINES_KEY = pytest.StashKey["list[dict[str, Any]]"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llm", "LLM evaluation (pytest-llm-harness)")
+
+    def option(name: str, help: str, default: Any = None, type: str = "string", **kwargs: Any) -> None:
+        ini = "llm_" + name.replace("-", "_")
+        group.addoption(f"--llm-{name}", dest=ini, default=None, help=f"{help} (ini: {ini})", **kwargs)
+        parser.addini(ini, help=help, type=type, default=default)
+
+    option("model", "model to evaluate; repeat for a side-by-side comparison (default: the bundled "
+           "gemma-3-270m)", action="append", default=[], type="args")
+    option("models-file", "YAML list of models: name, base_url, api_key_env")
+    option("base-url", "OpenAI-compatible server for the --llm-model models, e.g. http://127.0.0.1:8000/v1")
+    option("api-key-env", "environment variable holding the API key", default="OPENAI_API_KEY")
+    option("concurrency", "requests in flight for the whole run", default="16")
+    option("timeout", "seconds per request attempt", default="300")
+    option("retries", "retries of a request after a timeout, 429, 5xx or connection error", default="2")
+    option("engine-timeout", "seconds to wait for a managed engine to list its model", default="900")
+    option("max-batch", "batch size of the bundled CPU engine", default="16")
+    option("report-dir", "write reports to this folder (default: reports/<run id>, with reports/latest)")
+    parser.addini("llm_reports", "base folder of run reports", default="reports")
+
+
+def _value(config: pytest.Config, name: str) -> Any:
+    cli = config.getoption(name)
+    return cli if cli not in (None, []) else config.getini(name)
+
+
+def _settings(config: pytest.Config) -> Settings:
+    try:
+        return Settings(
+            concurrency=int(_value(config, "llm_concurrency")),
+            timeout_s=float(_value(config, "llm_timeout")),
+            retries=int(_value(config, "llm_retries")),
+            engine_timeout_s=float(_value(config, "llm_engine_timeout")),
+            max_batch=int(_value(config, "llm_max_batch")),
+        )
+    except ValueError as exc:
+        raise pytest.UsageError(f"llm-harness: bad numeric option: {exc}") from exc
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    return config.pluginmanager.hasplugin("dsession")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "llm_eval: an eval case collected from a JSONL suite")
+    config.addinivalue_line("markers", "llm_gate: a quality gate judged on a whole suite")
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and WORKERINPUT_KEY in workerinput:
+        config.stash[STATE_KEY] = RunState.from_workerinput(workerinput[WORKERINPUT_KEY])
+        return
+    from harness.models import ModelConfigError, resolve_models
+
+    try:
+        models = resolve_models(list(_value(config, "llm_model") or []), _value(config, "llm_base_url"),
+                                _value(config, "llm_api_key_env"), _value(config, "llm_models_file"),
+                                config.rootpath)
+    except ModelConfigError as exc:
+        raise pytest.UsageError(f"llm-harness: {exc}") from exc
+    state = RunState.new(models, _settings(config))
+    config.stash[STATE_KEY] = state
+    from harness.controller import Controller
+
+    controller = Controller(config, state)
+    config.stash[CONTROLLER_KEY] = controller
+    # registered as a plugin so it receives every report, from this process or any worker
+    config.pluginmanager.register(controller, "llm-harness-controller")
+
+
+def _controller(config: pytest.Config) -> Any:
+    return config.stash.get(CONTROLLER_KEY, None)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    node.workerinput[WORKERINPUT_KEY] = run_state(node.config).to_workerinput()
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if is_suite_dataset(file_path):
+        return JsonlFile.from_parent(parent, path=file_path)
+    return None
+
+
+def _terminal_writer(config: pytest.Config) -> Any:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or config.getoption("quiet", 0) > 1:
+        return None
+    tw = reporter._tw
+
+    class Writer:
+        isatty = tw.hasmarkup and reporter.isatty()
+
+        def write(self, text: str) -> None:
+            tw.write(text)
+
+        def flush(self) -> None:
+            tw.flush()
+
+        def line(self, text: str) -> None:
+            reporter.ensure_newline()
+            tw.line(text)
+
+    return Writer()
+
+
+def _generate(config: pytest.Config, tasks: list[Any]) -> None:
+    from harness.engines.managed import EngineStartError
+
+    try:
+        _controller(config).generate(tasks, _terminal_writer(config))
+    except EngineStartError as exc:
+        pytest.exit(f"llm-harness: {exc}", returncode=pytest.ExitCode.INTERNAL_ERROR)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    controller = _controller(node.config)
+    if controller is not None and not controller.planned and not node.config.option.collectonly:
+        _generate(node.config, controller.plan_from_ids(ids))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session: pytest.Session) -> Generator[None, Any, Any]:
+    controller = _controller(session.config)
+    collection_failed = session.testsfailed and not session.config.option.continue_on_collection_errors
+    if (controller is not None and not _is_xdist_controller(session.config)
+            and not session.config.option.collectonly and not collection_failed):
+        _generate(session.config, controller.plan_from_items(session.items))
+    try:
+        return (yield)
+    finally:
+        if controller is not None and controller.results:
+            controller.judge()
+            gates = sum(len(s.gates) for s in controller.suite_results)
+            session.testscollected += gates
+            controller.emit_gates()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    report = yield
+    result = getattr(item, "case_result", None)
+    if call.when == "call" and result is not None:
+        report.llm_case = result.to_dict()
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    state = run_state(config)
+    controller = _controller(config)
+    if controller is None:
+        state.close()
+        return
+    from harness.engines.lease import stop_engines
+
+    engines = stop_engines(state.runtime_dir)
+    config.stash[ENGINES_KEY] = engines
+    for record in engines:
+        state._engines.setdefault(record["model"], record)
+    if not controller.results:
+        return
+    from harness.envelope import build_envelope, point_latest, report_dir
+    from harness.report import write_reports
+
+    out, is_run_dir = report_dir(config.rootpath, config.getoption("llm_report_dir"), config.getini("llm_reports"),
+                                 state.run_id)
+    workers = int(getattr(config.option, "numprocesses", 0) or 0) if _is_xdist_controller(config) else 0
+    envelope = build_envelope(controller, list(config.invocation_params.args), workers)
+    write_reports(envelope, out)
+    for record in engines:
+        if record.get("log") and Path(record["log"]).exists():
+            shutil.copy(record["log"], out / Path(record["log"]).name)
+    if is_run_dir:
+        point_latest(out)
+    controller.report_path = out
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    controller = _controller(terminalreporter.config)
+    if controller is None or not controller.suite_results:
+        return
+    from harness.summary import render_table, summary_rows
+
+    terminalreporter.section("llm-harness summary")
+    for line in render_table(summary_rows(controller.suite_results)):
+        terminalreporter.write_line(line)
+    path = getattr(controller, "report_path", None)
+    if path is not None:
+        terminalreporter.write_line(f"reports: {path}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(STATE_KEY, None)
+    if state is None:
+        return
+    state.close()
+    if state.is_controller:
+        from harness.engines.lease import stop_engines
+
+        stop_engines(state.runtime_dir)
+        shutil.rmtree(state.runtime_dir, ignore_errors=True)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    names = run_state(metafunc.config).model_names
+    if "llm_model" in metafunc.fixturenames and len(names) > 1:
+        metafunc.parametrize("llm_model", names, ids=names, scope="session")
+
+
+@pytest.fixture(scope="session")
+def llm_model(request: pytest.FixtureRequest) -> str:
+    """The name of the model under test (parametrized over every model in a comparison run)."""
+    return run_state(request.config).model_names[0]
+
+
+@pytest.fixture(scope="session")
+def llm_client(request: pytest.FixtureRequest, llm_model: str) -> Any:
+    """The run's engine for `llm_model`, shared with the eval suites: `.chat()`, `.complete()`, async twins."""
+    from harness.llm_client import LLMClient
+
+    return LLMClient(run_state(request.config), llm_model)
+
+
+@pytest.fixture(scope="session")
+def llm_settings(request: pytest.FixtureRequest) -> Settings:
+    """The run's request and engine settings."""
+    return run_state(request.config).settings

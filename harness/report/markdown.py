@@ -1,0 +1,300 @@
+"""report.md: a human summary of one run, readable in a PR comment or CI log."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+FILENAME = "report.md"
+WORST_CASES = 10
+SNIPPET = 160
+
+
+def write_markdown(report: dict[str, Any], out_dir: Path) -> Path:
+    """Render the envelope as Markdown and write it; return the path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / FILENAME
+    path.write_text(render_markdown(report), encoding="utf-8", newline="\n")
+    return path
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The whole report as one Markdown string."""
+    run = report.get("run") or {}
+    suites: list[dict[str, Any]] = report.get("suites") or []
+    cases: list[dict[str, Any]] = report.get("cases") or []
+    parts = [
+        f"# LLM eval report — run {_text(run.get('id'))}\n",
+        _overview(run, suites),
+        _summary(suites),
+        _gates(suites),
+        _worst(suites, cases),
+        _repro(run),
+    ]
+    return "\n".join(p for p in parts if p)
+
+
+# -- sections ---------------------------------------------------------------
+
+
+def _overview(run: dict[str, Any], suites: list[dict[str, Any]]) -> str:
+    counts = {"passed": 0, "failed": 0, "skipped": 0}
+    for suite in suites:
+        for gate in suite.get("gates") or []:
+            status = gate.get("status")
+            counts[status] = counts.get(status, 0) + 1
+    verdict = "FAILED" if counts["failed"] else "PASSED"
+    return (
+        f"**Gates {verdict}**: {counts['passed']} passed, {counts['failed']} failed, "
+        f"{counts['skipped']} skipped · started {_text(run.get('started_at'))} · "
+        f"duration {_num(run.get('duration_s'))} s\n"
+    )
+
+
+def _summary(suites: list[dict[str, Any]]) -> str:
+    rows = []
+    for s in suites:
+        metrics = s.get("metrics") or {}
+        cases = f"{_num(s.get('cases'))}/{_num(s.get('total_cases'))}"
+        if s.get("subset"):
+            cases += " (subset)"
+        main = s.get("main_metric")
+        gates = s.get("gates") or []
+        passed = sum(1 for g in gates if g.get("status") == "passed")
+        skipped = sum(1 for g in gates if g.get("status") == "skipped")
+        gate_cell = f"{passed}/{len(gates)}" + (f" ({skipped} skipped)" if skipped else "")
+        p99 = metrics.get("latency_p99_ms")
+        rows.append(
+            [
+                s.get("name"),
+                s.get("model"),
+                cases,
+                f"{main}={_num(metrics.get(main))}" if main else "—",
+                _pct(metrics.get("error_rate")),
+                "—" if p99 is None else f"{_num(p99)} ms",
+                gate_cell,
+            ]
+        )
+    headers = ["Suite", "Model", "Cases", "Main metric", "Error rate", "p99 latency", "Gates"]
+    return "## Summary\n\n" + _table(headers, rows)
+
+
+def _gates(suites: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            s.get("name"),
+            s.get("model"),
+            _code(str(g.get("expr", ""))),
+            _num(g.get("value")),
+            _num(g.get("threshold")),
+            _status(g.get("status")),
+            g.get("reason") or "",
+        ]
+        for s in suites
+        for g in s.get("gates") or []
+    ]
+    if not rows:
+        return "## Gates\n\n_No gates configured._\n"
+    headers = ["Suite", "Model", "Gate", "Value", "Threshold", "Status", "Reason"]
+    return "## Gates\n\n" + _table(headers, rows)
+
+
+def _worst(suites: list[dict[str, Any]], cases: list[dict[str, Any]]) -> str:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for s in suites:
+        groups.setdefault((str(s.get("name")), str(s.get("model"))), [])
+    for c in cases:
+        groups.setdefault((str(c.get("suite")), str(c.get("model"))), []).append(c)
+
+    out = ["## Worst cases\n"]
+    headers = ["ID", "Prompt (tail)", "Output", "Extracted", "Target", "Score", "Reason / error"]
+    for (suite, model), group in groups.items():
+        bad = [c for c in group if is_bad(c)]
+        out.append(f"### {_text(suite)} · {_text(model)}\n")
+        if not bad:
+            out.append(f"_No failing cases among {len(group)}._\n")
+            continue
+        # errors first (the model never answered), then the lowest scores
+        bad.sort(key=lambda c: (c.get("error") is None, _score_key(c.get("score"))))
+        shown = bad[:WORST_CASES]
+        out.append(f"{len(shown)} of {len(bad)} failing (of {len(group)} cases):\n")
+        rows = [
+            [
+                _code(str(c.get("id"))),
+                _tail(_prompt_text(c.get("prompt")), SNIPPET),
+                _head(_as_text(c.get("output")), SNIPPET),
+                _head(_as_text(c.get("extracted")), SNIPPET),
+                _head(_as_text(c.get("target")), SNIPPET),
+                _num(c.get("score")),
+                _head(_as_text(c.get("error") or c.get("reason")), SNIPPET),
+            ]
+            for c in shown
+        ]
+        out.append(_table(headers, rows))
+    return "\n".join(out)
+
+
+def _repro(run: dict[str, Any]) -> str:
+    commit = _code(str(run.get("git_commit"))) if run.get("git_commit") else "—"
+    if run.get("git_dirty"):
+        commit += " (dirty working tree)"
+    args = run.get("pytest_args") or []
+    lines = [
+        "## Reproducibility\n",
+        f"- Harness version: {_code(str(run.get('harness_version')))}",
+        f"- Git commit: {commit}",
+        f"- Python: {_text(run.get('python'))}",
+        f"- Platform: {_text(run.get('platform'))}",
+        f"- pytest args: {_code(shlex.join(str(a) for a in args)) if args else '—'}",
+        f"- xdist workers: {_num(run.get('xdist_workers'))}",
+        f"- Started / finished: {_text(run.get('started_at'))} / {_text(run.get('finished_at'))}",
+        "",
+        "### Models\n",
+    ]
+    for m in run.get("models") or []:
+        engine = m.get("engine") or {}
+        argv = (engine.get("launch") or {}).get("argv") or []
+        lines += [
+            f"- **{_text(m.get('name'))}**",
+            f"  - source: {_code(str(m.get('source')))}",
+            f"  - weights sha256: {_code(str(m.get('weights_sha256')))}",
+            f"  - engine: {_code(str(engine.get('kind')))}"
+            + (f" at {_code(str(engine['base_url']))}" if engine.get("base_url") else ""),
+            f"  - launch argv: {_code(shlex.join(str(a) for a in argv)) if argv else '—'}",
+        ]
+    generation = run.get("generation") or {}
+    lines += ["", "### Generation\n"]
+    lines += [f"- {_text(k)}: {_code(_as_text(v))}" for k, v in generation.items()] or ["—"]
+
+    lines += ["", "### Datasets\n"]
+    rows = [
+        [d.get("suite"), _code(str(d.get("path"))), _code(str(d.get("md5"))), _num(d.get("rows"))]
+        for d in run.get("datasets") or []
+    ]
+    lines.append(_table(["Suite", "Path", "MD5", "Rows"], rows) if rows else "—\n")
+
+    lines += ["### Suite configs\n"]
+    for cfg in run.get("suites_config") or []:
+        prompt = cfg.get("prompt") or {}
+        scorer = cfg.get("scorer") or {}
+        lines += [
+            f"#### {_text(cfg.get('name'))}\n",
+            f"- api: {_code(str(cfg.get('api')))}, "
+            f"chat template: {_code(str(cfg.get('chat_template')))}",
+            f"- scorer: {_code(str(scorer.get('name')))} "
+            f"options {_code(_as_text(scorer.get('options') or {}))}",
+            f"- generation: {_code(_as_text(cfg.get('generation') or {}))}",
+            f"- pass: {_code(str(cfg.get('pass')))}",
+            f"- gates: {', '.join(_code(str(g)) for g in cfg.get('gates') or []) or '—'}",
+            "",
+        ]
+        if prompt.get("system"):
+            lines += ["System prompt:\n", _fence(str(prompt["system"]))]
+        lines += ["Prompt template:\n", _fence(str(prompt.get("template") or ""))]
+    return "\n".join(lines)
+
+
+# -- helpers ----------------------------------------------------------------
+
+
+def is_bad(case: dict[str, Any]) -> bool:
+    """A case that errored or was judged a failure."""
+    return case.get("error") is not None or case.get("passed") is False
+
+
+def _score_key(score: Any) -> float:
+    # a missing score sorts as the worst possible one
+    return float(score) if isinstance(score, (int, float)) and not math.isnan(score) else -math.inf
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(out) + "\n"
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    text = text.replace("\r\n", "⏎").replace("\n", "⏎").replace("\r", "⏎")
+    # a pipe inside a cell, even in a code span, would end the cell in GFM
+    return text.replace("|", "\\|")
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, list):
+        return "\n".join(
+            f"{m.get('role')}: {_as_text(m.get('content'))}" if isinstance(m, dict) else _as_text(m)
+            for m in prompt
+        )
+    return _as_text(prompt)
+
+
+def _head(text: str, limit: int) -> str:
+    return _no_html(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def _tail(text: str, limit: int) -> str:
+    # the end of a prompt is what differs between cases; the head is the shared template
+    return _no_html(text if len(text) <= limit else "…" + text[-(limit - 1) :])
+
+
+def _no_html(text: str) -> str:
+    # renderers swallow tag-like text such as "<|im_end|>", which is often the very bug
+    return text.replace("<", "&lt;")
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if not math.isfinite(value):
+        return str(value)
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
+
+
+def _pct(value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return f"{value:.1%}"
+    return _num(value)
+
+
+def _status(status: Any) -> str:
+    return {"passed": "✅ passed", "failed": "❌ failed", "skipped": "⏭ skipped"}.get(
+        str(status), str(status)
+    )
+
+
+def _text(value: Any) -> str:
+    return "—" if value is None else str(value)
+
+
+def _code(text: str) -> str:
+    """An inline code span that survives backticks inside the text."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    ticks = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
+def _fence(text: str) -> str:
+    longest = max((len(m) for m in re.findall(r"`{3,}", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text.rstrip(chr(10))}\n{fence}\n"

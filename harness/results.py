@@ -1,0 +1,87 @@
+"""The one wire format for case, gate and suite results (JSON primitives only).
+
+Case results ride on pytest reports from xdist workers to the controller, so every
+field must survive execnet serialisation: str, int, float, bool, None, list, dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+SCHEMA_VERSION = 1
+REPORT_SCHEMA = "pytest-llm-harness/report"
+
+
+@dataclass
+class CaseResult:
+    """What one case produced: the request, the reply, its judgement."""
+
+    suite: str
+    id: str
+    model: str
+    nodeid: str
+    dataset: str
+    line: int
+    prompt: Any  # rendered text (completion) or a list of chat messages
+    target: Any
+    output: str | None = None
+    extracted: Any = None
+    score: float | None = None
+    passed: bool | None = None
+    reason: str | None = None
+    error: str | None = None
+    latency_ms: float | None = None
+    output_tokens: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    # scorer-specific values that suite aggregation needs (e.g. predicted label)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "CaseResult":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+@dataclass
+class GateResult:
+    """One gate judged on one suite and model."""
+
+    expr: str
+    metric: str
+    op: str
+    threshold: float
+    value: float | None
+    status: str  # "passed" | "failed" | "skipped"
+    reason: str = ""
+
+    @property
+    def passed(self) -> bool | None:
+        return None if self.status == "skipped" else self.status == "passed"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["passed"] = self.passed
+        return d
+
+
+@dataclass
+class SuiteResult:
+    """Metrics and gates of one suite on one model."""
+
+    name: str
+    model: str
+    main_metric: str
+    metrics: dict[str, float | None]
+    gates: list[GateResult]
+    cases: int  # results judged in this run
+    total_cases: int  # cases the suite holds
+    subset: bool  # True when -k/--lf ran only part of the suite
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["gates"] = [g.to_dict() for g in self.gates]
+        return d

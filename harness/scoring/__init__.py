@@ -1,0 +1,1 @@
+"""Extraction, per-case scorers and suite metrics: pure functions, no I/O."""

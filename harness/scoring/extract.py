@@ -1,0 +1,156 @@
+"""Output extraction: a pipeline of steps that turns raw model text into a prediction.
+
+A step that cannot find what it looks for raises :class:`ExtractionError`; the case then
+scores 0 with that reason and an empty prediction, never an exception out of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable
+
+
+class ExtractionError(Exception):
+    """The output did not contain what an extraction step looks for."""
+
+
+_JSON_BLOCK = re.compile(r"```json\s*\n?(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+def strip_think(text: str) -> str:
+    """Drop everything up to and including the last `</think>`."""
+    return text.rsplit("</think>", 1)[-1] if "</think>" in text else text
+
+
+def json_block(text: str) -> str:
+    """The body of the last ```json fenced block; the text itself when there is none."""
+    blocks = _JSON_BLOCK.findall(text)
+    return blocks[-1].strip() if blocks else text
+
+
+def last_paragraph(text: str) -> str:
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    if not paragraphs:
+        raise ExtractionError("empty output: no paragraph")
+    return paragraphs[-1]
+
+
+def first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    raise ExtractionError("empty output: no line")
+
+
+def strip(text: str) -> str:
+    return text.strip()
+
+
+def first_json_object(text: str) -> str:
+    """The first balanced {...} in the text (strings and escapes respected)."""
+    start = text.find("{")
+    while start != -1:
+        depth, in_string, escaped = 0, False, False
+        for index in range(start, len(text)):
+            char = text[index]
+            if in_string:
+                if escaped:
+                    escaped = False
+                elif char == "\\":
+                    escaped = True
+                elif char == '"':
+                    in_string = False
+            elif char == '"':
+                in_string = True
+            elif char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[start : index + 1]
+        start = text.find("{", start + 1)
+    raise ExtractionError("no balanced JSON object in output")
+
+
+def parse_json(text: Any) -> Any:
+    """Parse JSON: the last ```json block, else the whole text, else the first {...}."""
+    if not isinstance(text, str):
+        return text
+    body = json_block(text)
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return json.loads(first_json_object(body))
+    except json.JSONDecodeError as exc:
+        raise ExtractionError(f"output is not valid JSON: {exc.msg}") from exc
+
+
+def regex(pattern: str, group: int | str = 1, flags: str = "") -> Callable[[str], str]:
+    """A step taking the last match's group (the whole match when the pattern has no group)."""
+    compiled = re.compile(pattern, _flags(flags))
+
+    def step(text: str) -> str:
+        matches = list(compiled.finditer(text))
+        if not matches:
+            raise ExtractionError(f"regex {pattern!r} did not match")
+        match = matches[-1]
+        return match.group(group if compiled.groups else 0)
+
+    return step
+
+
+def _flags(names: str) -> int:
+    table = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL}
+    value = 0
+    for name in names:
+        if name not in table:
+            raise ValueError(f"unknown regex flag {name!r}; use i, m, s")
+        value |= table[name]
+    return value
+
+
+SIMPLE_STEPS: dict[str, Callable[[str], Any]] = {
+    "strip_think": strip_think,
+    "json_block": json_block,
+    "last_paragraph": last_paragraph,
+    "first_line": first_line,
+    "strip": strip,
+    "first_json_object": first_json_object,
+    "json": parse_json,
+}
+
+
+def build_step(spec: Any) -> Callable[[Any], Any]:
+    """A step from its suite-file form: a name, or `{regex: PATTERN, group: N, flags: "i"}`."""
+    if isinstance(spec, str):
+        if spec not in SIMPLE_STEPS:
+            raise ValueError(f"unknown extraction step {spec!r}; known: {', '.join([*SIMPLE_STEPS, 'regex'])}")
+        return SIMPLE_STEPS[spec]
+    if isinstance(spec, dict) and "regex" in spec:
+        unknown = set(spec) - {"regex", "group", "flags"}
+        if unknown:
+            raise ValueError(f"unknown regex option {sorted(unknown)[0]!r}; use regex, group, flags")
+        try:
+            return regex(spec["regex"], spec.get("group", 1), spec.get("flags", ""))
+        except re.error as exc:
+            raise ValueError(f"bad regex {spec['regex']!r}: {exc}") from exc
+    raise ValueError(f"bad extraction step {spec!r}: a step name or {{regex: ...}}")
+
+
+def validate_steps(specs: list[Any]) -> None:
+    for spec in specs:
+        build_step(spec)
+
+
+def run_pipeline(specs: tuple[Any, ...], text: str) -> Any:
+    """Apply each step in order to the output; raises ExtractionError on the first failure."""
+    value: Any = text
+    for spec in specs:
+        step = build_step(spec)
+        if not isinstance(value, str) and step is not parse_json:
+            raise ExtractionError(f"step {spec!r} needs text, got {type(value).__name__}")
+        value = step(value)
+    return value

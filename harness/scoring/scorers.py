@@ -1,0 +1,257 @@
+"""Per-case scorers, their registry, and the suite metrics each one aggregates.
+
+A scorer judges one prediction against one target and returns a :class:`Score`; its
+``aggregate`` turns all of a suite's case results into suite metrics. Register your own
+from a ``conftest.py``::
+
+    @harness.scorer("starts_with")
+    def starts_with(prediction, target, case):
+        return str(prediction).startswith(str(target))
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import string
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
+
+from harness.results import CaseResult
+
+
+@dataclass
+class Score:
+    """A case's score in [0, 1], why it is not 1, and values the aggregate needs."""
+
+    value: float
+    reason: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Scorer:
+    """Base class: override ``score``; override ``aggregate`` for metrics beyond the mean."""
+
+    name: ClassVar[str] = ""
+    main_metric: ClassVar[str] = "accuracy"
+    options: ClassVar[dict[str, Any]] = {}  # accepted options and their defaults
+
+    def __init__(self, **options: Any) -> None:
+        unknown = set(options) - set(self.options)
+        if unknown:
+            known = ", ".join(self.options) or "none"
+            raise ValueError(f"scorer {self.name!r}: unknown option {sorted(unknown)[0]!r} (options: {known})")
+        self.opts = {**self.options, **options}
+
+    def score(self, prediction: Any, target: Any, case: Any) -> Score:
+        raise NotImplementedError
+
+    def aggregate(self, results: Sequence[CaseResult]) -> dict[str, float | None]:
+        """Mean score over every case; an errored case counts as 0."""
+        if not results:
+            return {self.main_metric: None}
+        return {self.main_metric: sum(r.score or 0.0 for r in results) / len(results)}
+
+
+_REGISTRY: dict[str, type[Scorer]] = {}
+
+
+def register(cls: type[Scorer]) -> type[Scorer]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a 'name'")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def scorer(name: str, main_metric: str | None = None) -> Callable[[Any], Any]:
+    """Register a scorer: a function ``(prediction, target, case) -> float | bool | Score``
+    (extra keyword arguments become suite-file options), or a :class:`Scorer` subclass."""
+
+    def decorate(obj: Any) -> Any:
+        if inspect.isclass(obj) and issubclass(obj, Scorer):
+            obj.name = name
+            if main_metric:
+                obj.main_metric = main_metric
+            return register(obj)
+        params = inspect.signature(obj).parameters
+        defaults = {k: p.default for k, p in list(params.items())[3:] if p.default is not inspect.Parameter.empty}
+
+        def score(self: Scorer, prediction: Any, target: Any, case: Any) -> Score:
+            return as_score(obj(prediction, target, case, **self.opts))
+
+        cls = type(
+            f"Scorer_{name}",
+            (Scorer,),
+            {"name": name, "main_metric": main_metric or name, "options": defaults, "score": score},
+        )
+        register(cls)
+        return obj
+
+    return decorate
+
+
+def as_score(value: Any) -> Score:
+    if isinstance(value, Score):
+        return value
+    if isinstance(value, bool):
+        return Score(1.0 if value else 0.0)
+    if isinstance(value, (int, float)):
+        return Score(float(value))
+    raise TypeError(f"a scorer must return a float, a bool or a Score, not {type(value).__name__}")
+
+
+def get_scorer(name: str, options: dict[str, Any] | None = None) -> Scorer:
+    """An instance of a registered scorer; ValueError names the known ones."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown scorer {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**(options or {}))
+
+
+def known_scorers() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}。，、；：？！“”‘’（）《》【】]+")
+
+
+def normalize(text: Any, case_sensitive: bool = False) -> str:
+    """Compare answers as people do: NFKC (full-width to half-width), whitespace, case, edge punctuation."""
+    value = unicodedata.normalize("NFKC", str(text))
+    value = " ".join(value.split())
+    value = _PUNCT.sub(" ", value).strip()
+    value = " ".join(value.split())
+    return value if case_sensitive else value.casefold()
+
+
+def _targets(target: Any) -> list[Any]:
+    return list(target) if isinstance(target, list) else [target]
+
+
+@register
+class ExactMatch(Scorer):
+    """Normalised exact match; a list target accepts any of its answers."""
+
+    name = "exact_match"
+    options = {"normalize": True, "case_sensitive": False}
+
+    def score(self, prediction: Any, target: Any, case: Any) -> Score:
+        if self.opts["normalize"]:
+            pred = normalize(prediction, self.opts["case_sensitive"])
+            hit = any(pred == normalize(t, self.opts["case_sensitive"]) for t in _targets(target))
+        else:
+            hit = any(str(prediction) == str(t) for t in _targets(target))
+        return Score(1.0) if hit else Score(0.0, f"{str(prediction)[:80]!r} != {target!r}")
+
+
+@register
+class Contains(Scorer):
+    """The target (or any of a list of targets) appears in the prediction."""
+
+    name = "contains"
+    options = {"case_sensitive": False}
+
+    def score(self, prediction: Any, target: Any, case: Any) -> Score:
+        pred = normalize(prediction, self.opts["case_sensitive"])
+        hit = any(normalize(t, self.opts["case_sensitive"]) in pred for t in _targets(target))
+        return Score(1.0) if hit else Score(0.0, f"{target!r} not in output")
+
+
+@register
+class RegexMatch(Scorer):
+    """The prediction matches the target as a regular expression (or the `pattern` option)."""
+
+    name = "regex"
+    options = {"pattern": None, "fullmatch": True, "ignore_case": True}
+
+    def score(self, prediction: Any, target: Any, case: Any) -> Score:
+        pattern = self.opts["pattern"] or str(target)
+        flags = re.IGNORECASE if self.opts["ignore_case"] else 0
+        text = str(prediction).strip()
+        match = re.fullmatch(pattern, text, flags) if self.opts["fullmatch"] else re.search(pattern, text, flags)
+        return Score(1.0) if match else Score(0.0, f"does not match /{pattern}/")
+
+
+@register
+class JsonValid(Scorer):
+    """The prediction is a JSON object (use the `json` extraction step); optional required keys.
+
+    With ``compare_target``, the score is the share of the target's keys whose values match."""
+
+    name = "json_valid"
+    main_metric = "json_ok"
+    options = {"required_keys": [], "compare_target": False}
+
+    def score(self, prediction: Any, target: Any, case: Any) -> Score:
+        import json
+
+        value = prediction
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                return Score(0.0, f"not JSON: {exc.msg}", {"json_ok": False})
+        if not isinstance(value, dict):
+            return Score(0.0, f"JSON {type(value).__name__}, not an object", {"json_ok": False})
+        missing = [k for k in self.opts["required_keys"] if k not in value]
+        if missing:
+            return Score(0.0, f"missing keys: {', '.join(missing)}", {"json_ok": True, "keys_ok": False})
+        data = {"json_ok": True, "keys_ok": True}
+        if self.opts["compare_target"] and isinstance(target, dict) and target:
+            wrong = [k for k in target if normalize(value.get(k, "")) != normalize(target[k])]
+            share = 1 - len(wrong) / len(target)
+            data["fields_share"] = share
+            return Score(share, f"wrong fields: {', '.join(wrong)}" if wrong else None, data)
+        return Score(1.0, None, data)
+
+    def aggregate(self, results: Sequence[CaseResult]) -> dict[str, float | None]:
+        if not results:
+            return {"json_ok": None, "keys_ok": None, "score": None}
+        n = len(results)
+        metrics: dict[str, float | None] = {
+            "json_ok": sum(bool(r.data.get("json_ok")) for r in results) / n,
+            "keys_ok": sum(bool(r.data.get("keys_ok")) for r in results) / n,
+        }
+        if self.opts["compare_target"]:
+            metrics["field_accuracy"] = sum(r.data.get("fields_share", 0.0) for r in results) / n
+            metrics["exact"] = sum((r.score or 0) >= 1 for r in results) / n
+        return metrics
+
+
+@register
+class ClassificationF1(Scorer):
+    """Label classification; suite metrics: accuracy, precision/recall/F1 micro and macro, per-class F1.
+
+    ``f1`` is the macro average by default (``average: micro`` to change it). Labels come from
+    the ``labels`` option or, when absent, from the targets seen; a prediction outside the
+    labels is wrong for its target's class and counts for no class."""
+
+    name = "classification_f1"
+    main_metric = "f1"
+    options = {"labels": None, "average": "macro", "case_sensitive": False}
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        if self.opts["average"] not in ("macro", "micro"):
+            raise ValueError(f"scorer {self.name!r}: average must be 'macro' or 'micro'")
+
+    def _norm(self, value: Any) -> str:
+        return normalize(value, self.opts["case_sensitive"])
+
+    def score(self, prediction: Any, target: Any, case: Any) -> Score:
+        pred, label = self._norm(prediction), self._norm(target)
+        labels = self.opts["labels"]
+        if labels is not None and pred not in {self._norm(x) for x in labels}:
+            return Score(0.0, f"prediction {str(prediction)[:40]!r} is not a known label", {"pred": pred, "label": label})
+        if pred == label:
+            return Score(1.0, None, {"pred": pred, "label": label})
+        return Score(0.0, f"predicted {pred!r}, expected {label!r}", {"pred": pred, "label": label})
+
+    def aggregate(self, results: Sequence[CaseResult]) -> dict[str, float | None]:
+        from harness.scoring.metrics import classification_metrics
+
+        pairs = [(self._norm(r.target), r.data.get("pred")) for r in results]
+        labels = [self._norm(x) for x in self.opts["labels"]] if self.opts["labels"] else None
+        metrics = classification_metrics(pairs, labels)
+        metrics["f1"] = metrics[f"f1_{self.opts['average']}"]
+        return metrics
