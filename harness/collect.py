@@ -90,12 +90,11 @@ class CaseItem(pytest.Item):
             result = judge_case(self.suite, self.case, self.model, self.nodeid, dataset, reply)
         except Exception as exc:  # a scorer bug scores 0 with its reason; the run goes on
             result = CaseResult(self.suite.name, self.case.id, self.model, self.nodeid, dataset, self.case.line,
-                                None, self.case.target, output=reply.get("text"), score=0.0, passed=False,
+                                None, self.case.target, output=reply.get("text"), score=0.0,
+                                passed=False if self.suite.pass_rule else None,
                                 reason=f"scorer raised {type(exc).__name__}: {exc}",
                                 latency_ms=reply.get("latency_ms"), output_tokens=reply.get("output_tokens"))
         self.case_result = result
-        if result.error and self.suite.pass_rule is not None:
-            raise CaseFailed(result)
         if result.passed is False:
             raise CaseFailed(result)
 

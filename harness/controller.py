@@ -167,7 +167,7 @@ def emit_report(config: pytest.Config, nodeid: str, path: str, gate: GateResult,
     now = time.time()
     for when, outcome, longrepr in phases:
         report = TestReport(nodeid, location, {"llm_gate": 1}, outcome, longrepr, when,  # type: ignore[arg-type]
-                            sections=[("llm gate", message)] if when == "call" else [], duration=0.0,
+                            duration=0.0,
                             start=now, stop=now, user_properties=properties)
         report.llm_gate = gate.to_dict()  # type: ignore[attr-defined]
         hook.pytest_runtest_logreport(report=report)

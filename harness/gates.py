@@ -40,7 +40,7 @@ def parse_gate(expr: str) -> Gate:
 
 
 def judge(gate: Gate, metrics: Mapping[str, float | None], subset_reason: str | None = None) -> GateResult:
-    """Judge one gate on a suite's metrics; a subset or a missing metric skips it with the reason."""
+    """Judge one gate: an unknown or valueless metric fails it, a partial run skips it with the reason."""
     value = metrics.get(gate.metric)
     base = dict(expr=gate.expr, metric=gate.metric, op=gate.op, threshold=gate.threshold, value=value)
     if gate.metric not in metrics:

@@ -29,23 +29,19 @@ def judge_case(suite: Suite, case: Case, model: str, nodeid: str, dataset: str,
         metadata=case.metadata, error=reply.get("error"),
     )
     if result.error:
-        result.score, result.passed, result.reason = 0.0, False, f"model error: {result.error}"
-        return result
-    try:
-        result.extracted = run_pipeline(suite.extract, result.output or "")
-    except ExtractionError as exc:
-        result.extracted = ""
-        result.score, result.passed, result.reason = 0.0, False, f"extraction failed: {exc}"
-        result.data = {"pred": None}
-        return result
-    scored = scorer_for(suite).score(result.extracted, case.target, case)
-    result.score = float(scored.value)
-    result.reason = scored.reason
-    result.data = dict(scored.data)
-    if suite.pass_rule is None:
-        result.passed = None
+        result.score, result.reason = 0.0, f"model error: {result.error}"
     else:
-        result.passed = parse_gate(suite.pass_rule).holds(result.score)
+        try:
+            result.extracted = run_pipeline(suite.extract, result.output or "")
+        except ExtractionError as exc:
+            result.extracted = ""
+            result.score, result.reason = 0.0, f"extraction failed: {exc}"
+        else:
+            scored = scorer_for(suite).score(result.extracted, case.target, case)
+            result.score, result.reason, result.data = float(scored.value), scored.reason, dict(scored.data)
+    # record-only suites leave `passed` unset: their gates alone judge
+    if suite.pass_rule is not None:
+        result.passed = result.error is None and parse_gate(suite.pass_rule).holds(result.score)
         if not result.passed and not result.reason:
             result.reason = f"score {result.score:.3g} fails '{suite.pass_rule}'"
     return result

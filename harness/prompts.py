@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -59,10 +60,15 @@ def _gemma(messages: Messages) -> str:
 
 
 def _raw(messages: Messages) -> str:
-    # base models: the text as written, system prompt first; few-shot lives in the template
-    return "\n\n".join(m["content"] for m in messages if m["role"] == "system") + (
-        "\n\n" if any(m["role"] == "system" for m in messages) else ""
-    ) + "".join(m["content"] for m in messages if m["role"] != "system")
+    # base models: the text as written; each reply follows its prompt directly, exchanges
+    # are separated by a blank line, the system prompt comes first
+    parts: list[str] = []
+    for m in messages:
+        if m["role"] == "assistant" and parts:
+            parts[-1] += m["content"]
+        else:
+            parts.append(m["content"])
+    return "\n\n".join(parts)
 
 
 CHAT_TEMPLATES: dict[str, Callable[[Messages], str]] = {
@@ -82,11 +88,16 @@ def render_messages(suite: Suite, case: Case) -> Messages:
         "id": case.id,
         "metadata": case.metadata,
         "record": case.record,
-        "shots": list(suite.prompt.few_shot),
     }
     messages: Messages = []
     if suite.prompt.system:
         messages.append({"role": "system", "content": _template(suite.prompt.system).render(context)})
+    for shot in suite.prompt.few_shot:
+        # each example is one exchange: the template over the example's input, then its output
+        reply = shot.get("output", "")
+        messages.append({"role": "user", "content": _template(suite.prompt.template).render({**context, **shot})})
+        messages.append({"role": "assistant",
+                         "content": reply if isinstance(reply, str) else json.dumps(reply, ensure_ascii=False)})
     if isinstance(case.input, list):
         messages.extend({"role": m["role"], "content": str(m["content"])} for m in case.input)
     else:

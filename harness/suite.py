@@ -131,18 +131,19 @@ def load_suite(path: Path) -> Suite:
     data = raw.get("datasets", raw.get("dataset"))
     if data is None:
         raise SuiteError(path, None, "missing 'dataset': the JSONL file(s) this suite runs")
+    data_key = "datasets" if "datasets" in raw else "dataset"  # the key whose line errors name
     data_list = [data] if isinstance(data, str) else data
     if not isinstance(data_list, list) or not all(isinstance(d, str) for d in data_list):
-        raise fail("dataset", "'dataset' must be a file name or a list of file names")
+        raise fail(data_key, "'dataset' must be a file name or a list of file names")
     datasets = []
     for entry in data_list:
         dataset = (path.parent / entry).resolve()
         if dataset.suffix != ".jsonl":
-            raise fail("dataset", f"dataset {entry!r} must be a .jsonl file")
+            raise fail(data_key, f"dataset {entry!r} must be a .jsonl file")
         if dataset.parent != path.parent.resolve():
-            raise fail("dataset", f"dataset {entry!r} must lie beside the suite file")
+            raise fail(data_key, f"dataset {entry!r} must lie beside the suite file")
         if not dataset.is_file():
-            raise fail("dataset", f"dataset {entry!r} not found")
+            raise fail(data_key, f"dataset {entry!r} not found")
         datasets.append(dataset)
 
     fields = {"id": "id", "input": "input", "target": "target", "metadata": "metadata"}
@@ -163,8 +164,8 @@ def load_suite(path: Path) -> Suite:
     if unknown_prompt:
         raise fail("prompt", f"unknown prompt key {sorted(unknown_prompt)[0]!r}; use system, template, few_shot")
     few_shot = prompt_raw.get("few_shot") or []
-    if not isinstance(few_shot, list) or not all(isinstance(s, dict) for s in few_shot):
-        raise fail("prompt", "'prompt.few_shot' must be a list of mappings")
+    if not isinstance(few_shot, list) or not all(isinstance(s, dict) and "input" in s for s in few_shot):
+        raise fail("prompt", "'prompt.few_shot' must be a list of {input, output} examples")
     prompt = PromptSpec(
         system=prompt_raw.get("system"),
         template=prompt_raw.get("template", "{{ input }}"),

@@ -280,7 +280,7 @@ def test_failing_batch_only_fails_its_requests() -> None:
     from harness.engines.cpu_server import ModelServer
 
     async def scenario() -> None:
-        ms = ModelServer("fake", max_model_len=64, max_batch=4, batch_wait_ms=50)
+        ms = ModelServer("fake", max_model_len=512, max_batch=4, batch_wait_ms=50)
         ms.attach(_FakeModel(), _FakeTokenizer())
         async with TestClient(TestServer(ms.build_app())) as client:
             async def post(prompt: str, **kw: Any) -> tuple[int, dict[str, Any]]:

@@ -203,8 +203,11 @@ def _repro(run: dict[str, Any]) -> str:
 
 
 def is_bad(case: dict[str, Any]) -> bool:
-    """A case that errored or was judged a failure."""
-    return case.get("error") is not None or case.get("passed") is False
+    """A case that errored, was judged a failure, or (record-only suites) scored below 1."""
+    if case.get("error") is not None or case.get("passed") is False:
+        return True
+    score = case.get("score")
+    return case.get("passed") is None and isinstance(score, (int, float)) and score < 1
 
 
 def _score_key(score: Any) -> float:

@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.report.markdown import is_bad
+
 if TYPE_CHECKING:
     from openpyxl.worksheet.worksheet import Worksheet
 
@@ -54,7 +56,7 @@ def write_xlsx(report: dict[str, Any], out_dir: Path) -> Path:
         ws = wb.create_sheet(sheet_title(raw, taken))
         _fill(ws, CASE_COLUMNS, [[c.get(k) for k in CASE_COLUMNS] for c in group])
 
-    bad = [c for c in cases if c.get("error") is not None or c.get("passed") is False]
+    bad = [c for c in cases if is_bad(c)]
     _fill(
         wb.create_sheet("bad_cases"),
         ["suite", *CASE_COLUMNS],

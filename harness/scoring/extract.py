@@ -91,13 +91,20 @@ def parse_json(text: Any) -> Any:
 def regex(pattern: str, group: int | str = 1, flags: str = "") -> Callable[[str], str]:
     """A step taking the last match's group (the whole match when the pattern has no group)."""
     compiled = re.compile(pattern, _flags(flags))
+    if compiled.groups and not (
+        group in compiled.groupindex
+        or (isinstance(group, int) and not isinstance(group, bool) and 0 <= group <= compiled.groups)
+    ):
+        raise ValueError(f"regex {pattern!r} has no group {group!r}")
 
     def step(text: str) -> str:
         matches = list(compiled.finditer(text))
         if not matches:
             raise ExtractionError(f"regex {pattern!r} did not match")
-        match = matches[-1]
-        return match.group(group if compiled.groups else 0)
+        value = matches[-1].group(group if compiled.groups else 0)
+        if value is None:
+            raise ExtractionError(f"regex {pattern!r} matched without group {group!r}")
+        return value
 
     return step
 

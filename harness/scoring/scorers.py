@@ -112,15 +112,27 @@ def known_scorers() -> list[str]:
     return sorted(_REGISTRY)
 
 
-_PUNCT = re.compile(f"[{re.escape(string.punctuation)}。，、；：？！“”‘’（）《》【】]+")
+_EDGE_CHARS = string.punctuation + string.whitespace + "。，、；：？！“”‘’（）《》【】"
+
+
+def _strip_edges(value: str) -> str:
+    """Drop punctuation and spaces at both ends, keeping what starts a number ("-5", ".5", "-.5")."""
+    stripped = value.rstrip(_EDGE_CHARS)
+    cut = len(stripped) - len(stripped.lstrip(_EDGE_CHARS))
+    if stripped[cut : cut + 1].isdigit():
+        if cut and stripped[cut - 1] == ".":
+            cut -= 1
+        if cut and stripped[cut - 1] in "+-":
+            cut -= 1
+    return stripped[cut:].strip()
 
 
 def normalize(text: Any, case_sensitive: bool = False) -> str:
-    """Compare answers as people do: NFKC (full-width to half-width), whitespace, case, edge punctuation."""
+    """Compare answers as people do: NFKC (full-width to half-width), whitespace, case, edge punctuation.
+
+    Punctuation inside the answer is kept: "3.14" and "3,14" are different answers."""
     value = unicodedata.normalize("NFKC", str(text))
-    value = " ".join(value.split())
-    value = _PUNCT.sub(" ", value).strip()
-    value = " ".join(value.split())
+    value = " ".join(_strip_edges(value).split())
     return value if case_sensitive else value.casefold()
 
 

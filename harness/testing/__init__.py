@@ -1,0 +1,1 @@
+"""Test helpers shipped with the harness: a deterministic OpenAI-compatible stub server."""

@@ -1,0 +1,65 @@
+"""Shared fixtures: a real stub server process on 127.0.0.1 and helpers to write suites."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from harness.engines.managed import free_port, model_listed
+
+pytest_plugins = ["pytester"]
+
+STUB_MODELS = "stub,stub-b"
+
+
+@pytest.fixture(scope="session")
+def stub_url() -> Iterator[str]:
+    """Base URL of a stub OpenAI-compatible server (see harness.testing.stub_server)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "harness.testing.stub_server", "--port", str(port),
+                             "--models", STUB_MODELS], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 30
+    while not model_listed(url, "stub"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"stub server did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
+        time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def stub_stats(url: str) -> dict[str, Any]:
+    import urllib.request
+
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/stats", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def write_suite(root: Path, name: str, cases: list[dict[str, Any]], dataset: str = "cases.jsonl",
+                **suite: Any) -> Path:
+    """A suite folder: suite.yaml (defaults: chat mode, exact_match) and its JSONL."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = {"name": name, "dataset": dataset, "api": "chat", "scorer": "exact_match", **suite}
+    (folder / "suite.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
+    (folder / dataset).write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in cases),
+                                  encoding="utf-8")
+    return folder
+
+
+def answer_cases(pairs: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
+    """Cases whose stub reply is `answer`: (id, answer, target)."""
+    return [{"id": i, "input": f"question {i}\nANSWER: {answer}", "target": target} for i, answer, target in pairs]
+
+
+def load_report(pytester: pytest.Pytester, folder: str = "out") -> dict[str, Any]:
+    return json.loads((pytester.path / folder / "report.json").read_text(encoding="utf-8"))

@@ -1,0 +1,263 @@
+"""Plugin behaviour end to end: pytest runs in a subprocess against a real stub server process."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from tests.conftest import answer_cases, load_report, stub_stats, write_suite
+
+CASES = answer_cases([("c1", "Paris", "Paris"), ("c2", "Rome", "Rome"), ("c3", "Oslo", "Bern")])
+
+
+@pytest.fixture(params=["0", "2"], ids=["n0", "n2"])
+def workers(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def run(pytester: pytest.Pytester, url: str, *args: str, workers: str = "0", model: str = "stub") -> pytest.RunResult:
+    return pytester.runpytest_subprocess(
+        "-n", workers, "--llm-base-url", url, "--llm-model", model, "--llm-report-dir", "out", *args,
+        timeout=180,
+    )
+
+
+def test_cases_are_items_and_a_wrong_answer_fails_with_details(pytester, stub_url, workers):
+    write_suite(pytester.path / "evals", "geo", CASES, gates=["accuracy >= 0.5"])
+    result = run(pytester, stub_url, "evals", "-rA", workers=workers)
+    result.assert_outcomes(passed=3, failed=1)  # 2 cases + 1 gate pass, 1 case fails
+    assert result.ret == 1
+    out = result.stdout.str()
+    assert "evals/geo/cases.jsonl::c3" in out
+    for shown in ("reason:    'Oslo' != 'Bern'", "target:    Bern", "extracted: Oslo", "ANSWER: Oslo"):
+        assert shown in out
+    assert "gate[accuracy >= 0.5]" in out
+
+
+def test_record_only_gates_judge_and_exit_code(pytester, stub_url, workers):
+    write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record", "gates": ["accuracy >= 0.6"]})
+    passing = run(pytester, stub_url, "evals", workers=workers)
+    passing.assert_outcomes(passed=4)
+    assert passing.ret == 0
+    suite = load_report(pytester)["suites"][0]
+    assert suite["metrics"]["accuracy"] == pytest.approx(2 / 3)
+    assert suite["gates"][0] == {"expr": "accuracy >= 0.6", "metric": "accuracy", "op": ">=", "threshold": 0.6,
+                                 "value": pytest.approx(2 / 3), "status": "passed", "passed": True,
+                                 "reason": "accuracy = 0.6667 >= 0.6"}
+
+    write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record", "gates": ["accuracy >= 0.9"]})
+    failing = run(pytester, stub_url, "evals", "--junitxml", "junit.xml", workers=workers)
+    failing.assert_outcomes(passed=3, failed=1)
+    assert failing.ret == 1
+    failing.stdout.fnmatch_lines(["*FAILED evals/geo/suite.yaml::gate[[]accuracy >= 0.9[]]*"])
+    cases = ET.parse(pytester.path / "junit.xml").getroot().iter("testcase")
+    gate = [c for c in cases if "gate[accuracy >= 0.9]" in c.get("name", "")]
+    assert len(gate) == 1
+    failure = gate[0].find("failure")
+    assert failure is not None and "accuracy = 0.6667, needs >= 0.9" in failure.get("message", "")
+
+
+def test_metrics_identical_with_and_without_xdist(pytester, stub_url):
+    cases = answer_cases([(f"k{i}", "yes" if i % 3 else "no", "yes") for i in range(30)])
+    write_suite(pytester.path / "evals", "yn", cases, **{"pass": "record", "gates": ["accuracy >= 0.5"]})
+    reports = []
+    for n in ("0", "2", "3"):
+        assert run(pytester, stub_url, "evals", workers=n).ret == 0
+        report = load_report(pytester)
+        reports.append(([(s["metrics"]["accuracy"], s["metrics"]["cases"], s["gates"]) for s in report["suites"]],
+                        sorted((c["id"], c["score"]) for c in report["cases"])))
+    assert reports[0] == reports[1] == reports[2]
+    assert reports[0][0][0][0] == pytest.approx(20 / 30)
+
+
+def test_subset_run_skips_gates_with_reason(pytester, stub_url, workers):
+    write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record", "gates": ["accuracy >= 0.9"]})
+    result = run(pytester, stub_url, "evals", "-k", "c1 or c2", "-rs", workers=workers)
+    result.assert_outcomes(passed=2, skipped=1)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*judged 2 of 3 cases*gates judge the whole suite*"])
+    suite = load_report(pytester)["suites"][0]
+    assert suite["subset"] is True and suite["gates"][0]["status"] == "skipped"
+
+
+def test_last_failed_reruns_only_failed_cases(pytester, stub_url):
+    write_suite(pytester.path / "evals", "geo", CASES)
+    assert run(pytester, stub_url, "evals").ret == 1
+    rerun = run(pytester, stub_url, "evals", "--lf")
+    rerun.assert_outcomes(failed=1)
+    assert "c3" in rerun.stdout.str()
+
+
+def test_model_errors_are_recorded_not_fatal(pytester, stub_url, workers):
+    cases = answer_cases([("ok", "a", "a")]) + [
+        {"id": "boom", "input": "FAIL:400", "target": "a"},
+        {"id": "empty", "input": "EMPTY", "target": "a"},
+    ]
+    write_suite(pytester.path / "evals", "err", cases, **{"pass": "record", "gates": ["error_rate == 0"]})
+    result = run(pytester, stub_url, "evals", workers=workers)
+    result.assert_outcomes(passed=3, failed=1)  # the gate fails, the run completes
+    report = load_report(pytester)
+    by_id = {c["id"]: c for c in report["cases"]}
+    assert by_id["boom"]["error"].startswith("HTTP 400")
+    assert by_id["empty"]["error"] == "empty reply"
+    assert by_id["ok"]["error"] is None and by_id["ok"]["score"] == 1.0
+    assert report["suites"][0]["metrics"]["error_rate"] == pytest.approx(2 / 3)
+
+
+def test_garbage_output_scores_zero_with_reason(pytester, stub_url):
+    cases = answer_cases([("j1", '{"a": 1}', {"a": 1}), ("j2", "not json at all", {"a": 1})])
+    write_suite(pytester.path / "evals", "js", cases, extract=["json"],
+                scorer={"name": "json_valid", "required_keys": ["a"]}, **{"pass": "record"})
+    assert run(pytester, stub_url, "evals").ret == 0
+    report = load_report(pytester)
+    by_id = {c["id"]: c for c in report["cases"]}
+    assert by_id["j2"]["score"] == 0.0 and "no balanced JSON object" in by_id["j2"]["reason"]
+    assert report["suites"][0]["metrics"]["json_ok"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("jsonl", "suite", "expected"),
+    [
+        ('{"id": "a", "input": "x", "target": "y"}\n{"id": "b", "input": \n', {},
+         "cases.jsonl:2: malformed JSON"),
+        ('{"id": "a", "input": "x", "target": "y"}\n{"id": "a", "input": "x", "target": "y"}\n', {},
+         "cases.jsonl:2: duplicate id 'a' (first on line 1)"),
+        ('{"input": "x", "target": "y"}\n', {}, "cases.jsonl:1: missing id field 'id'"),
+        ('{"id": "a", "input": "x", "target": "y"}\n', {"scorer": "no_such_scorer"},
+         "unknown scorer 'no_such_scorer'"),
+        ('{"id": "a", "input": "x", "target": "y"}\n', {"gates": ["f1 >>= 2"]}, "suite.yaml:"),
+    ],
+    ids=["malformed-line", "duplicate-id", "missing-id", "unknown-scorer", "bad-gate"],
+)
+def test_bad_input_is_a_collection_error_naming_file_and_line(pytester, stub_url, jsonl, suite, expected, workers):
+    folder = write_suite(pytester.path / "evals", "bad", [], **suite)
+    (folder / "cases.jsonl").write_text(jsonl)
+    result = run(pytester, stub_url, "evals", workers=workers)
+    assert result.ret == (2 if workers == "0" else 1)  # xdist reports collection errors as failures
+    assert expected in result.stdout.str()
+    if "gate" in expected or suite.get("gates"):
+        assert "bad gate 'f1 >>= 2'" in result.stdout.str()
+
+
+def test_unreadable_suite_yaml_names_the_line(pytester, stub_url):
+    folder = write_suite(pytester.path / "evals", "bad", CASES)
+    (folder / "suite.yaml").write_text("name: bad\ndataset: cases.jsonl\nscorer: [unclosed\n")
+    result = run(pytester, stub_url, "evals")
+    assert result.ret == 2
+    result.stdout.fnmatch_lines(["*suite.yaml:*invalid YAML*"])
+
+
+def test_reports_are_written(pytester, stub_url, workers):
+    write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record", "gates": ["accuracy >= 0.5"]})
+    assert run(pytester, stub_url, "evals", workers=workers).ret == 0
+    out = pytester.path / "out"
+    report = load_report(pytester)
+    assert report["schema"] == "pytest-llm-harness/report" and report["version"] == 1
+    run_meta = report["run"]
+    assert run_meta["models"][0]["name"] == "stub"
+    assert run_meta["datasets"][0]["rows"] == 3 and len(run_meta["datasets"][0]["md5"]) == 32
+    assert run_meta["suites_config"][0]["scorer"]["name"] == "exact_match"
+    assert run_meta["xdist_workers"] == int(workers)
+    case = next(c for c in report["cases"] if c["id"] == "c3")
+    for key in ("suite", "id", "model", "prompt", "output", "extracted", "target", "score", "passed", "error",
+                "latency_ms", "output_tokens"):
+        assert key in case
+    assert case["output"] == "Oslo" and case["score"] == 0.0 and case["output_tokens"] == 1
+    details = [json.loads(line) for line in (out / "details" / "geo.jsonl").read_text().splitlines()]
+    assert [d["id"] for d in details] == ["c1", "c2", "c3"]
+    assert list(details[0])[:10] == ["id", "model", "prompt", "output", "output_len", "ground_truth", "score",
+                                     "extracted_output", "latency_ms", "error"]
+    markdown = (out / "report.md").read_text()
+    assert "accuracy >= 0.5" in markdown and "c3" in markdown
+    import openpyxl
+
+    sheets = openpyxl.load_workbook(out / "report.xlsx").sheetnames
+    assert {"summary", "gates", "geo", "bad_cases"} <= set(sheets)
+
+
+def test_default_report_dir_and_latest(pytester, stub_url):
+    write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record"})
+    result = pytester.runpytest_subprocess("--llm-base-url", stub_url, "--llm-model", "stub", "evals")
+    assert result.ret == 0
+    latest = pytester.path / "reports" / "latest"
+    assert latest.is_symlink()
+    assert (latest / "report.json").is_file()
+    assert latest.resolve().name == json.loads((latest / "report.json").read_text())["run"]["id"]
+
+
+def test_several_models_parametrize_cases_and_suites(pytester, stub_url, workers):
+    write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record", "gates": ["accuracy >= 0.5"]})
+    result = pytester.runpytest_subprocess(
+        "-n", workers, "--llm-base-url", stub_url, "--llm-model", "stub", "--llm-model", "stub-b",
+        "--llm-report-dir", "out", "evals", "-v", timeout=180)
+    result.assert_outcomes(passed=8)
+    result.stdout.fnmatch_lines(["*PASSED*", "*cases.jsonl::c1[[]stub-b[]]*"], consecutive=False)
+    result.stdout.fnmatch_lines(["*gate[[]accuracy >= 0.5[]][[]stub[]]*"])
+    report = load_report(pytester)
+    assert sorted((s["name"], s["model"]) for s in report["suites"]) == [("geo", "stub"), ("geo", "stub-b")]
+
+
+def test_custom_scorer_from_conftest(pytester, stub_url, workers):
+    write_suite(pytester.path / "evals", "geo", CASES, scorer="first_letter", **{"pass": "score >= 1"})
+    (pytester.path / "evals" / "conftest.py").write_text(
+        "import harness\n\n"
+        "@harness.scorer('first_letter')\n"
+        "def first_letter(prediction, target, case):\n"
+        "    return prediction[:1] == target[:1]\n")
+    result = run(pytester, stub_url, "evals", workers=workers)
+    result.assert_outcomes(passed=2, failed=1)
+    assert load_report(pytester)["suites"][0]["metrics"]["first_letter"] == pytest.approx(2 / 3)
+
+
+def test_llm_client_fixture_sync_and_async(pytester, stub_url, workers):
+    pytester.makepyfile(test_hand="""
+        import pytest
+
+        def test_sync(llm_client, llm_model):
+            assert llm_model == "stub"
+            assert llm_client.chat("ANSWER: hello") == "hello"
+            assert llm_client.complete("ANSWER: done") == "done"
+
+        async def test_async(llm_client):
+            assert await llm_client.achat([{"role": "user", "content": "ANSWER: hi"}]) == "hi"
+
+        def test_error(llm_client):
+            from harness import LLMError
+            with pytest.raises(LLMError, match="HTTP 404"):
+                llm_client.chat("FAIL:404")
+    """)
+    result = run(pytester, stub_url, "-p", "asyncio", "--asyncio-mode=auto", workers=workers)
+    result.assert_outcomes(passed=3)
+
+
+def test_api_key_comes_from_env_and_stays_out_of_reports(pytester, stub_url, monkeypatch):
+    import hashlib
+
+    secret = "sk-test-" + "7" * 24
+    monkeypatch.setenv("LLM_TEST_KEY", secret)
+    write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record"})
+    assert run(pytester, stub_url, "evals", "--llm-api-key-env", "LLM_TEST_KEY").ret == 0
+    assert hashlib.sha256(f"Bearer {secret}".encode()).hexdigest() in stub_stats(stub_url)["auth_sha256"]
+    for path in (pytester.path / "out").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_concurrency_bound_holds_under_xdist(pytester, stub_url):
+    cases = [{"id": f"s{i}", "input": f"SLEEP:40 ANSWER: x{i}", "target": f"x{i}"} for i in range(40)]
+    write_suite(pytester.path / "evals", "slow", cases, **{"pass": "record"})
+    before = stub_stats(stub_url)["requests"]
+    assert run(pytester, stub_url, "evals", "--llm-concurrency", "4", workers="2").ret == 0
+    stats = stub_stats(stub_url)
+    assert stats["requests"] - before == 40  # one request per case, none sent twice
+    assert stats["max_in_flight"] <= 8  # tests share the stub; this run alone keeps <= 4
+
+
+def test_help_does_not_import_heavy_modules(pytester):
+    result = pytester.runpython_c(
+        "import sys, pytest\n"
+        "pytest.main(['--help'])\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'openpyxl', 'aiohttp') if m in sys.modules))")
+    result.stdout.fnmatch_lines(["*--llm-model*", "HEAVY []"])
