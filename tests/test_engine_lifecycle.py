@@ -1,0 +1,108 @@
+"""The bundled engine for real: one per run, shared by workers and hand-written tests, never orphaned."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_suite
+
+CAPITALS = [{"id": c.lower(), "input": c, "target": t} for c, t in (("Germany", "Berlin"), ("Italy", "Rome"))]
+SUITE = {
+    "api": "completion",
+    "chat_template": "raw",
+    "prompt": {"template": "Country: France\nCapital: Paris\n\nCountry: {{ input }}\nCapital:"},
+    "generation": {"max_tokens": 4, "temperature": 0, "stop": ["\n"]},
+    "extract": ["first_line"],
+    "pass": "record",
+    "gates": ["error_rate == 0"],
+}
+
+
+def engine_pids(parent_pid: int | None = None) -> list[int]:
+    """Processes of the bundled server (optionally the ones watching a given pytest pid)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"harness.engines.cpu_server" not in argv:
+            continue
+        if parent_pid is not None and str(parent_pid).encode() != argv[argv.index(b"--parent-pid") + 1]:
+            continue
+        pids.append(int(entry.name))
+    return pids
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_one_engine_shared_by_suites_and_hand_written_tests(pytester, workers):
+    write_suite(pytester.path / "evals", "capitals", CAPITALS, **SUITE)
+    pytester.makepyfile(test_hand="""
+        def test_uses_the_same_engine(llm_client, llm_model):
+            assert llm_model == "gemma-3-270m"
+            text = llm_client.complete("Country: France\\nCapital:", max_tokens=3, stop=["\\n"])
+            assert isinstance(text, str) and text.strip()
+            with open("hand_url.txt", "w") as handle:
+                handle.write(llm_client.base_url)
+    """)
+    before = set(engine_pids())
+    result = pytester.runpytest_subprocess("-n", workers, "--llm-report-dir", "out", "evals", "test_hand.py",
+                                           timeout=900)
+    result.assert_outcomes(passed=4)  # 2 cases, 1 gate, 1 hand-written test
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    engine = report["run"]["models"][0]["engine"]
+    assert engine["kind"] == "bundled-cpu"
+    assert (pytester.path / "hand_url.txt").read_text() == engine["base_url"]
+    assert report["run"]["models"][0]["weights_sha256"]
+    assert (pytester.path / "out" / "engine-gemma-3-270m.log").read_text().count("ready on") == 1
+    assert set(engine_pids()) - before == set(), "an engine process outlived its run"
+
+
+def _start_run(pytester: pytest.Pytester) -> subprocess.Popen[bytes]:
+    cases = [{"id": f"c{i}", "input": f"Country number {i}", "target": "x"} for i in range(200)]
+    write_suite(pytester.path / "evals", "many", cases, **{**SUITE, "generation": {"max_tokens": 64}})
+    return subprocess.Popen([sys.executable, "-m", "pytest", "evals", "--llm-report-dir", "out", "-p",
+                             "no:cacheprovider"], cwd=pytester.path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+
+
+@pytest.mark.parametrize("how", ["interrupt", "kill"])
+def test_no_engine_left_after_interrupt_or_kill(pytester, how):
+    proc = _start_run(pytester)
+    try:
+        assert wait_until(lambda: engine_pids(proc.pid), 120), "the engine never started"
+        server = engine_pids(proc.pid)[0]
+        time.sleep(2)
+        if how == "interrupt":
+            os.kill(proc.pid, signal.SIGINT)
+            output = proc.communicate(timeout=60)[0].decode()
+            assert "KeyboardInterrupt" in output
+            assert wait_until(lambda: not os.path.exists(f"/proc/{server}"), 15)
+        else:
+            proc.kill()  # no cleanup runs: the engine notices its parent is gone
+            proc.wait(10)
+            assert wait_until(lambda: not os.path.exists(f"/proc/{server}"), 15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in engine_pids(proc.pid):
+            os.kill(pid, signal.SIGKILL)
