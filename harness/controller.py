@@ -75,7 +75,7 @@ class Controller:
         for model in models:
             spec = self.state.spec(model)
             if spec.managed and writer is not None:
-                writer.line(f"llm-harness: starting the bundled engine for {model} (first run converts the model)")
+                writer.line(f"llm-harness: starting the bundled engine for {model} (a first run also converts the model: 1-2 min)")
             started = time.monotonic()
             clients[model] = self.state.client(model)
             if spec.managed and writer is not None:

@@ -8,7 +8,8 @@ from typing import Any
 
 import yaml
 
-BUNDLED_MODEL_NAME = "gemma-3-270m"
+from harness.engines.bundled import BUNDLED_MODEL_NAME
+
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 
 

@@ -14,8 +14,6 @@ import yaml
 
 from harness.engines.managed import free_port, model_listed
 
-pytest_plugins = ["pytester"]
-
 STUB_MODELS = "stub,stub-b"
 
 

@@ -106,3 +106,22 @@ def test_no_engine_left_after_interrupt_or_kill(pytester, how):
             proc.kill()
         for pid in engine_pids(proc.pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_workers_share_one_engine_they_started_and_the_controller_stops_it(pytester):
+    # no eval items: the first worker that needs the engine starts it under a file lock
+    pytester.makepyfile(**{f"test_hand{i}": f"""
+        import os
+
+        def test_engine(llm_client):
+            assert llm_client.complete("Country: Italy\\nCapital:", max_tokens=3, stop=["\\n"]).strip()
+            with open("url{i}.txt", "w") as handle:
+                handle.write(llm_client.base_url + " " + os.environ.get("PYTEST_XDIST_WORKER", ""))
+    """ for i in (1, 2)})
+    before = set(engine_pids())
+    result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadfile", timeout=900)
+    result.assert_outcomes(passed=2)
+    url1, worker1 = (pytester.path / "url1.txt").read_text().split()
+    url2, worker2 = (pytester.path / "url2.txt").read_text().split()
+    assert worker1 != worker2 and url1 == url2
+    assert set(engine_pids()) - before == set(), "an engine process outlived its run"
