@@ -118,6 +118,9 @@ class Controller:
 
     def judge(self) -> list[SuiteResult]:
         """Suite metrics and gates for every suite and model that has results."""
+        # reports list cases in data order, whichever worker finished first
+        models = {name: index for index, name in enumerate(self.state.model_names)}
+        self.results.sort(key=lambda r: (r.suite, r.dataset, r.line, models.get(r.model, 0)))
         groups: dict[tuple[str, str], list[CaseResult]] = defaultdict(list)
         for result in self.results:
             groups[(result.suite, result.model)].append(result)
@@ -129,7 +132,6 @@ class Controller:
                 continue
             if name not in totals:
                 totals[name] = len(suite_cases(suite))
-            results.sort(key=lambda r: (r.dataset, r.line))
             self.suite_results.append(judge_suite(suite, model, results, totals[name]))
         return self.suite_results
 

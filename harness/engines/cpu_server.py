@@ -419,6 +419,8 @@ class ModelServer:
             if engine is None:
                 raise RequestError(503, "model is still loading", "server_error", "model_loading")
             prompt_ids = self._prompt_ids(engine, body, chat)
+            if not prompt_ids:
+                raise RequestError(400, "the prompt is empty", code="invalid_value")
             total = len(prompt_ids) + sampling.max_tokens
             if total > self.max_model_len:
                 raise RequestError(
