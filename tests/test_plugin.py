@@ -261,3 +261,32 @@ def test_help_does_not_import_heavy_modules(pytester):
         "pytest.main(['--help'])\n"
         "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'openpyxl', 'aiohttp') if m in sys.modules))")
     result.stdout.fnmatch_lines(["*--llm-model*", "HEAVY []"])
+
+
+def test_existing_records_run_through_a_field_mapping(pytester, stub_url):
+    # the seeds' records: a history list, the current query and a label, under Chinese keys
+    records = [
+        {"url": "u1", "历史对话": ["用户: 你好", "客服: 您好"], "当前query": "ANSWER: 退款", "label": "退款"},
+        {"url": "u2", "历史对话": ["用户: 在吗"], "当前query": "ANSWER: 投诉", "label": "咨询"},
+    ]
+    write_suite(pytester.path / "evals", "seed", records,
+                fields={"id": "@line", "input": "当前query", "target": "label"},
+                prompt={"system": "You are a helpful assistant.",
+                        "template": "{{ record['历史对话'] | join('\\n') }}\n当前: {{ input }}"},
+                **{"pass": "record", "gates": ["accuracy >= 0.5"]})
+    result = run(pytester, stub_url, "evals", "-v")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*cases.jsonl::1 PASSED*", "*cases.jsonl::2 PASSED*"])
+    cases = load_report(pytester)["cases"]
+    assert cases[0]["prompt"] == [{"role": "system", "content": "You are a helpful assistant."},
+                                  {"role": "user", "content": "用户: 你好\n客服: 您好\n当前: ANSWER: 退款"}]
+    assert [(c["target"], c["score"]) for c in cases] == [("退款", 1.0), ("咨询", 0.0)]
+
+
+def test_suite_markers_are_registered_and_select(pytester, stub_url):
+    write_suite(pytester.path / "evals", "geo", CASES, markers=["smoke"], **{"pass": "record"})
+    write_suite(pytester.path / "evals", "other", CASES, **{"pass": "record"})
+    result = run(pytester, stub_url, "evals", "-m", "smoke and llm_eval", "--strict-markers",
+                 "-W", "error::pytest.PytestUnknownMarkWarning")
+    result.assert_outcomes(passed=3)
+    assert "evals/other" not in result.stdout.str()
