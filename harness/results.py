@@ -38,7 +38,8 @@ class CaseResult:
     data: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # shallow on purpose: asdict's deep copy costs more than scoring a case
+        return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "CaseResult":

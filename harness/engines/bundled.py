@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "BUNDLED_MODEL_NAME",
@@ -77,7 +78,7 @@ def bundled_gguf() -> Path:
     with _exclusive_lock(target.with_name(target.name + ".lock")):
         if target.exists():
             try:
-                return pkg.assemble(target)
+                return Path(pkg.assemble(target))
             except (FileExistsError, ValueError):
                 log.warning("%s is corrupt, re-assembling", target)
         tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
@@ -148,7 +149,7 @@ def _convert(gguf: Path, out_dir: Path) -> None:
     log.info("converting %s to a Hugging Face dir (one-time, ~1-2 min)", gguf)
     start = time.monotonic()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # The weights are already dequantised; dropping the GGUF quantizer state
     # makes save_pretrained write an ordinary checkpoint.
     model.hf_quantizer = None

@@ -50,7 +50,8 @@ class RequestError(Exception):
         self.code = code
 
 
-def error_response(status: int, message: str, err_type: str = "invalid_request_error", code: str | None = None) -> web.Response:
+def error_response(status: int, message: str, err_type: str = "invalid_request_error",
+                   code: str | None = None) -> web.Response:
     return web.json_response({"error": {"message": message, "type": err_type, "code": code}}, status=status)
 
 
@@ -230,8 +231,8 @@ class Engine:
 
         def deliver(i: int, toks: list[int]) -> None:
             done[i] = True
-            results[i] = engine._finalize(batch[i], toks)
-            batch[i].on_done(results[i])
+            result = results[i] = engine._finalize(batch[i], toks)
+            batch[i].on_done(result)
 
         class RowStop(StoppingCriteria):
             """Per-row completion; finished rows are answered immediately."""
@@ -571,21 +572,29 @@ async def serve(args: argparse.Namespace) -> int:
 
     # A plain daemon thread rather than an executor: if we are told to stop
     # mid-load (conversion can take minutes) we must not wait for it.
-    loaded: asyncio.Future[tuple[Any, Any]] = loop.create_future()
+    loaded: asyncio.Future[Any] = loop.create_future()
+
+    def settle(outcome: Any, failed: bool) -> None:
+        if loaded.done():
+            return
+        if failed:
+            loaded.set_exception(outcome)
+        else:
+            loaded.set_result(outcome)
 
     def load() -> None:
+        outcome: Any
         try:
-            outcome: Any = load_model(args.model)
-            setter = loaded.set_result
+            outcome, failed = load_model(args.model), False
         except BaseException as exc:  # noqa: BLE001 - reported via the future
-            outcome, setter = exc, loaded.set_exception
+            outcome, failed = exc, True
         try:
-            loop.call_soon_threadsafe(lambda: None if loaded.done() else setter(outcome))
+            loop.call_soon_threadsafe(settle, outcome, failed)
         except RuntimeError:  # loop closed: we were stopped mid-load
             pass
 
     threading.Thread(target=load, name="model-load", daemon=True).start()
-    stop_task = asyncio.ensure_future(stop.wait())
+    stop_task: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
     await asyncio.wait([loaded, stop_task], return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if loaded.done() and not stop.is_set():
@@ -603,7 +612,7 @@ async def serve(args: argparse.Namespace) -> int:
     log.info("shutting down")
     try:
         await asyncio.wait_for(runner.cleanup(), timeout=3)
-    except (asyncio.TimeoutError, Exception):
+    except Exception:  # includes TimeoutError; we are exiting anyway
         pass
     return code
 
