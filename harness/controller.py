@@ -21,7 +21,7 @@ from harness.generation import Generation, Task
 from harness.progress import ProgressLine
 from harness.results import CaseResult, GateResult, SuiteResult
 from harness.run import RunState
-from harness.suite import Suite, SuiteError, suite_for_dataset
+from harness.suite import Suite, SuiteError, load_cases, suite_for_dataset
 
 
 class Controller:
@@ -55,8 +55,6 @@ class Controller:
                 continue  # the worker reported this as a collection error already
             if suite is None:
                 continue
-            from harness.suite import load_cases
-
             for case in load_cases(suite, path.resolve()):
                 for model in self.state.model_names:
                     nodeid = f"{relpath}::{item_name(case.id, model, multi)}"

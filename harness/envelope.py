@@ -13,12 +13,15 @@ from harness.metadata import dataset_metadata, environment, git_state, model_met
 from harness.results import REPORT_SCHEMA, SCHEMA_VERSION
 
 
-def build_envelope(controller: Controller, args: list[str], workers: int) -> dict[str, Any]:
+def build_envelope(controller: Controller, args: list[str], workers: int,
+                   managed_engines: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report of a finished run; ``managed_engines`` are the records of the engines it started."""
     state = controller.state
     finished = datetime.now(timezone.utc)
     commit, dirty = git_state(controller.root)
     suites = list(controller.suites.values())
-    engines = {m: state._engines.get(m) for m in state.model_names}
+    engines = {spec.name: state.engine(spec.name) for spec in state.models if not spec.managed}
+    engines.update({record["model"]: record for record in managed_engines})
     used_models = {r.model for r in controller.results}
     run: dict[str, Any] = {
         "id": state.run_id,

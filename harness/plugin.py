@@ -16,7 +16,6 @@ from harness.collect import JsonlFile, is_suite_dataset
 from harness.run import STATE_KEY, WORKERINPUT_KEY, RunState, Settings, run_state
 
 CONTROLLER_KEY = pytest.StashKey["Any"]()
-ENGINES_KEY = pytest.StashKey["list[dict[str, Any]]"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -176,10 +175,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     from harness.engines.lease import stop_engines
 
+    # stopped before the reports are written, so each engine's log is complete
     engines = stop_engines(state.runtime_dir)
-    config.stash[ENGINES_KEY] = engines
-    for record in engines:
-        state._engines.setdefault(record["model"], record)
     if not controller.results:
         return
     from harness.envelope import build_envelope, point_latest, report_dir
@@ -188,7 +185,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     out, is_run_dir = report_dir(config.rootpath, config.getoption("llm_report_dir"), config.getini("llm_reports"),
                                  state.run_id)
     workers = int(getattr(config.option, "numprocesses", 0) or 0) if _is_xdist_controller(config) else 0
-    envelope = build_envelope(controller, list(config.invocation_params.args), workers)
+    envelope = build_envelope(controller, list(config.invocation_params.args), workers, engines)
     write_reports(envelope, out)
     for record in engines:
         if record.get("log") and Path(record["log"]).exists():

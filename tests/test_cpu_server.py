@@ -308,3 +308,29 @@ def test_failing_batch_only_fails_its_requests() -> None:
         ms.engine.stop()  # type: ignore[union-attr]
 
     asyncio.run(scenario())
+
+
+def test_prepare_hf_dir_converts_once_under_concurrency(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.engines import bundled
+
+    calls: list[Path] = []
+
+    def fake_convert(gguf: Path, out: Path) -> None:
+        calls.append(out)
+        time.sleep(0.3)  # long enough for the other callers to queue on the lock
+        if len(calls) == 1:
+            raise RuntimeError("first conversion dies half-way")
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(bundled, "_convert", fake_convert)
+    monkeypatch.setattr(bundled, "bundled_gguf", lambda: tmp_path / "unused.gguf")
+    with pytest.raises(RuntimeError):
+        bundled.prepare_hf_dir(tmp_path)
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [f"gemma-3-270m-{bundled.bundled_sha256()[:12]}.lock"]
+    with ThreadPoolExecutor(4) as pool:
+        dirs = list(pool.map(lambda _: bundled.prepare_hf_dir(tmp_path), range(4)))
+    assert len(set(dirs)) == 1 and len(calls) == 2
+    assert dirs[0].name == f"gemma-3-270m-{bundled.bundled_sha256()[:12]}"
+    assert (dirs[0] / "config.json").exists()
+    assert not list(dirs[0].parent.glob("*.tmp-*"))

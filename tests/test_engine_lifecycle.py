@@ -26,8 +26,8 @@ SUITE = {
 }
 
 
-def engine_pids(parent_pid: int | None = None) -> list[int]:
-    """Processes of the bundled server (optionally the ones watching a given pytest pid)."""
+def engine_pids(parent_pid: int | None = None, port: str | None = None) -> list[int]:
+    """Processes of the bundled server, optionally only those watching a given pytest pid or on a port."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -39,6 +39,8 @@ def engine_pids(parent_pid: int | None = None) -> list[int]:
         if b"harness.engines.cpu_server" not in argv:
             continue
         if parent_pid is not None and str(parent_pid).encode() != argv[argv.index(b"--parent-pid") + 1]:
+            continue
+        if port is not None and port.encode() != argv[argv.index(b"--port") + 1]:
             continue
         pids.append(int(entry.name))
     return pids
@@ -64,7 +66,6 @@ def test_one_engine_shared_by_suites_and_hand_written_tests(pytester, workers):
             with open("hand_url.txt", "w") as handle:
                 handle.write(llm_client.base_url)
     """)
-    before = set(engine_pids())
     result = pytester.runpytest_subprocess("-n", workers, "--llm-report-dir", "out", "evals", "test_hand.py",
                                            timeout=900)
     result.assert_outcomes(passed=4)  # 2 cases, 1 gate, 1 hand-written test
@@ -74,7 +75,8 @@ def test_one_engine_shared_by_suites_and_hand_written_tests(pytester, workers):
     assert (pytester.path / "hand_url.txt").read_text() == engine["base_url"]
     assert report["run"]["models"][0]["weights_sha256"]
     assert (pytester.path / "out" / "engine-gemma-3-270m.log").read_text().count("ready on") == 1
-    assert set(engine_pids()) - before == set(), "an engine process outlived its run"
+    port = engine["launch"]["argv"][engine["launch"]["argv"].index("--port") + 1]
+    assert engine_pids(port=port) == [], "the engine outlived its run"
 
 
 def _start_run(pytester: pytest.Pytester) -> subprocess.Popen[bytes]:
@@ -118,10 +120,9 @@ def test_workers_share_one_engine_they_started_and_the_controller_stops_it(pytes
             with open("url{i}.txt", "w") as handle:
                 handle.write(llm_client.base_url + " " + os.environ.get("PYTEST_XDIST_WORKER", ""))
     """ for i in (1, 2)})
-    before = set(engine_pids())
     result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadfile", timeout=900)
     result.assert_outcomes(passed=2)
     url1, worker1 = (pytester.path / "url1.txt").read_text().split()
     url2, worker2 = (pytester.path / "url2.txt").read_text().split()
     assert worker1 != worker2 and url1 == url2
-    assert set(engine_pids()) - before == set(), "an engine process outlived its run"
+    assert engine_pids(port=url1.rsplit(":", 1)[1].split("/")[0]) == [], "the engine outlived its run"

