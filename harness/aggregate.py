@@ -23,11 +23,12 @@ def suite_metrics(suite: Suite, results: Sequence[CaseResult]) -> tuple[str, dic
     """The main metric's name and every metric of one suite on one model."""
     n = len(results)
     errors = sum(r.error is not None for r in results)
-    latencies = [r.latency_ms for r in results if r.error is None and r.latency_ms is not None]
+    latencies = [r.latency_ms for r in results if r.error is None and not r.cached and r.latency_ms is not None]
     tokens = [r.output_tokens for r in results if r.output_tokens is not None]
     metrics: dict[str, float | None] = {
         "cases": float(n),
         "errors": float(errors),
+        "cached": float(sum(r.cached for r in results)),
         "error_rate": errors / n if n else None,
         "score": sum(r.score or 0.0 for r in results) / n if n else None,
         "latency_p50_ms": percentile(latencies, 50),

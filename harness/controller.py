@@ -17,7 +17,8 @@ from _pytest.reports import TestReport
 
 from harness.aggregate import judge_suite
 from harness.collect import CaseItem, item_name, suite_cases
-from harness.generation import Generation, Task
+from harness.cache import cache_key
+from harness.generation import Generation, Task, build_request
 from harness.progress import ProgressLine
 from harness.results import CaseResult, GateResult, SuiteResult
 from harness.run import RunState
@@ -36,6 +37,7 @@ class Controller:
         self.generation: dict[str, Any] = {}
         self.planned = False
         self.report_path: Path | None = None
+        self._keys: dict[str, tuple[str, str]] = {}  # node id -> (cache key, model)
 
     # -- generation -------------------------------------------------------------------------
     def plan_from_items(self, items: Iterable[pytest.Item]) -> list[Task]:
@@ -62,24 +64,16 @@ class Controller:
         return [known[n] for n in wanted if n in known]
 
     def generate(self, tasks: list[Task], writer: Any) -> None:
-        """Start the engines, send every request, fill the result board; blocks until done."""
+        """Answer what the cache holds, start the engines the rest needs, send it; blocks until done."""
         if self.planned or not tasks:
             return
         self.planned = True
         store = self.state.store()
         store.plan(t.nodeid for t in tasks)
-        models = list(dict.fromkeys(t.model for t in tasks))
-        clients = {}
-        for model in models:
-            spec = self.state.spec(model)
-            if spec.managed and writer is not None:
-                writer.line(f"llm-harness: starting the bundled engine for {model} (a first run also converts the model: 1-2 min)")
-            started = time.monotonic()
-            clients[model] = self.state.client(model)
-            if spec.managed and writer is not None:
-                record = self.state.engine(model)
-                writer.line(f"llm-harness: {model} ready at {record['base_url']} in {time.monotonic() - started:.1f} s")
-        generation = Generation(tasks, clients, self.state.settings.concurrency)
+        pending = self._from_cache(tasks, store, writer)
+        models = list(dict.fromkeys(t.model for t in pending))
+        clients = {model: self._client(model, writer) for model in models}
+        generation = Generation(pending, clients, self.state.settings.concurrency)
         progress = ProgressLine(writer, generation.total,
                                 f"llm-harness: generating ({len(models)} model(s), {self.state.settings.concurrency} in flight)")
         started = time.time()
@@ -87,18 +81,54 @@ class Controller:
         try:
             while not generation.finished():
                 time.sleep(0.1)
-                store.put_many(generation.drain())
+                self._record(generation.drain(), store)
                 progress.update(generation.done, generation.errors)
-            store.put_many(generation.drain())
+            self._record(generation.drain(), store)
             generation.result()
         except BaseException:
             generation.cancel()
             raise
         finished = time.time()
-        progress.close(generation.done, generation.errors)
-        self.generation = {"requests": generation.total, "errors": generation.errors,
-                           "wall_s": round(finished - started, 3),
+        if pending:
+            progress.close(generation.done, generation.errors)
+        self.generation = {"requests": generation.total, "cached": len(tasks) - len(pending),
+                           "errors": generation.errors, "wall_s": round(finished - started, 3),
                            "requests_per_s": round(generation.total / max(finished - started, 1e-9), 3)}
+
+    def _from_cache(self, tasks: list[Task], store: Any, writer: Any) -> list[Task]:
+        """Put cached replies on the board; return the tasks still to send."""
+        cache = self.state.response_cache()
+        if cache is None:
+            return tasks
+        identities = {model: self.state.model_identity(model) for model in dict.fromkeys(t.model for t in tasks)}
+        self._keys = {t.nodeid: (cache_key(identities[t.model], build_request(t.suite, t.case, t.model)), t.model)
+                      for t in tasks}
+        hits = cache.get_many(key for key, _ in self._keys.values())
+        cached = [(t.nodeid, {**hits[self._keys[t.nodeid][0]], "cached": True}) for t in tasks
+                  if self._keys[t.nodeid][0] in hits]
+        store.put_many(cached)
+        if cached and writer is not None:
+            writer.line(f"llm-harness: {len(cached)} of {len(tasks)} replies from the cache ({cache.path})")
+        return [t for t in tasks if self._keys[t.nodeid][0] not in hits]
+
+    def _record(self, replies: list[tuple[str, dict[str, Any]]], store: Any) -> None:
+        """Replies go on the board, and (successful ones) into the cache as they arrive: a killed run resumes."""
+        store.put_many(replies)
+        cache = self.state.response_cache()
+        if cache is not None and replies:
+            cache.put_many((*self._keys[nodeid], reply) for nodeid, reply in replies)
+
+    def _client(self, model: str, writer: Any) -> Any:
+        spec = self.state.spec(model)
+        started = time.monotonic()
+        if spec.managed and writer is not None:
+            writer.line(f"llm-harness: starting the bundled engine for {model} "
+                        "(a first run also converts the model: 1-2 min)")
+        client = self.state.client(model)
+        if spec.managed and writer is not None:
+            record = self.state.engine(model)
+            writer.line(f"llm-harness: {model} ready at {record['base_url']} in {time.monotonic() - started:.1f} s")
+        return client
 
     # -- results ----------------------------------------------------------------------------
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

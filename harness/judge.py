@@ -26,7 +26,7 @@ def judge_case(suite: Suite, case: Case, model: str, nodeid: str, dataset: str,
         suite=suite.name, id=case.id, model=model, nodeid=nodeid, dataset=dataset, line=case.line,
         prompt=request.prompt, target=case.target, output=reply.get("text"),
         latency_ms=reply.get("latency_ms"), output_tokens=reply.get("output_tokens"),
-        metadata=case.metadata, error=reply.get("error"),
+        metadata=case.metadata, error=reply.get("error"), cached=bool(reply.get("cached")),
     )
     if result.error:
         result.score, result.reason = 0.0, f"model error: {result.error}"

@@ -36,6 +36,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     option("retries", "retries of a request after a timeout, 429, 5xx or connection error", default="2")
     option("engine-timeout", "seconds to wait for a managed engine to list its model", default="900")
     option("max-batch", "batch size of the bundled CPU engine", default="16")
+    option("cache", "response cache: off, read, write or read-write", default="read-write",
+           choices=["off", "read", "write", "read-write"])
+    option("cache-path", "response cache file (default: ~/.cache/pytest-llm-harness/responses.sqlite)")
     option("report-dir", "write reports to this folder (default: reports/<run id>, with reports/latest)")
     parser.addini("llm_reports", "base folder of run reports", default="reports")
 
@@ -47,15 +50,22 @@ def _value(config: pytest.Config, name: str) -> Any:
 
 def _settings(config: pytest.Config) -> Settings:
     try:
-        return Settings(
+        settings = Settings(
             concurrency=int(_value(config, "llm_concurrency")),
             timeout_s=float(_value(config, "llm_timeout")),
             retries=int(_value(config, "llm_retries")),
             engine_timeout_s=float(_value(config, "llm_engine_timeout")),
             max_batch=int(_value(config, "llm_max_batch")),
+            cache_mode=str(_value(config, "llm_cache")),
+            cache_path=str(_value(config, "llm_cache_path") or ""),
         )
     except ValueError as exc:
         raise pytest.UsageError(f"llm-harness: bad numeric option: {exc}") from exc
+    from harness.cache import MODES
+
+    if settings.cache_mode not in MODES:
+        raise pytest.UsageError(f"llm-harness: llm_cache must be one of {', '.join(MODES)}")
+    return settings
 
 
 def _is_xdist_controller(config: pytest.Config) -> bool:

@@ -33,6 +33,7 @@ class CaseResult:
     error: str | None = None
     latency_ms: float | None = None
     output_tokens: int | None = None
+    cached: bool = False  # the reply came from the response cache (kept out of latency figures)
     metadata: dict[str, Any] = field(default_factory=dict)
     # scorer-specific values that suite aggregation needs (e.g. predicted label)
     data: dict[str, Any] = field(default_factory=dict)

@@ -20,6 +20,7 @@ from harness.engines.client import OpenAICompatClient, Reply
 from harness.engines.lease import api_key, ensure_engine
 from harness.engines.loop import run_sync
 from harness.models import ModelSpec
+from harness.cache import ResponseCache
 from harness.store import ResultStore
 from harness.suite import Case, Suite
 
@@ -36,6 +37,8 @@ class Settings:
     retries: int = 2
     engine_timeout_s: float = 900.0
     max_batch: int = 16
+    cache_mode: str = "read-write"
+    cache_path: str = ""  # empty: <cache root>/responses.sqlite
 
 
 @dataclass
@@ -49,6 +52,7 @@ class RunState:
     _store: ResultStore | None = field(default=None, repr=False)
     _engines: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     _clients: dict[str, OpenAICompatClient] = field(default_factory=dict, repr=False)
+    _cache: ResponseCache | None = field(default=None, repr=False)
 
     @classmethod
     def new(cls, models: list[ModelSpec], settings: Settings) -> "RunState":
@@ -80,6 +84,27 @@ class RunState:
             self._store = ResultStore(self.runtime_dir / "results.sqlite")
         return self._store
 
+    def response_cache(self) -> ResponseCache | None:
+        """The persistent response cache, or None when `--llm-cache off`."""
+        if self.settings.cache_mode == "off":
+            return None
+        if self._cache is None:
+            from harness.engines.bundled import default_cache_root
+
+            path = Path(self.settings.cache_path) if self.settings.cache_path else \
+                default_cache_root() / "responses.sqlite"
+            self._cache = ResponseCache(path, self.settings.cache_mode)
+        return self._cache
+
+    def model_identity(self, model: str) -> dict[str, Any]:
+        """What makes two replies interchangeable: name, engine kind, weights when known."""
+        spec = self.spec(model)
+        if spec.managed:
+            from harness.engines.bundled import bundled_sha256
+
+            return {"name": model, "engine": "bundled-cpu", "weights_sha256": bundled_sha256()}
+        return {"name": model, "engine": "openai-compatible"}
+
     def engine(self, model: str) -> dict[str, Any]:
         """The engine serving a model, started now if this run has not started it yet."""
         if model not in self._engines:
@@ -110,6 +135,9 @@ class RunState:
         if self._store is not None:
             self._store.close()
             self._store = None
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
 
 
 def run_state(config: pytest.Config) -> RunState:

@@ -66,8 +66,8 @@ def test_one_engine_shared_by_suites_and_hand_written_tests(pytester, workers):
             with open("hand_url.txt", "w") as handle:
                 handle.write(llm_client.base_url)
     """)
-    result = pytester.runpytest_subprocess("-n", workers, "--llm-report-dir", "out", "evals", "test_hand.py",
-                                           timeout=900)
+    result = pytester.runpytest_subprocess("-n", workers, "--llm-report-dir", "out", "--llm-cache", "off",
+                                           "evals", "test_hand.py", timeout=900)
     result.assert_outcomes(passed=4)  # 2 cases, 1 gate, 1 hand-written test
     report = json.loads((pytester.path / "out" / "report.json").read_text())
     engine = report["run"]["models"][0]["engine"]
@@ -83,7 +83,7 @@ def _start_run(pytester: pytest.Pytester) -> subprocess.Popen[bytes]:
     cases = [{"id": f"c{i}", "input": f"Country number {i}", "target": "x"} for i in range(200)]
     write_suite(pytester.path / "evals", "many", cases, **{**SUITE, "generation": {"max_tokens": 64}})
     return subprocess.Popen([sys.executable, "-m", "pytest", "evals", "--llm-report-dir", "out", "-p",
-                             "no:cacheprovider"], cwd=pytester.path, stdout=subprocess.PIPE,
+                             "no:cacheprovider", "--llm-cache", "off"], cwd=pytester.path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
 
 

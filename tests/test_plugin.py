@@ -18,9 +18,10 @@ def workers(request: pytest.FixtureRequest) -> str:
 
 
 def run(pytester: pytest.Pytester, url: str, *args: str, workers: str = "0", model: str = "stub") -> pytest.RunResult:
+    # each test gets its own response cache, so runs of one test never see another's replies
     return pytester.runpytest_subprocess(
-        "-n", workers, "--llm-base-url", url, "--llm-model", model, "--llm-report-dir", "out", *args,
-        timeout=180,
+        "-n", workers, "--llm-base-url", url, "--llm-model", model, "--llm-report-dir", "out",
+        "--llm-cache-path", "cache.sqlite", *args, timeout=180,
     )
 
 
@@ -64,7 +65,7 @@ def test_metrics_identical_with_and_without_xdist(pytester, stub_url):
     write_suite(pytester.path / "evals", "yn", cases, **{"pass": "record", "gates": ["accuracy >= 0.5"]})
     reports = []
     for n in ("0", "2", "8"):
-        assert run(pytester, stub_url, "evals", workers=n).ret == 0
+        assert run(pytester, stub_url, "evals", "--llm-cache", "off", workers=n).ret == 0
         report = load_report(pytester)
         reports.append(([(s["metrics"]["accuracy"], s["metrics"]["cases"], s["gates"]) for s in report["suites"]],
                         sorted((c["id"], c["score"]) for c in report["cases"])))
@@ -179,7 +180,8 @@ def test_reports_are_written(pytester, stub_url, workers):
 
 def test_default_report_dir_and_latest(pytester, stub_url):
     write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record"})
-    result = pytester.runpytest_subprocess("--llm-base-url", stub_url, "--llm-model", "stub", "evals")
+    result = pytester.runpytest_subprocess("--llm-base-url", stub_url, "--llm-model", "stub", "evals",
+                                           "--llm-cache", "off")
     assert result.ret == 0
     latest = pytester.path / "reports" / "latest"
     assert latest.is_symlink()
@@ -191,7 +193,7 @@ def test_several_models_parametrize_cases_and_suites(pytester, stub_url, workers
     write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record", "gates": ["accuracy >= 0.5"]})
     result = pytester.runpytest_subprocess(
         "-n", workers, "--llm-base-url", stub_url, "--llm-model", "stub", "--llm-model", "stub-b",
-        "--llm-report-dir", "out", "evals", "-v", timeout=180)
+        "--llm-report-dir", "out", "--llm-cache", "off", "evals", "-v", timeout=180)
     result.assert_outcomes(passed=8)
     result.stdout.fnmatch_lines(["*PASSED*", "*cases.jsonl::c1[[]stub-b[]]*"], consecutive=False)
     result.stdout.fnmatch_lines(["*gate[[]accuracy >= 0.5[]][[]stub[]]*"])
