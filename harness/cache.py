@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
 from harness.engines.client import Request
+from harness.sqlite import open_wal
 
 CACHE_FORMAT = 1
 MODES = ("off", "read", "write", "read-write")
@@ -33,10 +33,7 @@ class ResponseCache:
             raise ValueError(f"cache mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.path = path
         self.mode = mode
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), timeout=60, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_wal(path)
         self._db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
                          "reply TEXT NOT NULL, created REAL NOT NULL)")
 

@@ -7,19 +7,17 @@ read theirs. SQLite in WAL mode lets one writer and many readers work at once.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Iterable
+
+from harness.sqlite import open_wal
 
 
 class ResultStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), timeout=60, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_wal(path)
         self._db.execute("CREATE TABLE IF NOT EXISTS replies (nodeid TEXT PRIMARY KEY, reply TEXT NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS planned (nodeid TEXT PRIMARY KEY)")
 
