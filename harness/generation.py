@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from harness.engines.client import OpenAICompatClient, Reply, Request
+from harness.engines.client import AUTH_STATUS, OpenAICompatClient, Reply, Request
 from harness.engines.loop import submit
 from harness.prompts import render
 from harness.suite import Case, Suite
@@ -40,6 +40,10 @@ def build_request(suite: Suite, case: Case, model: str) -> Request:
     return Request(suite.api, model, render(suite, case), params, dict(suite.extra_body))
 
 
+class GenerationAborted(RuntimeError):
+    """The server refused the credentials: the run stops with one message instead of N failures."""
+
+
 class Generation:
     """Sends every task's request on the background loop; the caller drains replies from any thread."""
 
@@ -49,6 +53,8 @@ class Generation:
         self.concurrency = max(1, concurrency)
         self.done = 0
         self.errors = 0
+        self.succeeded = 0
+        self.aborted: str | None = None
         self._replies: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
         self._count_lock = threading.Lock()
         self._future: Any = None
@@ -64,9 +70,11 @@ class Generation:
         return self._future is not None and self._future.done()
 
     def result(self) -> None:
-        """Re-raise an unexpected failure of the generation loop itself."""
+        """Re-raise a failure of the generation loop itself, or the reason it stopped the run."""
         if self._future is not None:
             self._future.result()
+        if self.aborted:
+            raise GenerationAborted(self.aborted)
 
     def cancel(self) -> None:
         if self._future is not None:
@@ -92,11 +100,19 @@ class Generation:
     async def _worker(self, pending: Iterator[Task]) -> None:
         # one shared iterator: requests leave in collection order, `concurrency` at a time
         for task in pending:
+            if self.aborted:
+                return
             try:
                 reply = await self.clients[task.model].send(build_request(task.suite, task.case, task.model))
             except Exception as exc:  # a rendering bug must not lose the case
                 reply = Reply(None, f"request not sent: {type(exc).__name__}: {exc}", 0.0)
+            if reply.status in AUTH_STATUS and not self.succeeded:
+                # wrong key on the first requests: every other request would fail the same way
+                self.aborted = (f"{task.model} at {self.clients[task.model].base_url} refused the request "
+                                f"({reply.error}); check the API key variable (--llm-api-key-env)")
+                return
             with self._count_lock:
                 self.done += 1
                 self.errors += reply.error is not None
+                self.succeeded += reply.error is None
             self._replies.put((task.nodeid, reply.to_dict()))

@@ -136,11 +136,14 @@ def _terminal_writer(config: pytest.Config) -> Any:
 
 def _generate(config: pytest.Config, tasks: list[Any]) -> None:
     from harness.engines.managed import EngineStartError
+    from harness.generation import GenerationAborted
 
     try:
         _controller(config).generate(tasks, _terminal_writer(config))
     except EngineStartError as exc:
         pytest.exit(f"llm-harness: {exc}", returncode=pytest.ExitCode.INTERNAL_ERROR)
+    except GenerationAborted as exc:
+        pytest.exit(f"llm-harness: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -63,3 +63,10 @@ def test_api_key_is_sent_as_bearer(stub_url):
 
     send(stub_url, "ANSWER: x", api_key="sk-client-test")
     assert hashlib.sha256(b"Bearer sk-client-test").hexdigest() in stub_stats(stub_url)["auth_sha256"]
+
+
+def test_retry_after_is_honoured_instead_of_backoff(stub_url):
+    # FLAKY:2 answers 429 with retry-after-ms: 200 twice; a 30 s backoff shows it was not used
+    reply = send(stub_url, "FLAKY:2 ANSWER: finally", retries=3, backoff_s=30.0)
+    assert reply.text == "finally" and reply.attempts == 3
+    assert 350 <= reply.latency_ms < 3000

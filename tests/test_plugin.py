@@ -292,3 +292,39 @@ def test_suite_markers_are_registered_and_select(pytester, stub_url):
                  "-W", "error::pytest.PytestUnknownMarkWarning")
     result.assert_outcomes(passed=3)
     assert "evals/other" not in result.stdout.str()
+
+
+def test_rejected_api_key_stops_the_run_with_one_message(pytester, monkeypatch):
+    import subprocess
+    import sys
+    import time
+
+    from harness.engines.managed import free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "harness.testing.stub_server", "--port", str(port),
+                               "--models", "stub", "--api-key", "right-key"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                stub_stats(url)
+                break
+            except OSError:
+                time.sleep(0.1)
+        monkeypatch.setenv("LLM_TEST_KEY", "wrong-key")
+        cases = answer_cases([(f"k{i}", "a", "a") for i in range(50)])
+        write_suite(pytester.path / "evals", "geo", cases, **{"pass": "record"})
+        result = run(pytester, url, "evals", "--llm-api-key-env", "LLM_TEST_KEY", "--llm-concurrency", "4")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        out = result.stdout.str() + result.stderr.str()
+        assert out.count("refused the request (HTTP 401: invalid api key)") == 1
+        assert "check the API key variable" in out
+        assert stub_stats(url)["requests"] <= 4 * 3  # the first in-flight requests and their retries, not 50
+        monkeypatch.setenv("LLM_TEST_KEY", "right-key")
+        assert run(pytester, url, "evals", "--llm-api-key-env", "LLM_TEST_KEY").ret == 0
+    finally:
+        server.terminate()
+        server.wait(10)

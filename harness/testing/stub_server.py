@@ -2,7 +2,9 @@
 
 The reply is the text after the last ``ANSWER:`` in the prompt (else ``ok``). Directives in
 the prompt inject faults: ``FAIL:<status>`` answers that HTTP status, ``EMPTY`` gives an empty
-reply, ``SLEEP:<ms>`` delays the answer. ``--delay-ms`` delays every answer. Every request is
+reply, ``SLEEP:<ms>`` delays the answer, ``FLAKY:<n>`` answers 429 with ``retry-after-ms: 200``
+to the first n attempts of that prompt. ``--api-key`` makes every request without that bearer
+key a 401. ``--delay-ms`` delays every answer. Every request is
 counted; ``GET /stats`` returns the counts, the maximum in flight and the Authorization headers
 seen (hashed, so a test can check a key arrived without the key being stored).
 
@@ -29,8 +31,10 @@ def reply_for(prompt: str) -> str:
 
 
 class Stub:
-    def __init__(self, models: list[str] | None, delay_ms: float) -> None:
+    def __init__(self, models: list[str] | None, delay_ms: float, api_key: str | None = None) -> None:
         self.models = models
+        self.api_key = api_key
+        self.attempts: dict[str, int] = {}
         self.delay_s = delay_ms / 1000
         self.requests = 0
         self.in_flight = 0
@@ -65,6 +69,8 @@ class Stub:
         try:
             if "Authorization" in request.headers:
                 self.auth.add(hashlib.sha256(request.headers["Authorization"].encode()).hexdigest())
+            if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+                return web.json_response({"error": {"message": "invalid api key"}}, status=401)
             body = await request.json()
             model = body.get("model")
             if self.models is not None and model not in self.models:
@@ -79,6 +85,12 @@ class Stub:
                 delay = int(sleep.group(1)) / 1000
             if delay:
                 await asyncio.sleep(delay)
+            flaky = re.search(r"FLAKY:(\d+)", prompt)
+            if flaky:
+                self.attempts[prompt] = self.attempts.get(prompt, 0) + 1
+                if self.attempts[prompt] <= int(flaky.group(1)):
+                    return web.json_response({"error": {"message": "slow down"}}, status=429,
+                                             headers={"retry-after-ms": "200"})
             fail = re.search(r"FAIL:(\d{3})", prompt)
             if fail:
                 return web.json_response({"error": {"message": "injected failure"}}, status=int(fail.group(1)))
@@ -103,9 +115,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--models", default=None, help="comma-separated model names (default: any)")
     parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--api-key", default=None, help="require this bearer key (else 401)")
     args = parser.parse_args()
     models = args.models.split(",") if args.models else None
-    web.run_app(Stub(models, args.delay_ms).app(), host=args.host, port=args.port, print=None,
+    web.run_app(Stub(models, args.delay_ms, args.api_key).app(), host=args.host, port=args.port, print=None,
                 access_log=None)
 
 
