@@ -328,3 +328,18 @@ def test_rejected_api_key_stops_the_run_with_one_message(pytester, monkeypatch):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_a_crashing_scorer_scores_zero_with_its_reason(pytester, stub_url):
+    write_suite(pytester.path / "evals", "geo", CASES, scorer="fragile", **{"pass": "score >= 1"})
+    (pytester.path / "evals" / "conftest.py").write_text(
+        "import harness\n\n"
+        "@harness.scorer('fragile')\n"
+        "def fragile(prediction, target, case):\n"
+        "    if prediction == 'Oslo':\n"
+        "        raise KeyError('no rule for Oslo')\n"
+        "    return prediction == target\n")
+    result = run(pytester, stub_url, "evals")
+    result.assert_outcomes(passed=2, failed=1)
+    case = next(c for c in load_report(pytester)["cases"] if c["id"] == "c3")
+    assert case["score"] == 0.0 and case["reason"] == "scorer raised KeyError: 'no rule for Oslo'"
