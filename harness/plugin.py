@@ -35,6 +35,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     option("timeout", "seconds per request attempt", default="300")
     option("retries", "retries of a request after a timeout, 429, 5xx or connection error", default="2")
     option("engine-timeout", "seconds to wait for a managed engine to list its model", default="900")
+    option("wait-ready", "seconds to wait for a remote server to list the model before the first request "
+           "(0: no wait)", default="0")
+    option("wait-interval", "seconds between those checks", default="5")
     option("max-batch", "batch size of the bundled CPU engine", default="16")
     option("cache", "response cache: off, read, write or read-write", default="read-write",
            choices=["off", "read", "write", "read-write"])
@@ -56,6 +59,8 @@ def _settings(config: pytest.Config) -> Settings:
             retries=int(_value(config, "llm_retries")),
             engine_timeout_s=float(_value(config, "llm_engine_timeout")),
             max_batch=int(_value(config, "llm_max_batch")),
+            wait_ready_s=float(_value(config, "llm_wait_ready")),
+            wait_interval_s=float(_value(config, "llm_wait_interval")),
             cache_mode=str(_value(config, "llm_cache")),
             cache_path=str(_value(config, "llm_cache_path") or ""),
         )

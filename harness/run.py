@@ -19,6 +19,7 @@ import pytest
 from harness.engines.client import OpenAICompatClient, Reply
 from harness.engines.lease import api_key, ensure_engine
 from harness.engines.loop import run_sync
+from harness.engines.managed import wait_ready
 from harness.models import ModelSpec
 from harness.cache import ResponseCache
 from harness.store import ResultStore
@@ -37,6 +38,8 @@ class Settings:
     retries: int = 2
     engine_timeout_s: float = 900.0
     max_batch: int = 16
+    wait_ready_s: float = 0.0  # remote servers: wait up to this long for the model to be listed
+    wait_interval_s: float = 5.0
     cache_mode: str = "read-write"
     cache_path: str = ""  # empty: <cache root>/responses.sqlite
 
@@ -108,8 +111,14 @@ class RunState:
     def engine(self, model: str) -> dict[str, Any]:
         """The engine serving a model, started now if this run has not started it yet."""
         if model not in self._engines:
-            self._engines[model] = ensure_engine(self.spec(model), self.runtime_dir, self.owner_pid,
-                                                 self.settings.engine_timeout_s, self.settings.max_batch)
+            spec = self.spec(model)
+            record = ensure_engine(spec, self.runtime_dir, self.owner_pid, self.settings.engine_timeout_s,
+                                   self.settings.max_batch)
+            if not spec.managed and self.settings.wait_ready_s > 0:
+                # the InternBootcamp practice: a server still loading is waited for, not failed on
+                wait_ready(record["base_url"], model, self.settings.wait_ready_s,
+                           interval_s=self.settings.wait_interval_s, api_key=api_key(spec))
+            self._engines[model] = record
         return self._engines[model]
 
     def client(self, model: str) -> OpenAICompatClient:

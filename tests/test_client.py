@@ -70,3 +70,15 @@ def test_retry_after_is_honoured_instead_of_backoff(stub_url):
     reply = send(stub_url, "FLAKY:2 ANSWER: finally", retries=3, backoff_s=30.0)
     assert reply.text == "finally" and reply.attempts == 3
     assert 350 <= reply.latency_ms < 3000
+
+
+def test_engine_that_dies_before_ready_reports_its_log_tail(tmp_path):
+    import sys
+
+    from harness.engines.managed import EngineStartError, free_port, start_server, wait_ready
+
+    log = tmp_path / "engine.log"
+    proc = start_server([sys.executable, "-c", "import sys; print('CUDA out of memory'); sys.exit(3)"], log)
+    with pytest.raises(EngineStartError, match=r"exited with code 3(.|\n)*CUDA out of memory"):
+        wait_ready(f"http://127.0.0.1:{free_port()}/v1", "m", timeout_s=30, proc=proc, log_path=log,
+                   interval_s=0.05)

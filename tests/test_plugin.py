@@ -343,3 +343,37 @@ def test_a_crashing_scorer_scores_zero_with_its_reason(pytester, stub_url):
     result.assert_outcomes(passed=2, failed=1)
     case = next(c for c in load_report(pytester)["cases"] if c["id"] == "c3")
     assert case["score"] == 0.0 and case["reason"] == "scorer raised KeyError: 'no rule for Oslo'"
+
+
+def test_waits_for_a_remote_server_to_list_the_model(pytester):
+    import subprocess
+    import sys
+    import threading
+
+    from harness.engines.managed import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record"})
+    late: list[subprocess.Popen[bytes]] = []
+
+    def start_late() -> None:  # the server comes up while the run is already waiting
+        late.append(subprocess.Popen([sys.executable, "-m", "harness.testing.stub_server", "--port", str(port),
+                                      "--models", "stub"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    timer = threading.Timer(3.0, start_late)
+    timer.start()
+    try:
+        result = run(pytester, url, "evals", "--llm-wait-ready", "60", "--llm-wait-interval", "0.2")
+        result.assert_outcomes(passed=3)
+        metrics = load_report(pytester)["suites"][0]["metrics"]
+        assert metrics["error_rate"] == 0 and metrics["accuracy"] == pytest.approx(2 / 3)
+    finally:
+        timer.join()
+        for proc in late:
+            proc.terminate()
+            proc.wait(10)
+    gone = run(pytester, f"http://127.0.0.1:{free_port()}/v1", "evals", "--llm-wait-ready", "1",
+               "--llm-wait-interval", "0.2", "--llm-cache", "off")
+    assert gone.ret == pytest.ExitCode.INTERNAL_ERROR
+    assert "not ready after 1 s" in gone.stdout.str() + gone.stderr.str()

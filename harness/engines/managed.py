@@ -54,21 +54,23 @@ def start_server(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
 
 
 def wait_ready(base_url: str, model: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None,
-               log_path: Path | None = None, interval_s: float = 0.5) -> float:
+               log_path: Path | None = None, interval_s: float = 0.5, api_key: str | None = None) -> float:
     """Poll until the model is listed; raise EngineStartError with the log tail on exit or timeout."""
     started = time.monotonic()
     while True:
-        if model_listed(base_url, model):
+        if model_listed(base_url, model, api_key):
             return time.monotonic() - started
         if proc is not None and proc.poll() is not None:
-            tail = log_tail(log_path) if log_path else ""
-            raise EngineStartError(f"engine for {model!r} exited with code {proc.returncode} before it was ready; "
-                                   f"log {log_path}:\n{tail}")
+            raise EngineStartError(f"engine for {model!r} exited with code {proc.returncode} before it was ready"
+                                   + _log_hint(log_path))
         if time.monotonic() - started > timeout_s:
-            tail = log_tail(log_path) if log_path else ""
-            raise EngineStartError(f"engine for {model!r} at {base_url} not ready after {timeout_s:g} s; "
-                                   f"log {log_path}:\n{tail}")
+            raise EngineStartError(f"engine for {model!r} at {base_url} not ready after {timeout_s:g} s"
+                                   + _log_hint(log_path))
         time.sleep(interval_s)
+
+
+def _log_hint(log_path: Path | None) -> str:
+    return f"; log {log_path}:\n{log_tail(log_path)}" if log_path is not None else ""
 
 
 def pid_alive(pid: int) -> bool:
