@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
 from pathlib import Path
 from typing import Any
 
