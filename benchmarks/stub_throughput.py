@@ -1,20 +1,33 @@
 """Harness throughput against a stub OpenAI-compatible server, next to a bare asyncio client.
 
-Prints one row per configuration: wall time of a whole `pytest` run of an N-case suite
-(interpreter start, collection, generation, scoring, reports) and of a bare script doing the
-same requests (interpreter start included), at equal concurrency, and their ratio.
+For each (cases, concurrency) pair, prints the wall time of a whole `pytest` run of an
+N-case suite (interpreter start, collection, generation, scoring, reports) with `-n 0` and
+`-n 2`, and of a bare script sending the same requests (interpreter start included) with
+`openai.AsyncOpenAI` and with aiohttp, at equal concurrency; the ratio is requests/s against
+the bare openai client. It also prints the maximum in flight the stub saw (must not exceed the
+concurrency under -n 2), the median per-case time pytest measured for the items, and the
+time to collect a large suite.
 
-    python benchmarks/stub_throughput.py --cases 1000 --delay-ms 50 --concurrency 32 --workers 0 2
+The pytest runs load only this plugin and xdist (PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 with -p):
+a user's plugins (hypothesis, asyncio, ...) cost what they cost with or without this one.
+Bytecode writing is left on for every command, as it is by default in Python.
+
+    python benchmarks/stub_throughput.py --cases 1000 10000 --concurrency 32 256 --delay-ms 50
+    python benchmarks/stub_throughput.py --cases 1000 --concurrency 32 --delay-ms 0 --collect 100000
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,10 +39,11 @@ import asyncio, json, sys, aiohttp
 url, n, conc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 async def main():
     sem = asyncio.Semaphore(conc)
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
         async def one(i):
             async with sem:
-                body = {"model": "stub", "messages": [{"role": "user", "content": f"q{i}\\nANSWER: a{i}"}]}
+                body = {"model": "stub", "messages": [{"role": "user", "content": f"q{i}\\nANSWER: a{i}"}],
+                        "max_tokens": 256, "temperature": 0.0}
                 async with s.post(url + "/chat/completions", json=body) as r:
                     return (await r.json())["choices"][0]["message"]["content"]
         out = await asyncio.gather(*(one(i) for i in range(n)))
@@ -38,14 +52,17 @@ asyncio.run(main())
 """
 
 BARE_OPENAI = """
-import asyncio, sys, openai
+import asyncio, sys, httpx, openai
 url, n, conc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 async def main():
-    client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0)
+    client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0,
+                                http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=conc)))
     sem = asyncio.Semaphore(conc)
     async def one(i):
         async with sem:
-            r = await client.chat.completions.create(model="stub", messages=[{"role": "user", "content": f"q{i}\\nANSWER: a{i}"}])
+            r = await client.chat.completions.create(
+                model="stub", messages=[{"role": "user", "content": f"q{i}\\nANSWER: a{i}"}],
+                max_tokens=256, temperature=0.0)
             return r.choices[0].message.content
     out = await asyncio.gather(*(one(i) for i in range(n)))
     assert len(out) == n
@@ -55,7 +72,7 @@ asyncio.run(main())
 
 def write_suite(root: Path, cases: int) -> Path:
     suite = root / "evals" / "bench"
-    suite.mkdir(parents=True)
+    suite.mkdir(parents=True, exist_ok=True)
     (suite / "suite.yaml").write_text("name: bench\ndataset: cases.jsonl\napi: chat\nscorer: exact_match\n"
                                       "pass: record\ngates: ['accuracy >= 0.99']\n")
     with (suite / "cases.jsonl").open("w") as handle:
@@ -64,51 +81,93 @@ def write_suite(root: Path, cases: int) -> Path:
     return root / "evals"
 
 
+def environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    return env
+
+
 def timed(argv: list[str], cwd: Path) -> float:
     started = time.perf_counter()
-    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=environment())
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{argv[:4]} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return elapsed
 
 
+def stub_call(url: str, path: str, method: str = "GET") -> dict:
+    request = urllib.request.Request(url.removesuffix("/v1") + path, method=method)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def item_median_ms(junit: Path) -> float:
+    times = [float(case.get("time", 0)) for case in ET.parse(junit).getroot().iter("testcase")
+             if "gate[" not in case.get("name", "")]
+    return statistics.median(times) * 1000
+
+
+def pytest_argv(evals: Path, url: str, concurrency: int, workers: str, out: Path) -> list[str]:
+    return [sys.executable, "-m", "pytest", str(evals), "-q", "-p", "no:cacheprovider", "-p", "harness.plugin",
+            "-p", "xdist.plugin", "-n", workers, "--llm-base-url", url, "--llm-model", "stub",
+            "--llm-concurrency", str(concurrency), "--llm-cache", "off", "--llm-report-dir", str(out / "report"),
+            "--junitxml", str(out / "junit.xml")]
+
+
+def bench(url: str, cases: int, concurrency: int, workers: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        evals = write_suite(root, cases)
+        rows: list[tuple[str, float, str]] = []
+        for script, name in ((BARE_OPENAI, "bare openai.AsyncOpenAI"), (BARE_AIOHTTP, "bare aiohttp")):
+            wall = timed([sys.executable, "-c", script, url, str(cases), str(concurrency)], root)
+            rows.append((name, wall, ""))
+        for n in workers:
+            stub_call(url, "/stats/reset", "POST")
+            wall = timed(pytest_argv(evals, url, concurrency, n, root), root)
+            peak = stub_call(url, "/stats")["max_in_flight"]
+            extra = f"max in flight {peak} (limit {concurrency}); item median {item_median_ms(root / 'junit.xml'):.2f} ms"
+            rows.append((f"pytest-llm-harness -n {n}", wall, extra))
+    base = rows[0][1]
+    print(f"\ncases={cases} concurrency={concurrency}")
+    print(f"{'run':28} {'wall s':>8} {'req/s':>8} {'vs openai':>10}  notes")
+    for name, wall, extra in rows:
+        print(f"{name:28} {wall:8.2f} {cases / wall:8.1f} {base / wall:10.2f}  {extra}")
+    sys.stdout.flush()
+
+
+def collect(cases: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        evals = write_suite(root, cases)
+        wall = timed([sys.executable, "-m", "pytest", str(evals), "--collect-only", "-q", "-p", "no:cacheprovider",
+                      "-p", "harness.plugin", "--llm-base-url", "http://127.0.0.1:9/v1", "--llm-model", "stub"], root)
+    print(f"\ncollect-only of a {cases}-case suite: {wall:.2f} s wall (interpreter start included)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=1000)
+    parser.add_argument("--cases", type=int, nargs="+", default=[1000])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[32])
     parser.add_argument("--delay-ms", type=float, default=50.0)
-    parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--workers", nargs="+", default=["0", "2"])
+    parser.add_argument("--collect", type=int, default=0, help="also time collecting a suite of this many cases")
     args = parser.parse_args()
 
     port = free_port()
     stub = subprocess.Popen([sys.executable, "-m", "harness.testing.stub_server", "--port", str(port),
-                             "--models", "stub", "--delay-ms", str(args.delay_ms)])
+                             "--models", "stub", "--delay-ms", str(args.delay_ms)], env=environment())
     url = f"http://127.0.0.1:{port}/v1"
     try:
         while not model_listed(url, "stub"):
             time.sleep(0.1)
-        with tempfile.TemporaryDirectory() as tmp:
-            root = Path(tmp)
-            evals = write_suite(root, args.cases)
-            rows = []
-            for script, name in ((BARE_OPENAI, "bare openai.AsyncOpenAI"), (BARE_AIOHTTP, "bare aiohttp")):
-                try:
-                    wall = timed([sys.executable, "-c", script, url, str(args.cases), str(args.concurrency)], root)
-                except SystemExit as exc:
-                    print(f"# {name} skipped: {str(exc).splitlines()[0]}")
-                    continue
-                rows.append((name, wall))
-            for workers in args.workers:
-                wall = timed([sys.executable, "-m", "pytest", str(evals), "-q", "-p", "no:cacheprovider",
-                              "-n", workers, "--llm-base-url", url, "--llm-model", "stub",
-                              "--llm-concurrency", str(args.concurrency), "--llm-report-dir", str(root / "out")], root)
-                rows.append((f"pytest-llm-harness -n {workers}", wall))
-        base = rows[0][1]
-        print(f"cases={args.cases} delay_ms={args.delay_ms:g} concurrency={args.concurrency}")
-        print(f"{'run':32} {'wall s':>8} {'req/s':>8} {'rps vs first row':>17}")
-        for name, wall in rows:
-            print(f"{name:32} {wall:8.2f} {args.cases / wall:8.1f} {base / wall:17.2f}")
+        print(f"stub delay {args.delay_ms:g} ms; {os.cpu_count()} CPUs")
+        for cases in args.cases:
+            for concurrency in args.concurrency:
+                bench(url, cases, concurrency, args.workers)
+        if args.collect:
+            collect(args.collect)
     finally:
         stub.terminate()
         stub.wait(10)

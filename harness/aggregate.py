@@ -35,6 +35,7 @@ def suite_metrics(suite: Suite, results: Sequence[CaseResult]) -> tuple[str, dic
         "latency_p90_ms": percentile(latencies, 90),
         "latency_p99_ms": percentile(latencies, 99),
         "output_tokens_mean": sum(tokens) / len(tokens) if tokens else None,
+        **throughput(results),
     }
     if suite.pass_rule is not None:
         metrics["pass_rate"] = sum(r.passed is True for r in results) / n if n else None
@@ -46,6 +47,28 @@ def suite_metrics(suite: Suite, results: Sequence[CaseResult]) -> tuple[str, dic
         main = scorer.main_metric
         metrics.update(scorer.aggregate(results))
     return main, metrics
+
+
+def throughput(results: Sequence[CaseResult]) -> dict[str, float | None]:
+    """Requests/s and output tokens/s over the wall time from first send to last answer; TTFT/TPOT.
+
+    Cache hits are left out (they were not sent); failed requests count in the wall time but
+    not as throughput."""
+    live = [r for r in results if not r.cached and r.sent_at is not None and r.done_at is not None]
+    answered = [r for r in live if r.error is None]
+    wall = max(r.done_at for r in live) - min(r.sent_at for r in live) if live else 0.0  # type: ignore[type-var]
+    metrics: dict[str, float | None] = {
+        "wall_s": wall if live else None,
+        "throughput_rps": len(answered) / wall if wall > 0 else None,
+        "output_tokens_per_s": sum(r.output_tokens or 0 for r in answered) / wall if wall > 0 else None,
+    }
+    for name in ("ttft_ms", "tpot_ms"):
+        values = [getattr(r, name) for r in answered if getattr(r, name) is not None]
+        if values:
+            stem = name.removesuffix("_ms")
+            for q in (50, 90, 99):
+                metrics[f"{stem}_p{q}_ms"] = percentile(values, q)
+    return metrics
 
 
 def judge_suite(suite: Suite, model: str, results: Sequence[CaseResult], total_cases: int) -> SuiteResult:

@@ -18,8 +18,8 @@ from _pytest.reports import TestReport
 from harness.aggregate import judge_suite
 from harness.collect import CaseItem, item_name, suite_cases
 from harness.cache import cache_key
+from harness.board import Board
 from harness.generation import Generation, Task, build_request
-from harness.progress import ProgressLine
 from harness.results import CaseResult, GateResult, SuiteResult
 from harness.run import RunState
 from harness.suite import Suite, SuiteError, load_cases, suite_for_dataset
@@ -38,6 +38,7 @@ class Controller:
         self.planned = False
         self.report_path: Path | None = None
         self._keys: dict[str, tuple[str, str]] = {}  # node id -> (cache key, model)
+        self._generation: Generation | None = None
 
     # -- generation -------------------------------------------------------------------------
     def plan_from_items(self, items: Iterable[pytest.Item]) -> list[Task]:
@@ -63,39 +64,47 @@ class Controller:
                     known[nodeid] = Task(nodeid, suite, case, model)
         return [known[n] for n in wanted if n in known]
 
-    def generate(self, tasks: list[Task], writer: Any) -> None:
-        """Answer what the cache holds, start the engines the rest needs, send it; blocks until done."""
+    def generate(self, tasks: list[Task], writer: Any, board: Board) -> None:
+        """Answer what the cache holds, start the engines the rest needs, start sending it.
+
+        Returns once the first case is answered; the rest arrives on ``board`` while items run."""
         if self.planned or not tasks:
             return
         self.planned = True
-        store = self.state.store()
-        store.plan(t.nodeid for t in tasks)
-        pending = self._from_cache(tasks, store, writer)
+        self.state.use_board(board)
+        board.plan(t.nodeid for t in tasks)
+        pending = self._from_cache(tasks, board, writer)
+        self.generation = {"cases": len(tasks), "cached": len(tasks) - len(pending)}
+        if not pending:
+            board.finish()
+            return
         models = list(dict.fromkeys(t.model for t in pending))
         clients = {model: self._client(model, writer) for model in models}
-        generation = Generation(pending, clients, self.state.settings.concurrency)
-        progress = ProgressLine(writer, generation.total,
-                                f"llm-harness: generating ({len(models)} model(s), {self.state.settings.concurrency} in flight)")
-        started = time.time()
-        generation.start()
+        settings = self.state.settings
+        self._generation = Generation(pending, clients, settings.concurrency, board, self._to_cache,
+                                      passes=settings.retry_passes, stream=settings.stream)
+        if writer is not None:
+            writer.line(f"llm-harness: sending {len(pending)} requests to {', '.join(models)}, "
+                        f"at most {settings.concurrency} in flight")
+        self._generation.start()
         try:
-            while not generation.finished():
-                time.sleep(0.1)
-                self._record(generation.drain(), store)
-                progress.update(generation.done, generation.errors)
-            self._record(generation.drain(), store)
-            generation.result()
+            self._generation.wait_first()
         except BaseException:
-            generation.cancel()
+            self._generation.cancel()
             raise
-        finished = time.time()
-        if pending:
-            progress.close(generation.done, generation.errors)
-        self.generation = {"requests": generation.total, "cached": len(tasks) - len(pending),
-                           "errors": generation.errors, "wall_s": round(finished - started, 3),
-                           "requests_per_s": round(generation.total / max(finished - started, 1e-9), 3)}
 
-    def _from_cache(self, tasks: list[Task], store: Any, writer: Any) -> list[Task]:
+    def finish_generation(self) -> None:
+        """After the items: stop what is still being sent (-x, Ctrl-C), keep the run's figures."""
+        generation = self._generation
+        if generation is None:
+            return
+        if not generation.finished():
+            generation.cancel()
+        generation.join()
+        self.generation.update(generation.stats())
+        self._generation = None
+
+    def _from_cache(self, tasks: list[Task], board: Board, writer: Any) -> list[Task]:
         """Put cached replies on the board; return the tasks still to send."""
         cache = self.state.response_cache()
         if cache is None:
@@ -106,28 +115,28 @@ class Controller:
         hits = cache.get_many(key for key, _ in self._keys.values())
         cached = [(t.nodeid, {**hits[self._keys[t.nodeid][0]], "cached": True}) for t in tasks
                   if self._keys[t.nodeid][0] in hits]
-        store.put_many(cached)
+        board.put_many(cached)
         if cached and writer is not None:
             writer.line(f"llm-harness: {len(cached)} of {len(tasks)} replies from the cache ({cache.path})")
         return [t for t in tasks if self._keys[t.nodeid][0] not in hits]
 
-    def _record(self, replies: list[tuple[str, dict[str, Any]]], store: Any) -> None:
-        """Replies go on the board, and (successful ones) into the cache as they arrive: a killed run resumes."""
-        store.put_many(replies)
+    def _to_cache(self, replies: list[tuple[str, dict[str, Any]]]) -> None:
+        """Successful replies go into the cache as they arrive: a killed run resumes."""
         cache = self.state.response_cache()
-        if cache is not None and replies:
+        if cache is not None:
             cache.put_many((*self._keys[nodeid], reply) for nodeid, reply in replies)
 
     def _client(self, model: str, writer: Any) -> Any:
         spec = self.state.spec(model)
         started = time.monotonic()
-        if spec.managed and writer is not None:
-            writer.line(f"llm-harness: starting the bundled engine for {model} "
-                        "(a first run also converts the model: 1-2 min)")
+        loads = spec.managed or spec.in_process
+        if loads and writer is not None:
+            note = " (a first run also converts the model: 1-2 min)" if spec.engine == "bundled" else ""
+            writer.line(f"llm-harness: starting {spec.engine} for {model}{note}")
         client = self.state.client(model)
-        if spec.managed and writer is not None:
-            record = self.state.engine(model)
-            writer.line(f"llm-harness: {model} ready at {record['base_url']} in {time.monotonic() - started:.1f} s")
+        if loads and writer is not None:
+            where = self.state.engine(model).get("base_url") or "in this process"
+            writer.line(f"llm-harness: {model} ready at {where} in {time.monotonic() - started:.1f} s")
         return client
 
     # -- results ----------------------------------------------------------------------------

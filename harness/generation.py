@@ -1,23 +1,31 @@
-"""Generation: every planned case's request sent concurrently, before the items that read them.
+"""Generation: every planned case's request sent concurrently, while the items read the replies.
 
 Requests go out in collection order through the process's request loop, at most
 ``concurrency`` in flight for the whole run (workers never send eval requests themselves).
+Replies are posted to the run's board as they arrive, so the item of the first case runs
+while later requests are still in flight. A request that failed transiently (timeout, 429,
+5xx, connection error, cut-off body) is held back and sent once more after the main pass
+(the seeds' two-step practice) before its case is marked as an error.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
-from harness.engines.client import AUTH_STATUS, OpenAICompatClient, Reply, Request
+from harness.board import Board
+from harness.engines.client import AUTH_STATUS, Reply, Request
 from harness.engines.loop import submit
 from harness.prompts import render
 from harness.suite import Case, Suite
 
 DEFAULT_MAX_TOKENS = 256
+FLUSH_S = 0.01  # board and cache writes are batched over this window
+
+Posted = tuple[str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -28,7 +36,7 @@ class Task:
     model: str
 
 
-def build_request(suite: Suite, case: Case, model: str) -> Request:
+def build_request(suite: Suite, case: Case, model: str, stream: bool = False) -> Request:
     gen = suite.generation
     params = {
         "max_tokens": gen.get("max_tokens", DEFAULT_MAX_TOKENS),
@@ -37,7 +45,8 @@ def build_request(suite: Suite, case: Case, model: str) -> Request:
         "stop": gen.get("stop"),
         "seed": gen.get("seed"),
     }
-    return Request(suite.api, model, render(suite, case), params, dict(suite.extra_body))
+    return Request(suite.api, model, render(suite, case), params, dict(suite.extra_body),
+                   stream=stream or bool(gen.get("stream")))
 
 
 class GenerationAborted(RuntimeError):
@@ -45,18 +54,30 @@ class GenerationAborted(RuntimeError):
 
 
 class Generation:
-    """Sends every task's request on the background loop; the caller drains replies from any thread."""
+    """Sends every task's request on the background loop and posts each final reply to the board."""
 
-    def __init__(self, tasks: list[Task], clients: dict[str, OpenAICompatClient], concurrency: int) -> None:
-        self.tasks = tasks
+    def __init__(self, tasks: Sequence[Task], clients: dict[str, Any], concurrency: int,
+                 board: Board, on_replies: Callable[[list[Posted]], None] | None = None,
+                 passes: int = 1, stream: bool = False) -> None:
+        self.tasks = list(tasks)
         self.clients = clients
         self.concurrency = max(1, concurrency)
+        self.board = board
+        self.on_replies = on_replies
+        self.passes = max(0, passes)
+        self.stream = stream
         self.done = 0
         self.errors = 0
         self.succeeded = 0
+        self.resent = 0
+        self.output_tokens = 0
+        self.first_sent: float | None = None
+        self.last_done: float | None = None
         self.aborted: str | None = None
-        self._replies: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
-        self._count_lock = threading.Lock()
+        self._posted: list[Posted] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._first = threading.Event()
+        self._ended = threading.Event()
         self._future: Any = None
 
     @property
@@ -66,53 +87,144 @@ class Generation:
     def start(self) -> None:
         self._future = submit(self._run())
 
+    def wait_first(self) -> None:
+        """Block until the first case is answered: a rejected API key stops the run before any item."""
+        self._first.wait()
+        if self.aborted:
+            self.join()
+            raise GenerationAborted(self.aborted)
+
     def finished(self) -> bool:
         return self._future is not None and self._future.done()
 
-    def result(self) -> None:
-        """Re-raise a failure of the generation loop itself, or the reason it stopped the run."""
-        if self._future is not None:
+    def join(self) -> None:
+        """Wait for the end; re-raise a failure of the generation loop itself."""
+        if self._future is None:
+            return
+        try:
             self._future.result()
-        if self.aborted:
-            raise GenerationAborted(self.aborted)
+        except BaseException as exc:  # noqa: BLE001 - cancelled on purpose, or a bug worth raising
+            import concurrent.futures
+
+            if not isinstance(exc, (asyncio.CancelledError, concurrent.futures.CancelledError)):
+                raise
 
     def cancel(self) -> None:
-        if self._future is not None:
+        if self._future is not None and not self._future.done():
             self._future.cancel()
+            # the task's own clean-up (last flush, board finished) runs on the loop after this
+            self._ended.wait(30)
 
-    def drain(self) -> list[tuple[str, dict[str, Any]]]:
-        out = []
-        while True:
-            try:
-                out.append(self._replies.get_nowait())
-            except queue.Empty:
-                return out
+    def stats(self) -> dict[str, Any]:
+        wall = (self.last_done - self.first_sent) if self.first_sent and self.last_done else None
+        clients = list(self.clients.values())
+        stats: dict[str, Any] = {"requests": self.total, "answered": self.done, "errors": self.errors,
+                                 "resent": self.resent, "output_tokens": self.output_tokens,
+                                 "wall_s": round(wall, 3) if wall else None,
+                                 "requests_per_s": round(self.done / wall, 3) if wall else None,
+                                 "output_tokens_per_s": round(self.output_tokens / wall, 3) if wall else None}
+        limiter = next((c.limiter for c in clients if c.limiter is not None), None)
+        if limiter is not None:
+            stats["in_flight"] = limiter.stats()
+        return stats
 
+    # -- on the request loop ----------------------------------------------------------------
     async def _run(self) -> None:
-        pending: Iterator[Task] = iter(self.tasks)
-        workers = [asyncio.create_task(self._worker(pending)) for _ in range(min(self.concurrency, self.total))]
+        held: list[tuple[Task, Reply]] = []
+        try:
+            held = await self._pass(self.tasks, final=self.passes == 0)
+            for number in range(self.passes):
+                if not held or self.aborted:
+                    break
+                self.resent += len(held)
+                held = await self._pass([task for task, _ in held], final=number == self.passes - 1)
+        finally:
+            for task, reply in held:  # only when aborted or cancelled: still, no case is lost
+                self._post(task, reply)
+            self._flush()
+            self.board.finish(self.aborted)
+            self._first.set()
+            self._ended.set()
+
+    async def _pass(self, tasks: list[Task], final: bool) -> list[tuple[Task, Reply]]:
+        held: list[tuple[Task, Reply]] = []
+        # an in-process engine takes all of its model's requests in one call
+        batched: dict[str, list[Task]] = {}
+        sent: list[Task] = []
+        for task in tasks:
+            if hasattr(self.clients[task.model], "send_many"):
+                batched.setdefault(task.model, []).append(task)
+            else:
+                sent.append(task)
+        pending: Iterator[Task] = iter(sent)
+        workers = [asyncio.create_task(self._worker(pending, held, final))
+                   for _ in range(min(self.concurrency, len(sent)))]
+        workers += [asyncio.create_task(self._batch(group, held, final)) for group in batched.values()]
         try:
             await asyncio.gather(*workers)
         finally:
             for worker in workers:
                 worker.cancel()
+        return held
 
-    async def _worker(self, pending: Iterator[Task]) -> None:
+    async def _worker(self, pending: Iterator[Task], held: list[tuple[Task, Reply]], final: bool) -> None:
         # one shared iterator: requests leave in collection order, `concurrency` at a time
         for task in pending:
             if self.aborted:
                 return
+            client = self.clients[task.model]
             try:
-                reply = await self.clients[task.model].send(build_request(task.suite, task.case, task.model))
+                request = build_request(task.suite, task.case, task.model, self.stream)
             except Exception as exc:  # a rendering bug must not lose the case
-                reply = Reply(None, f"request not sent: {type(exc).__name__}: {exc}", 0.0)
-            if reply.status in AUTH_STATUS and not self.succeeded:
-                # wrong key on the first requests: every other request would fail the same way
-                self.aborted = (f"{task.model} at {self.clients[task.model].base_url} refused the request "
-                                f"({reply.error}); check the API key variable (--llm-api-key-env)")
+                reply = Reply(None, f"request not built: {type(exc).__name__}: {exc}", 0.0)
+            else:
+                if self.first_sent is None:
+                    self.first_sent = time.time()
+                reply = await client.send(request)
+            if not self._settle(task, reply, held, final):
                 return
-            with self._count_lock:
-                self.done += 1
-                self.errors += reply.error is not None
-                self.succeeded += reply.error is None
-            self._replies.put((task.nodeid, reply.to_dict()))
+
+    async def _batch(self, tasks: list[Task], held: list[tuple[Task, Reply]], final: bool) -> None:
+        client = self.clients[tasks[0].model]
+        requests = [build_request(t.suite, t.case, t.model, self.stream) for t in tasks]
+        if self.first_sent is None:
+            self.first_sent = time.time()
+        try:
+            replies = await client.send_many(requests)
+        except Exception as exc:  # an engine crash fails its cases, with the reason, and nothing else
+            replies = [Reply(None, f"engine error: {type(exc).__name__}: {exc}", 0.0) for _ in tasks]
+        for task, reply in zip(tasks, replies):
+            self._settle(task, reply, held, final)
+
+    def _settle(self, task: Task, reply: Reply, held: list[tuple[Task, Reply]], final: bool) -> bool:
+        """Post a final reply or hold a transient failure for the next pass; False stops the run."""
+        if reply.status in AUTH_STATUS and not self.succeeded:
+            # wrong key on the first requests: every other request would fail the same way
+            self.aborted = (f"{task.model} at {self.clients[task.model].base_url} refused the request "
+                            f"({reply.error}); check the API key variable (--llm-api-key-env)")
+            return False
+        if reply.error is not None and reply.transient and not final:
+            held.append((task, reply))
+        else:
+            self._post(task, reply)
+        return True
+
+    def _post(self, task: Task, reply: Reply) -> None:
+        self.done += 1
+        self.errors += reply.error is not None
+        self.succeeded += reply.error is None
+        self.output_tokens += reply.output_tokens or 0
+        if reply.done_at is not None:
+            self.last_done = max(self.last_done or 0.0, reply.done_at)
+        self._posted.append((task.nodeid, reply.to_dict()))
+        self._first.set()
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_S, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        batch, self._posted = self._posted, []
+        if batch:
+            self.board.put_many(batch)
+            if self.on_replies is not None:
+                self.on_replies(batch)

@@ -27,6 +27,8 @@ def judge_case(suite: Suite, case: Case, model: str, nodeid: str, dataset: str,
         prompt=request.prompt, target=case.target, output=reply.get("text"),
         latency_ms=reply.get("latency_ms"), output_tokens=reply.get("output_tokens"),
         metadata=case.metadata, error=reply.get("error"), cached=bool(reply.get("cached")),
+        attempts=reply.get("attempts"), ttft_ms=reply.get("ttft_ms"), tpot_ms=reply.get("tpot_ms"),
+        sent_at=reply.get("sent_at"), done_at=reply.get("done_at"), tool_calls=reply.get("tool_calls"),
     )
     if result.error:
         result.score, result.reason = 0.0, f"model error: {result.error}"

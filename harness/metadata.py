@@ -35,13 +35,15 @@ def git_state(root: Path) -> tuple[str | None, bool | None]:
 def model_metadata(spec: Any, engine: dict[str, Any] | None) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": spec.name, "source": spec.base_url, "weights_sha256": None,
                              "engine": None}
-    if spec.managed:
+    if spec.engine != "openai" and spec.engine != "bundled":
+        entry["source"] = spec.model_path
+    if spec.engine == "bundled":
         from harness.engines.bundled import bundled_sha256, bundled_source
 
         entry["source"] = bundled_source()
         entry["weights_sha256"] = bundled_sha256()
     if engine is not None:
-        entry["engine"] = {k: engine.get(k) for k in ("kind", "base_url", "launch", "ready_s")}
+        entry["engine"] = {k: engine.get(k) for k in ("kind", "base_url", "base_urls", "launch", "ready_s")}
         if engine.get("log"):
             entry["engine"]["log"] = Path(engine["log"]).name
     return entry

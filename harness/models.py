@@ -1,8 +1,8 @@
-"""Which models a run evaluates and where each one is served."""
+"""Which models a run evaluates and which engine serves each one."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,50 +11,95 @@ import yaml
 from harness.engines.bundled import BUNDLED_MODEL_NAME
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+# remote: a server someone else runs; managed: a server the harness starts and stops;
+# in-process: an engine loaded into the controller itself
+REMOTE = "openai"
+MANAGED_ENGINES = ("bundled", "vllm", "sglang", "llama-cpp")
+IN_PROCESS_ENGINES = ("vllm-offline",)
+ENGINES = (REMOTE, *MANAGED_ENGINES, *IN_PROCESS_ENGINES)
+_KEYS = {"name", "base_url", "base_urls", "api_key_env", "engine", "model_path", "options", "args", "gpus"}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model by name: the bundled CPU model (started by the harness) or an OpenAI-compatible server."""
+    """A model by name and the engine that serves it."""
 
     name: str
-    base_url: str | None = None  # None: the bundled engine, managed by the harness
+    base_urls: tuple[str, ...] = ()  # remote replicas; requests are spread over them
     api_key_env: str = DEFAULT_API_KEY_ENV
+    engine: str = "bundled"
+    model_path: str | None = None  # managed and in-process engines: weights folder or file
+    options: dict[str, Any] = field(default_factory=dict)  # engine settings (tensor_parallel_size, ...)
+    args: tuple[str, ...] = ()  # extra command-line arguments of a managed server
+    gpus: tuple[int, ...] | None = None
+
+    @property
+    def base_url(self) -> str | None:
+        return self.base_urls[0] if self.base_urls else None
 
     @property
     def managed(self) -> bool:
-        return self.base_url is None
+        return self.engine in MANAGED_ENGINES
+
+    @property
+    def in_process(self) -> bool:
+        return self.engine in IN_PROCESS_ENGINES
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "base_url": self.base_url, "api_key_env": self.api_key_env}
+        return {"name": self.name, "base_urls": list(self.base_urls), "api_key_env": self.api_key_env,
+                "engine": self.engine, "model_path": self.model_path, "options": dict(self.options),
+                "args": list(self.args), "gpus": list(self.gpus) if self.gpus is not None else None}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ModelSpec":
-        return cls(raw["name"], raw.get("base_url"), raw.get("api_key_env") or DEFAULT_API_KEY_ENV)
+        gpus = raw.get("gpus")
+        return cls(raw["name"], tuple(raw.get("base_urls") or ()), raw.get("api_key_env") or DEFAULT_API_KEY_ENV,
+                   raw.get("engine") or "bundled", raw.get("model_path"), dict(raw.get("options") or {}),
+                   tuple(raw.get("args") or ()), tuple(gpus) if gpus is not None else None)
 
 
 class ModelConfigError(ValueError):
     pass
 
 
+def split_urls(value: str | list[str] | None) -> tuple[str, ...]:
+    """`a,b` or a list: several base URLs of one model (data-parallel replicas)."""
+    if not value:
+        return ()
+    items = value if isinstance(value, list) else str(value).split(",")
+    return tuple(str(url).strip() for url in items if str(url).strip())
+
+
+def parse_gpus(value: str | None) -> tuple[int, ...] | None:
+    if not value:
+        return None
+    try:
+        return tuple(int(v) for v in str(value).split(",") if v.strip())
+    except ValueError as exc:
+        raise ModelConfigError(f"--llm-gpus takes GPU indices like 0,1, not {value!r}") from exc
+
+
 def resolve_models(names: list[str], base_url: str | None, api_key_env: str | None,
-                   models_file: str | None, rootdir: Path) -> list[ModelSpec]:
+                   models_file: str | None, rootdir: Path, gpus: str | None = None) -> list[ModelSpec]:
     """Models from `--llm-model`/`--llm-base-url` and/or a models file; the bundled model by default."""
     key_env = api_key_env or DEFAULT_API_KEY_ENV
+    default_gpus = parse_gpus(gpus)
     specs: list[ModelSpec] = []
     if models_file:
         specs.extend(_read_models_file(rootdir / models_file if not Path(models_file).is_absolute()
-                                       else Path(models_file), key_env))
-    if base_url and not names:
+                                       else Path(models_file), key_env, default_gpus))
+    urls = split_urls(base_url)
+    if urls and not names:
         raise ModelConfigError("--llm-base-url needs --llm-model NAME: the model name the server lists")
     for name in names:
-        if name == BUNDLED_MODEL_NAME and not base_url:
+        if name == BUNDLED_MODEL_NAME and not urls:
             specs.append(ModelSpec(name))
-        elif not base_url:
+        elif not urls:
             raise ModelConfigError(
-                f"model {name!r} needs --llm-base-url (only {BUNDLED_MODEL_NAME!r} is served by the harness itself)")
+                f"model {name!r} needs --llm-base-url (only {BUNDLED_MODEL_NAME!r} is served by the harness "
+                "itself; vLLM, SGLang and llama.cpp servers it starts are declared in --llm-models-file)")
         else:
-            specs.append(ModelSpec(name, base_url, key_env))
+            specs.append(ModelSpec(name, urls, key_env, REMOTE))
     if not specs:
         specs.append(ModelSpec(BUNDLED_MODEL_NAME))
     seen: set[str] = set()
@@ -65,7 +110,7 @@ def resolve_models(names: list[str], base_url: str | None, api_key_env: str | No
     return specs
 
 
-def _read_models_file(path: Path, key_env: str) -> list[ModelSpec]:
+def _read_models_file(path: Path, key_env: str, default_gpus: tuple[int, ...] | None) -> list[ModelSpec]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
@@ -73,16 +118,40 @@ def _read_models_file(path: Path, key_env: str) -> list[ModelSpec]:
     entries = raw.get("models") if isinstance(raw, dict) else raw
     if not isinstance(entries, list):
         raise ModelConfigError(f"{path}: expected a list of models (or a mapping with 'models')")
-    specs = []
-    for index, entry in enumerate(entries, 1):
-        if isinstance(entry, str):
-            entry = {"name": entry}
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            raise ModelConfigError(f"{path}: model #{index} needs a 'name'")
-        unknown = set(entry) - {"name", "base_url", "api_key_env"}
-        if unknown:
-            raise ModelConfigError(f"{path}: model {entry['name']!r}: unknown key {sorted(unknown)[0]!r}")
-        if entry.get("base_url") is None and entry["name"] != BUNDLED_MODEL_NAME:
-            raise ModelConfigError(f"{path}: model {entry['name']!r} needs a base_url")
-        specs.append(ModelSpec(entry["name"], entry.get("base_url"), entry.get("api_key_env") or key_env))
-    return specs
+    return [_entry(path, index, entry, key_env, default_gpus) for index, entry in enumerate(entries, 1)]
+
+
+def _entry(path: Path, index: int, entry: Any, key_env: str, default_gpus: tuple[int, ...] | None) -> ModelSpec:
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise ModelConfigError(f"{path}: model #{index} needs a 'name'")
+    name = entry["name"]
+    unknown = set(entry) - _KEYS
+    if unknown:
+        raise ModelConfigError(f"{path}: model {name!r}: unknown key {sorted(unknown)[0]!r} "
+                               f"(known: {', '.join(sorted(_KEYS))})")
+    urls = split_urls(entry.get("base_urls") or entry.get("base_url"))
+    engine = entry.get("engine") or (REMOTE if urls else "bundled")
+    if engine not in ENGINES:
+        raise ModelConfigError(f"{path}: model {name!r}: engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if engine == REMOTE and not urls:
+        raise ModelConfigError(f"{path}: model {name!r} needs a base_url")
+    if engine == "bundled" and name != BUNDLED_MODEL_NAME:
+        raise ModelConfigError(f"{path}: model {name!r} needs a base_url, or an engine "
+                               f"({', '.join(e for e in ENGINES if e not in (REMOTE, 'bundled'))}) and a model_path")
+    if engine not in (REMOTE, "bundled") and not entry.get("model_path"):
+        raise ModelConfigError(f"{path}: model {name!r}: engine {engine} needs a model_path")
+    if engine != REMOTE and urls:
+        raise ModelConfigError(f"{path}: model {name!r}: base_url is for engine openai; "
+                               f"engine {engine} is started by the harness")
+    options = entry.get("options") or {}
+    if not isinstance(options, dict):
+        raise ModelConfigError(f"{path}: model {name!r}: options must be a mapping")
+    args = entry.get("args") or []
+    if not isinstance(args, list):
+        raise ModelConfigError(f"{path}: model {name!r}: args must be a list")
+    gpus = entry.get("gpus")
+    return ModelSpec(name, urls, entry.get("api_key_env") or key_env, engine, entry.get("model_path"),
+                     dict(options), tuple(str(a) for a in args),
+                     tuple(int(g) for g in gpus) if gpus is not None else default_gpus)

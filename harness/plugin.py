@@ -34,6 +34,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     option("concurrency", "requests in flight for the whole run", default="16")
     option("timeout", "seconds per request attempt", default="300")
     option("retries", "retries of a request after a timeout, 429, 5xx or connection error", default="2")
+    option("deadline", "seconds a request may take in all, attempts and waits included (0: no limit)",
+           default="900")
+    option("retry-passes", "passes that re-send transiently failed requests after the main pass", default="1")
+    group.addoption("--llm-stream", dest="llm_stream", action="store_true", default=None,
+                    help="stream replies, for time to first token and time per output token (ini: llm_stream)")
+    parser.addini("llm_stream", help="stream replies (TTFT, TPOT)", type="bool", default=False)
+    option("gpus", "GPU indices for engines the harness starts, e.g. 0,1 (default: most free memory)")
     option("engine-timeout", "seconds to wait for a managed engine to list its model", default="900")
     option("wait-ready", "seconds to wait for a remote server to list the model before the first request "
            "(0: no wait)", default="0")
@@ -63,6 +70,9 @@ def _settings(config: pytest.Config) -> Settings:
             wait_interval_s=float(_value(config, "llm_wait_interval")),
             cache_mode=str(_value(config, "llm_cache")),
             cache_path=str(_value(config, "llm_cache_path") or ""),
+            deadline_s=float(_value(config, "llm_deadline")),
+            retry_passes=int(_value(config, "llm_retry_passes")),
+            stream=bool(_value(config, "llm_stream")),
         )
     except ValueError as exc:
         raise pytest.UsageError(f"llm-harness: bad numeric option: {exc}") from exc
@@ -89,7 +99,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         models = resolve_models(list(_value(config, "llm_model") or []), _value(config, "llm_base_url"),
                                 _value(config, "llm_api_key_env"), _value(config, "llm_models_file"),
-                                config.rootpath)
+                                config.rootpath, _value(config, "llm_gpus"))
     except ModelConfigError as exc:
         raise pytest.UsageError(f"llm-harness: {exc}") from exc
     state = RunState.new(models, _settings(config))
@@ -139,12 +149,12 @@ def _terminal_writer(config: pytest.Config) -> Any:
     return Writer()
 
 
-def _generate(config: pytest.Config, tasks: list[Any]) -> None:
+def _generate(config: pytest.Config, tasks: list[Any], board: Any) -> None:
     from harness.engines.managed import EngineStartError
     from harness.generation import GenerationAborted
 
     try:
-        _controller(config).generate(tasks, _terminal_writer(config))
+        _controller(config).generate(tasks, _terminal_writer(config), board)
     except EngineStartError as exc:
         pytest.exit(f"llm-harness: {exc}", returncode=pytest.ExitCode.INTERNAL_ERROR)
     except GenerationAborted as exc:
@@ -155,7 +165,7 @@ def _generate(config: pytest.Config, tasks: list[Any]) -> None:
 def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
     controller = _controller(node.config)
     if controller is not None and not controller.planned and not node.config.option.collectonly:
-        _generate(node.config, controller.plan_from_ids(ids))
+        _generate(node.config, controller.plan_from_ids(ids), run_state(node.config).board())
 
 
 @pytest.hookimpl(wrapper=True)
@@ -164,10 +174,14 @@ def pytest_runtestloop(session: pytest.Session) -> Generator[None, Any, Any]:
     collection_failed = session.testsfailed and not session.config.option.continue_on_collection_errors
     if (controller is not None and not _is_xdist_controller(session.config)
             and not session.config.option.collectonly and not collection_failed):
-        _generate(session.config, controller.plan_from_items(session.items))
+        from harness.board import MemoryBoard
+
+        _generate(session.config, controller.plan_from_items(session.items), MemoryBoard())
     try:
         return (yield)
     finally:
+        if controller is not None:
+            controller.finish_generation()
         if controller is not None and controller.results:
             controller.judge()
             gates = sum(len(s.gates) for s in controller.suite_results)

@@ -34,6 +34,12 @@ class CaseResult:
     latency_ms: float | None = None
     output_tokens: int | None = None
     cached: bool = False  # the reply came from the response cache (kept out of latency figures)
+    attempts: int | None = None
+    ttft_ms: float | None = None  # streaming only
+    tpot_ms: float | None = None  # streaming only
+    sent_at: float | None = None  # epoch seconds: first attempt sent
+    done_at: float | None = None  # epoch seconds: final answer received
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI-style tool calls of a chat reply
     metadata: dict[str, Any] = field(default_factory=dict)
     # scorer-specific values that suite aggregation needs (e.g. predicted label)
     data: dict[str, Any] = field(default_factory=dict)

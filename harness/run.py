@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 
+from harness.board import Board, SqliteBoard
 from harness.engines.client import OpenAICompatClient, Reply
+from harness.engines.limiter import AdaptiveLimit
 from harness.engines.lease import api_key, ensure_engine
 from harness.engines.loop import run_sync
 from harness.engines.managed import wait_ready
 from harness.models import ModelSpec
 from harness.cache import ResponseCache
-from harness.store import ResultStore
 from harness.suite import Case, Suite
 
 STATE_KEY = pytest.StashKey["RunState"]()
@@ -42,6 +43,9 @@ class Settings:
     wait_interval_s: float = 5.0
     cache_mode: str = "read-write"
     cache_path: str = ""  # empty: <cache root>/responses.sqlite
+    deadline_s: float = 900.0  # per request, all attempts and waits included; 0: none
+    retry_passes: int = 1  # passes over transiently failed requests after the main pass
+    stream: bool = False  # stream every request (time to first token, time per output token)
 
 
 @dataclass
@@ -52,7 +56,8 @@ class RunState:
     models: list[ModelSpec]
     settings: Settings
     is_controller: bool
-    _store: ResultStore | None = field(default=None, repr=False)
+    _board: Board | None = field(default=None, repr=False)
+    _limiter: AdaptiveLimit | None = field(default=None, repr=False)
     _engines: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     _clients: dict[str, OpenAICompatClient] = field(default_factory=dict, repr=False)
     _cache: ResponseCache | None = field(default=None, repr=False)
@@ -82,10 +87,21 @@ class RunState:
                 return spec
         raise KeyError(f"model {model!r} is not part of this run ({', '.join(self.model_names)})")
 
-    def store(self) -> ResultStore:
-        if self._store is None:
-            self._store = ResultStore(self.runtime_dir / "results.sqlite")
-        return self._store
+    def board(self) -> Board:
+        """The reply board: the controller's own without xdist, else the shared SQLite one."""
+        if self._board is None:
+            self._board = SqliteBoard(self.runtime_dir / "replies.sqlite", None if self.is_controller
+                                      else self.owner_pid)
+        return self._board
+
+    def use_board(self, board: Board) -> None:
+        self._board = board
+
+    def limiter(self) -> AdaptiveLimit:
+        """This process's in-flight ceiling (`--llm-concurrency`), shared by all its clients."""
+        if self._limiter is None:
+            self._limiter = AdaptiveLimit(self.settings.concurrency)
+        return self._limiter
 
     def response_cache(self) -> ResponseCache | None:
         """The persistent response cache, or None when `--llm-cache off`."""
@@ -102,11 +118,14 @@ class RunState:
     def model_identity(self, model: str) -> dict[str, Any]:
         """What makes two replies interchangeable: name, engine kind, weights when known."""
         spec = self.spec(model)
-        if spec.managed:
+        if spec.engine == "bundled":
             from harness.engines.bundled import bundled_sha256
 
             return {"name": model, "engine": "bundled-cpu", "weights_sha256": bundled_sha256()}
-        return {"name": model, "engine": "openai-compatible"}
+        if spec.engine == "openai":
+            return {"name": model, "engine": "openai-compatible"}
+        return {"name": model, "engine": spec.engine, "model_path": spec.model_path,
+                "revision": spec.options.get("revision")}
 
     def engine(self, model: str) -> dict[str, Any]:
         """The engine serving a model, started now if this run has not started it yet."""
@@ -114,36 +133,69 @@ class RunState:
             spec = self.spec(model)
             record = ensure_engine(spec, self.runtime_dir, self.owner_pid, self.settings.engine_timeout_s,
                                    self.settings.max_batch)
-            if not spec.managed and self.settings.wait_ready_s > 0:
+            if spec.engine == "openai" and self.settings.wait_ready_s > 0:
                 # the InternBootcamp practice: a server still loading is waited for, not failed on
-                wait_ready(record["base_url"], model, self.settings.wait_ready_s,
-                           interval_s=self.settings.wait_interval_s, api_key=api_key(spec))
+                for url in spec.base_urls:
+                    wait_ready(url, model, self.settings.wait_ready_s,
+                               interval_s=self.settings.wait_interval_s, api_key=api_key(spec))
             self._engines[model] = record
         return self._engines[model]
 
-    def client(self, model: str) -> OpenAICompatClient:
+    def client(self, model: str) -> Any:
+        """The client of a model: HTTP for every served engine, the engine itself when in-process."""
+        if model not in self._clients and self.spec(model).in_process:
+            self._clients[model] = self._in_process(model)
         if model not in self._clients:
             record = self.engine(model)
-            self._clients[model] = OpenAICompatClient(record["base_url"], api_key(self.spec(model)),
-                                                      self.settings.timeout_s, self.settings.retries)
+            settings = self.settings
+            self._clients[model] = OpenAICompatClient(record.get("base_urls") or record["base_url"],
+                                                      api_key(self.spec(model)), settings.timeout_s,
+                                                      settings.retries, deadline_s=settings.deadline_s or None,
+                                                      limiter=self.limiter())
         return self._clients[model]
+
+    def _in_process(self, model: str) -> Any:
+        spec = self.spec(model)
+        if not self.is_controller:
+            from harness.engines.managed import EngineStartError
+
+            raise EngineStartError(
+                f"model {model!r} runs in-process (engine {spec.engine}) in the controller only; loading it in "
+                f"every xdist worker would put several engines on one GPU. Use engine: vllm (a managed server) "
+                f"for hand-written llm_client tests under -n, or run without -n")
+        from harness.engines.in_process import InProcessClient
+        from harness.engines.vllm_offline import VLLMOffline
+
+        assert spec.model_path is not None
+        engine = VLLMOffline(spec.model_path, spec.name, dict(spec.options), spec.gpus)
+        engine.load()
+        self._engines[model] = {"model": model, "kind": spec.engine, "base_url": None,
+                                "launch": engine.launch_record()}
+        return InProcessClient(engine, f"in-process:{spec.engine}")
 
     def reply_for(self, nodeid: str, suite: Suite, case: Case, model: str) -> dict[str, Any]:
         """An item's reply: from generation when it was planned, else sent now."""
-        store = self.store()
-        if store.is_planned(nodeid):
-            reply = store.wait(nodeid, self.settings.timeout_s * (self.settings.retries + 1) + 60)
+        board = self.board()
+        if board.is_planned(nodeid):
+            reply = board.wait(nodeid)
             if reply is not None:
                 return reply
-            return Reply(None, "no reply from generation in time", 0.0).to_dict()
+            why = getattr(board, "reason", None) or "generation stopped before this case (interrupted or -x)"
+            return Reply(None, f"no reply: {why}", 0.0).to_dict()
         from harness.generation import build_request
 
-        return run_sync(self.client(model).send(build_request(suite, case, model))).to_dict()
+        return run_sync(self.client(model).send(build_request(suite, case, model, self.settings.stream))).to_dict()
 
     def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        for client in self._clients.values():
+            try:
+                run_sync(client.close(), timeout=10)
+            except Exception:  # noqa: BLE001 - closing sockets at exit must not fail the run
+                pass
+        self._clients.clear()
+        if self._board is not None:
+            self._board.close()
+            self._board = None
         if self._cache is not None:
             self._cache.close()
             self._cache = None

@@ -44,13 +44,16 @@ def model_listed(base_url: str, model: str, api_key: str | None = None, timeout_
     return any(entry.get("id") == model for entry in payload.get("data", []) if isinstance(entry, dict))
 
 
-def start_server(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+def start_server(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start a server in its own process group, its output going to log_path."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         # own session: a Ctrl-C in the terminal reaches pytest, which then stops the server itself
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        try:
+            return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, env={**os.environ, **env} if env else None)
+        except OSError as exc:  # e.g. `vllm` is not installed
+            raise EngineStartError(f"cannot start {argv[0]!r}: {exc}") from exc
 
 
 def wait_ready(base_url: str, model: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None,

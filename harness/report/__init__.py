@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from harness.report.details import write_details
+from harness.report.indicators import write_indicators
 from harness.report.json_report import write_json
 from harness.report.markdown import write_markdown
 from harness.report.xlsx import write_xlsx
 
-__all__ = ["write_reports", "write_json", "write_details", "write_markdown", "write_xlsx"]
+__all__ = ["write_reports", "write_json", "write_details", "write_indicators", "write_markdown", "write_xlsx"]
 
 
 def write_reports(report: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -23,6 +24,7 @@ def write_reports(report: dict[str, Any], out_dir: Path) -> list[Path]:
     return [
         write_json(report, out_dir),
         *write_details(report, out_dir),
+        *write_indicators(report, out_dir),
         write_markdown(report, out_dir),
         write_xlsx(report, out_dir),
     ]

@@ -27,7 +27,7 @@ _RESERVED_TITLES = ("summary", "gates", "bad_cases", "history")
 
 CASE_COLUMNS = [
     "id", "model", "prompt", "output", "extracted", "target", "score",
-    "passed", "error", "reason", "latency_ms", "output_tokens",
+    "passed", "error", "reason", "latency_ms", "output_tokens", "attempts", "ttft_ms",
 ]  # fmt: skip
 GATE_COLUMNS = ["suite", "model", "expr", "metric", "op", "threshold", "value", "status", "reason"]
 _WIDTH_SAMPLE_ROWS = 200

@@ -1,12 +1,23 @@
 """A deterministic OpenAI-compatible stub server, for testing and measuring the harness itself.
 
 The reply is the text after the last ``ANSWER:`` in the prompt (else ``ok``). Directives in
-the prompt inject faults: ``FAIL:<status>`` answers that HTTP status, ``EMPTY`` gives an empty
-reply, ``SLEEP:<ms>`` delays the answer, ``FLAKY:<n>`` answers 429 with ``retry-after-ms: 200``
-to the first n attempts of that prompt. ``--api-key`` makes every request without that bearer
-key a 401. ``--delay-ms`` delays every answer. Every request is
-counted; ``GET /stats`` returns the counts, the maximum in flight and the Authorization headers
-seen (hashed, so a test can check a key arrived without the key being stored).
+the prompt inject faults:
+
+- ``FAIL:<status>`` answers that HTTP status; ``FAILN:<n>:<status>`` only to the first n attempts
+- ``FLAKY:<n>`` answers 429 with ``retry-after-ms: 200`` to the first n attempts
+- ``EMPTY`` gives an empty reply, ``NULL`` a reply whose ``content`` is null
+- ``SLEEP:<ms>`` delays the answer; ``HANG`` never answers
+- ``TRUNCATE:<n>`` cuts the JSON body in half on the first n attempts
+- ``RESET:<n>`` drops the connection without an answer on the first n attempts
+- ``TOOL:<name>:<json arguments>`` answers a tool call (content null)
+
+``stream: true`` in a request gives server-sent events, one word a chunk, ``--token-delay-ms``
+apart, usage in the last chunk. ``--fail-first N --fail-status S`` answers S to the first N
+requests the server gets, whatever they ask (a burst). ``--api-key`` makes every request
+without that bearer key a 401. ``--delay-ms`` delays every answer. Every request is counted;
+``GET /stats`` returns the counts, the maximum in flight and the Authorization headers seen
+(hashed, so a test can check a key arrived without the key being stored); ``POST /stats/reset``
+zeroes them.
 
 Run: ``python -m harness.testing.stub_server --port 8000 [--models a,b] [--delay-ms 50]``.
 """
@@ -16,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
 import re
 import time
 from typing import Any
@@ -31,8 +43,12 @@ def reply_for(prompt: str) -> str:
 
 
 class Stub:
-    def __init__(self, models: list[str] | None, delay_ms: float, api_key: str | None = None) -> None:
+    def __init__(self, models: list[str] | None, delay_ms: float, api_key: str | None = None,
+                 fail_first: int = 0, fail_status: int = 503, token_delay_ms: float = 0.0) -> None:
         self.models = models
+        self.fail_first = fail_first
+        self.fail_status = fail_status
+        self.token_delay_s = token_delay_ms / 1000
         self.api_key = api_key
         self.attempts: dict[str, int] = {}
         self.delay_s = delay_ms / 1000
@@ -45,6 +61,7 @@ class Stub:
         app = web.Application()
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/stats", self.stats)
+        app.router.add_post("/stats/reset", self.reset)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completion)
         return app
@@ -55,6 +72,11 @@ class Stub:
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response({"requests": self.requests, "max_in_flight": self.max_in_flight,
                                   "auth_sha256": sorted(self.auth)})
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self.requests = self.max_in_flight = 0
+        self.attempts.clear()
+        return web.json_response({"ok": True})
 
     async def chat(self, request: web.Request) -> web.Response:
         return await self._answer(request, chat=True)
@@ -79,34 +101,87 @@ class Stub:
                 prompt = "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
             else:
                 prompt = str(body.get("prompt", ""))
+            if self.requests <= self.fail_first:
+                return web.json_response({"error": {"message": "injected burst"}}, status=self.fail_status)
+            attempt = self.attempts[prompt] = self.attempts.get(prompt, 0) + 1
             delay = self.delay_s
             sleep = re.search(r"SLEEP:(\d+)", prompt)
             if sleep:
                 delay = int(sleep.group(1)) / 1000
+            if "HANG" in prompt:
+                delay = 3600.0
             if delay:
                 await asyncio.sleep(delay)
-            flaky = re.search(r"FLAKY:(\d+)", prompt)
-            if flaky:
-                self.attempts[prompt] = self.attempts.get(prompt, 0) + 1
-                if self.attempts[prompt] <= int(flaky.group(1)):
-                    return web.json_response({"error": {"message": "slow down"}}, status=429,
-                                             headers={"retry-after-ms": "200"})
+
+            def first(directive: str) -> re.Match[str] | None:
+                found = re.search(directive, prompt)
+                return found if found and attempt <= int(found.group(1)) else None
+
+            if first(r"FLAKY:(\d+)"):
+                return web.json_response({"error": {"message": "slow down"}}, status=429,
+                                         headers={"retry-after-ms": "200"})
+            failn = first(r"FAILN:(\d+):(\d{3})")
+            if failn:
+                return web.json_response({"error": {"message": "injected failure"}}, status=int(failn.group(2)))
             fail = re.search(r"FAIL:(\d{3})", prompt)
             if fail:
                 return web.json_response({"error": {"message": "injected failure"}}, status=int(fail.group(1)))
-            text = "" if "EMPTY" in prompt else reply_for(prompt)
-            usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
-                     "total_tokens": len(prompt.split()) + len(text.split())}
-            choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
+            if first(r"RESET:(\d+)") and request.transport is not None:
+                request.transport.abort()
+                return web.Response(status=500)  # never reaches the client
+            text: str | None = "" if "EMPTY" in prompt else reply_for(prompt)
+            tool = re.search(r"TOOL:(\w+):(\{.*\})", prompt)
+            tool_calls = None
+            if tool:
+                text = None
+                tool_calls = [{"id": "call_1", "type": "function",
+                               "function": {"name": tool.group(1), "arguments": tool.group(2)}}]
+            if "NULL" in prompt:
+                text = None
+            words = (text or "").split()
+            usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(words),
+                     "total_tokens": len(prompt.split()) + len(words)}
+            if body.get("stream"):
+                return await self._stream(request, chat, model, words, usage)
+            choice: dict[str, Any] = {"index": 0, "finish_reason": "tool_calls" if tool_calls else "stop"}
             if chat:
                 choice["message"] = {"role": "assistant", "content": text}
+                if tool_calls:
+                    choice["message"]["tool_calls"] = tool_calls
             else:
                 choice["text"] = text
-            return web.json_response({"id": f"stub-{self.requests}", "object": "chat.completion" if chat
-                                      else "text_completion", "created": int(time.time()), "model": model,
-                                      "choices": [choice], "usage": usage})
+            payload = {"id": f"stub-{self.requests}", "object": "chat.completion" if chat else "text_completion",
+                       "created": int(time.time()), "model": model, "choices": [choice], "usage": usage}
+            if first(r"TRUNCATE:(\d+)"):
+                raw = json.dumps(payload)
+                return web.Response(body=raw[:len(raw) // 2].encode(), content_type="application/json")
+            return web.json_response(payload)
         finally:
             self.in_flight -= 1
+
+
+    async def _stream(self, request: web.Request, chat: bool, model: Any, words: list[str],
+                      usage: dict[str, int]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+
+        async def event(payload: dict[str, Any]) -> None:
+            await response.write(f"data: {json.dumps(payload)}\n\n".encode())
+
+        base = {"id": f"stub-{self.requests}", "object": "chat.completion.chunk" if chat else "text_completion",
+                "model": model}
+        for index, word in enumerate(words):
+            if self.token_delay_s:
+                await asyncio.sleep(self.token_delay_s)
+            piece = word if index == 0 else " " + word
+            choice = {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
+            await event({**base, "choices": [{**choice, "finish_reason": None}]})
+        end = {"index": 0, "delta": {}} if chat else {"index": 0, "text": ""}
+        await event({**base, "choices": [{**end, "finish_reason": "stop"}]})
+        await event({**base, "choices": [], "usage": usage})
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
 
 def main() -> None:
@@ -116,10 +191,13 @@ def main() -> None:
     parser.add_argument("--models", default=None, help="comma-separated model names (default: any)")
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--api-key", default=None, help="require this bearer key (else 401)")
+    parser.add_argument("--fail-first", type=int, default=0, help="answer the first N requests with --fail-status")
+    parser.add_argument("--fail-status", type=int, default=503)
+    parser.add_argument("--token-delay-ms", type=float, default=0.0, help="streaming: delay between chunks")
     args = parser.parse_args()
     models = args.models.split(",") if args.models else None
-    web.run_app(Stub(models, args.delay_ms, args.api_key).app(), host=args.host, port=args.port, print=None,
-                access_log=None)
+    stub = Stub(models, args.delay_ms, args.api_key, args.fail_first, args.fail_status, args.token_delay_ms)
+    web.run_app(stub.app(), host=args.host, port=args.port, print=None, access_log=None)
 
 
 if __name__ == "__main__":

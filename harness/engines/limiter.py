@@ -1,0 +1,85 @@
+"""The run's in-flight limit: a hard ceiling that backs off when the server says 429.
+
+Additive increase, multiplicative decrease (TCP's rule): each 429 halves the limit (at most
+once per ``cooldown_s``, so one burst of 429s counts once), each success adds ``1/limit``, so
+the limit climbs back by one request per window of successful requests. The ceiling is
+``--llm-concurrency`` and is never exceeded. All methods run on the request loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+
+class Slot:
+    """One attempt's hold on the limit; mark ``throttled`` when the server answered 429."""
+
+    __slots__ = ("throttled",)
+
+    def __init__(self) -> None:
+        self.throttled = False
+
+
+class AdaptiveLimit:
+    def __init__(self, maximum: int, cooldown_s: float = 1.0) -> None:
+        self.maximum = max(1, maximum)
+        self.limit = float(self.maximum)
+        self.cooldown_s = cooldown_s
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.lowest_limit = self.maximum
+        self.throttles = 0
+        self._last_cut = float("-inf")
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def allowed(self) -> int:
+        return max(1, int(self.limit))
+
+    async def acquire(self) -> None:
+        while self.in_flight >= self.allowed:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                raise
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def release(self, throttled: bool) -> None:
+        self.in_flight -= 1
+        if throttled:
+            now = time.monotonic()
+            if now - self._last_cut >= self.cooldown_s:
+                self._last_cut = now
+                self.limit = max(1.0, self.limit / 2)
+                self.lowest_limit = min(self.lowest_limit, self.allowed)
+                self.throttles += 1
+        else:
+            self.limit = min(float(self.maximum), self.limit + 1 / self.limit)
+        free = self.allowed - self.in_flight
+        while free > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[Slot]:
+        await self.acquire()
+        slot = Slot()
+        try:
+            yield slot
+        finally:
+            self.release(slot.throttled)
+
+    def stats(self) -> dict[str, int]:
+        return {"limit": self.maximum, "lowest_limit": self.lowest_limit, "throttled": self.throttles,
+                "peak_in_flight": self.peak_in_flight}
