@@ -5,8 +5,9 @@ N-case suite (interpreter start, collection, generation, scoring, reports) with 
 `-n 2`, and of a bare script sending the same requests (interpreter start included) with
 `openai.AsyncOpenAI` and with aiohttp, at equal concurrency; the ratio is requests/s against
 the bare openai client. It also prints the maximum in flight the stub saw (must not exceed the
-concurrency under -n 2), the median per-case time pytest measured for the items, and the
-time to collect a large suite.
+concurrency under -n 2), the median time pytest measured per case item (setup + call +
+teardown, which includes waiting for the item's reply), and the time to collect a large suite.
+With --repeat N each command runs N times, interleaved, and the median wall time is kept.
 
 The pytest runs load only this plugin and xdist (PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 with -p):
 a user's plugins (hypothesis, asyncio, ...) cost what they cost with or without this one.
@@ -27,7 +28,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -52,11 +52,10 @@ asyncio.run(main())
 """
 
 BARE_OPENAI = """
-import asyncio, sys, httpx, openai
+import asyncio, sys, openai
 url, n, conc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 async def main():
-    client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0,
-                                http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=conc)))
+    client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0)
     sem = asyncio.Semaphore(conc)
     async def one(i):
         async with sem:
@@ -81,15 +80,16 @@ def write_suite(root: Path, cases: int) -> Path:
     return root / "evals"
 
 
-def environment() -> dict[str, str]:
+def environment(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-    return env
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")]))
+    return {**env, **extra}
 
 
-def timed(argv: list[str], cwd: Path) -> float:
+def timed(argv: list[str], cwd: Path, **env: str) -> float:
     started = time.perf_counter()
-    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=environment())
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=environment(**env))
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{argv[:4]} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
@@ -102,38 +102,40 @@ def stub_call(url: str, path: str, method: str = "GET") -> dict:
         return json.loads(response.read())
 
 
-def item_median_ms(junit: Path) -> float:
-    times = [float(case.get("time", 0)) for case in ET.parse(junit).getroot().iter("testcase")
-             if "gate[" not in case.get("name", "")]
-    return statistics.median(times) * 1000
+def item_median_ms(path: Path) -> float:
+    return statistics.median(json.loads(path.read_text())) * 1000
 
 
 def pytest_argv(evals: Path, url: str, concurrency: int, workers: str, out: Path) -> list[str]:
     return [sys.executable, "-m", "pytest", str(evals), "-q", "-p", "no:cacheprovider", "-p", "harness.plugin",
-            "-p", "xdist.plugin", "-n", workers, "--llm-base-url", url, "--llm-model", "stub",
-            "--llm-concurrency", str(concurrency), "--llm-cache", "off", "--llm-report-dir", str(out / "report"),
-            "--junitxml", str(out / "junit.xml")]
+            "-p", "xdist.plugin", "-p", "item_times", "-n", workers, "--llm-base-url", url, "--llm-model", "stub",
+            "--llm-concurrency", str(concurrency), "--llm-cache", "off", "--llm-report-dir", str(out / "report")]
 
 
-def bench(url: str, cases: int, concurrency: int, workers: list[str]) -> None:
+def bench(url: str, cases: int, concurrency: int, workers: list[str], repeat: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         evals = write_suite(root, cases)
-        rows: list[tuple[str, float, str]] = []
-        for script, name in ((BARE_OPENAI, "bare openai.AsyncOpenAI"), (BARE_AIOHTTP, "bare aiohttp")):
-            wall = timed([sys.executable, "-c", script, url, str(cases), str(concurrency)], root)
-            rows.append((name, wall, ""))
-        for n in workers:
-            stub_call(url, "/stats/reset", "POST")
-            wall = timed(pytest_argv(evals, url, concurrency, n, root), root)
-            peak = stub_call(url, "/stats")["max_in_flight"]
-            extra = f"max in flight {peak} (limit {concurrency}); item median {item_median_ms(root / 'junit.xml'):.2f} ms"
-            rows.append((f"pytest-llm-harness -n {n}", wall, extra))
-    base = rows[0][1]
-    print(f"\ncases={cases} concurrency={concurrency}")
+        commands: list[tuple[str, list[str]]] = [
+            (name, [sys.executable, "-c", script, url, str(cases), str(concurrency)])
+            for script, name in ((BARE_OPENAI, "bare openai.AsyncOpenAI"), (BARE_AIOHTTP, "bare aiohttp"))]
+        commands += [(f"pytest-llm-harness -n {n}", pytest_argv(evals, url, concurrency, n, root)) for n in workers]
+        walls: dict[str, list[float]] = {name: [] for name, _ in commands}
+        notes: dict[str, str] = {name: "" for name, _ in commands}
+        for _ in range(repeat):
+            for name, argv in commands:
+                stub_call(url, "/stats/reset", "POST")
+                walls[name].append(timed(argv, root, LLM_BENCH_ITEM_TIMES=str(root / "items.json")))
+                if name.startswith("pytest"):
+                    peak = stub_call(url, "/stats")["max_in_flight"]
+                    notes[name] = (f"max in flight {peak} (limit {concurrency}); "
+                                   f"item median {item_median_ms(root / 'items.json'):.2f} ms")
+    base = statistics.median(walls[commands[0][0]])
+    print(f"\ncases={cases} concurrency={concurrency} (median of {repeat})")
     print(f"{'run':28} {'wall s':>8} {'req/s':>8} {'vs openai':>10}  notes")
-    for name, wall, extra in rows:
-        print(f"{name:28} {wall:8.2f} {cases / wall:8.1f} {base / wall:10.2f}  {extra}")
+    for name, _ in commands:
+        wall = statistics.median(walls[name])
+        print(f"{name:28} {wall:8.2f} {cases / wall:8.1f} {base / wall:10.2f}  {notes[name]}")
     sys.stdout.flush()
 
 
@@ -152,6 +154,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[32])
     parser.add_argument("--delay-ms", type=float, default=50.0)
     parser.add_argument("--workers", nargs="+", default=["0", "2"])
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each command; the median is kept")
     parser.add_argument("--collect", type=int, default=0, help="also time collecting a suite of this many cases")
     args = parser.parse_args()
 
@@ -165,7 +168,7 @@ def main() -> None:
         print(f"stub delay {args.delay_ms:g} ms; {os.cpu_count()} CPUs")
         for cases in args.cases:
             for concurrency in args.concurrency:
-                bench(url, cases, concurrency, args.workers)
+                bench(url, cases, concurrency, args.workers, args.repeat)
         if args.collect:
             collect(args.collect)
     finally:

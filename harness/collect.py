@@ -56,27 +56,26 @@ class JsonlFile(pytest.File):
         models = run_state(self.config).model_names
         for marker in suite.markers:
             self.config.addinivalue_line("markers", f"{marker}: declared by suite {suite.name}")
-        items = []
-        for case in cases:
-            for model in models:
-                item = CaseItem.from_parent(self, name=item_name(case.id, model, len(models) > 1),
-                                            suite=suite, case=case, model=model)
-                items.append(item)
-        return items
+        # decorators built once: a marker by name costs a registry lookup per item (100,000 cases)
+        marks = [pytest.mark.llm_eval, *(getattr(pytest.mark, marker) for marker in suite.markers)]
+        multi = len(models) > 1
+        return [CaseItem.from_parent(self, name=item_name(case.id, model, multi), suite=suite, case=case,
+                                     model=model, marks=marks)
+                for case in cases for model in models]
 
 
 class CaseItem(pytest.Item):
     """One case on one model: reads its reply, extracts, scores, applies the pass rule."""
 
-    def __init__(self, *, suite: Suite, case: Case, model: str, **kwargs: Any) -> None:
+    def __init__(self, *, suite: Suite, case: Case, model: str, marks: list[Any] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.suite = suite
         self.case = case
         self.model = model
         self.case_result: CaseResult | None = None
-        self.add_marker("llm_eval")
-        for marker in suite.markers:
-            self.add_marker(marker)
+        for mark in marks if marks is not None else ["llm_eval", *suite.markers]:
+            self.add_marker(mark)
 
     def runtest(self) -> None:
         from harness.judge import judge_case

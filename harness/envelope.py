@@ -37,7 +37,9 @@ def build_envelope(controller: Controller, args: list[str], workers: int,
         "models": [model_metadata(spec, engines.get(spec.name)) for spec in state.models
                    if spec.name in used_models],
         "generation": {"concurrency": state.settings.concurrency, "timeout_s": state.settings.timeout_s,
-                       "retries": state.settings.retries, **controller.generation},
+                       "retries": state.settings.retries, "deadline_s": state.settings.deadline_s,
+                       "retry_passes": state.settings.retry_passes, "stream": state.settings.stream,
+                       **controller.generation},
         "datasets": dataset_metadata(suites, controller.root),
         "suites_config": [s.config_dict() for s in suites],
     }

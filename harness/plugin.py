@@ -121,6 +121,20 @@ def pytest_configure_node(node: Any) -> None:
     node.workerinput[WORKERINPUT_KEY] = run_state(node.config).to_workerinput()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session: pytest.Session) -> Generator[None, Any, Any]:
+    import gc
+
+    # 100,000 items are 100,000 long-lived objects: the cyclic collector would rescan them over
+    # and over while they are made (seconds), and again during the run unless they are frozen
+    gc.disable()
+    try:
+        return (yield)
+    finally:
+        gc.enable()
+        gc.freeze()
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if is_suite_dataset(file_path):
         return JsonlFile.from_parent(parent, path=file_path)

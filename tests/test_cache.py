@@ -60,14 +60,17 @@ def test_two_models_never_share_an_entry(pytester, stub_url):
     assert sent(stub_url, lambda: run(pytester, stub_url, models=("stub-b",))) == 0
 
 
+NO_RETRY = ("--llm-retries", "0", "--llm-retry-passes", "0")
+
+
 def test_changed_settings_miss_and_failures_are_not_cached(pytester, stub_url):
     cases = CASES[:2] + [{"id": "bad", "input": "FAIL:500", "target": "x"}]
     write_suite(pytester.path / "evals", "geo", cases, **{"pass": "record"})
-    assert sent(stub_url, lambda: run(pytester, stub_url, "--llm-retries", "0", "--llm-retry-passes", "0")) == 3
+    assert sent(stub_url, lambda: run(pytester, stub_url, *NO_RETRY)) == 3
     assert entries(pytester) == 2
-    assert sent(stub_url, lambda: run(pytester, stub_url, "--llm-retries", "0", "--llm-retry-passes", "0")) == 1  # only the failure again
+    assert sent(stub_url, lambda: run(pytester, stub_url, *NO_RETRY)) == 1  # only the failure again
     write_suite(pytester.path / "evals", "geo", cases, generation={"max_tokens": 5}, **{"pass": "record"})
-    assert sent(stub_url, lambda: run(pytester, stub_url, "--llm-retries", "0", "--llm-retry-passes", "0")) == 3
+    assert sent(stub_url, lambda: run(pytester, stub_url, *NO_RETRY)) == 3
 
 
 @pytest.mark.parametrize(("mode", "first", "second", "stored"),

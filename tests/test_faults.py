@@ -192,8 +192,8 @@ def test_streaming_measures_ttft_and_tpot():
         async def send():
             client = OpenAICompatClient(url)
             try:
-                return await client.send(Request("chat", "stub", [{"role": "user", "content": "ANSWER: w1 w2 w3 w4 w5"}],
-                                                 stream=True))
+                message = {"role": "user", "content": "ANSWER: w1 w2 w3 w4 w5"}
+                return await client.send(Request("chat", "stub", [message], stream=True))
             finally:
                 await client.close()
 
