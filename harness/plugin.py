@@ -127,11 +127,13 @@ def pytest_collection(session: pytest.Session) -> Generator[None, Any, Any]:
 
     # 100,000 items are 100,000 long-lived objects: the cyclic collector would rescan them over
     # and over while they are made (seconds), and again during the run unless they are frozen
+    enabled = gc.isenabled()
     gc.disable()
     try:
         return (yield)
     finally:
-        gc.enable()
+        if enabled:
+            gc.enable()
         gc.freeze()
 
 
