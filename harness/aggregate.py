@@ -8,6 +8,7 @@ from harness.gates import judge, parse_gate
 from harness.results import CaseResult, SuiteResult
 from harness.scoring.metrics import percentile
 from harness.scoring.scorers import Scorer, get_scorer
+from harness.scoring.stats import mean_interval, wilson, with_interval
 from harness.suite import Suite
 
 
@@ -39,10 +40,16 @@ def suite_metrics(suite: Suite, results: Sequence[CaseResult]) -> tuple[str, dic
     }
     if suite.pass_rule is not None:
         metrics["pass_rate"] = sum(r.passed is True for r in results) / n if n else None
+    # quality figures carry their 95% interval; operational ones (latency, throughput) do not
+    with_interval(metrics, "error_rate", wilson(errors, n))
+    with_interval(metrics, "score", mean_interval([r.score or 0.0 for r in results]))
+    if suite.pass_rule is not None:
+        with_interval(metrics, "pass_rate", wilson(sum(r.passed is True for r in results), n))
     scorer = _scorer(suite)
     if scorer is None:
         main = suite.scorer
         metrics[main] = metrics["score"]
+        metrics[f"{main}.lower"], metrics[f"{main}.upper"] = metrics["score.lower"], metrics["score.upper"]
     else:
         main = scorer.main_metric
         metrics.update(scorer.aggregate(results))
@@ -78,4 +85,6 @@ def judge_suite(suite: Suite, model: str, results: Sequence[CaseResult], total_c
     reason = (f"judged {len(results)} of {total_cases} cases: -k/-m/--lf ran a subset; "
               f"gates judge the whole suite") if subset else None
     gates = [judge(parse_gate(expr), metrics, reason) for expr in suite.gates]
-    return SuiteResult(suite.name, model, main, metrics, gates, len(results), total_cases, subset)
+    scorer = _scorer(suite)
+    tables = scorer.tables(results) if scorer is not None and hasattr(scorer, "tables") else {}
+    return SuiteResult(suite.name, model, main, metrics, gates, len(results), total_cases, subset, tables)

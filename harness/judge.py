@@ -32,6 +32,11 @@ def judge_case(suite: Suite, case: Case, model: str, nodeid: str, dataset: str,
     )
     if result.error:
         result.score, result.reason = 0.0, f"model error: {result.error}"
+    elif result.tool_calls and not result.output:
+        # a reply made of tool calls: they are the prediction, there is no text to extract from
+        result.extracted = result.tool_calls
+        scored = scorer_for(suite).score(result.extracted, case.target, case)
+        result.score, result.reason, result.data = float(scored.value), scored.reason, dict(scored.data)
     else:
         try:
             result.extracted = run_pipeline(suite.extract, result.output or "")

@@ -88,6 +88,7 @@ class SuiteResult:
     cases: int  # results judged in this run
     total_cases: int  # cases the suite holds
     subset: bool  # True when -k/--lf ran only part of the suite
+    tables: dict[str, Any] = field(default_factory=dict)  # e.g. the confusion matrix, for reports
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -170,7 +170,8 @@ def test_write_reports_writes_every_format(report: dict, tmp_path: Path) -> None
     # this report compares models: indicator files per model and suite, none at the top
     indicators = names - main
     assert indicators and all(name.startswith("indicators/") for name in indicators)
-    assert {name.rsplit("/", 1)[1] for name in indicators} == {"latency_p99.json", "throughput_rps.json"}
+    assert {name.rsplit("/", 1)[1] for name in indicators} == {"latency_p99.json", "throughput_rps.json",
+                                                                "accuracy_f1.json"}
     assert all(p.is_file() for p in paths)
 
 

@@ -32,6 +32,7 @@ from harness.scoring.extract import (
     validate_steps,
 )
 from harness.scoring.metrics import classification_metrics, percentile
+from harness.scoring.stats import wilson
 from harness.scoring.scorers import Score, Scorer, as_score, get_scorer, known_scorers, normalize, scorer
 from harness.suite import LINE_ID, Case, SuiteError, file_digest, load_cases, load_suite
 
@@ -344,13 +345,18 @@ def test_classification_metrics_worked_example() -> None:
         "class_f1.b": 2 / 5,
         "class_f1.c": 1 / 2,
     }
-    assert set(m) == set(expected)
+    assert set(expected) <= set(m)
     for key, value in expected.items():
         assert m[key] == pytest.approx(value), key
+    # weighted by support (a=3, b=3, c=2): F1 (4/5*3 + 2/5*3 + 1/2*2) / 8
+    assert m["f1_weighted"] == pytest.approx((4 / 5 * 3 + 2 / 5 * 3 + 1 / 2 * 2) / 8)
 
 
-def test_classification_metrics_classes_from_true_labels_when_none_given() -> None:
-    assert classification_metrics(WORKED_PAIRS) == pytest.approx(classification_metrics(WORKED_PAIRS, ["a", "b", "c"]))
+def test_classification_metrics_classes_are_targets_and_predictions_when_none_given() -> None:
+    # scikit-learn's rule: an out-of-set prediction ("zzz") is a class of its own (F1 0); None is no class
+    m = classification_metrics(WORKED_PAIRS)
+    assert "class_f1.zzz" in m and m["class_f1.zzz"] == 0.0
+    assert m["f1_macro"] == pytest.approx((4 / 5 + 2 / 5 + 1 / 2 + 0) / 4)
 
 
 def test_classification_out_of_label_prediction_is_a_miss_only() -> None:
@@ -498,8 +504,13 @@ def test_json_valid_compare_target_share_and_aggregate() -> None:
     results = [_result(score=s.value, data=s.data) for s in (half, full, none)]
     results.append(_result(score=0.0, data={"json_ok": False}))
     agg = jv.aggregate(results)
-    assert agg == pytest.approx({"json_ok": 3 / 4, "keys_ok": 3 / 4, "field_accuracy": (2 / 3 + 1 + 0) / 4,
-                                 "exact": 1 / 4})
+    points = {k: v for k, v in agg.items() if not k.endswith((".lower", ".upper"))}
+    assert points == pytest.approx({"json_ok": 3 / 4, "keys_ok": 3 / 4, "field_accuracy": (2 / 3 + 1 + 0) / 4,
+                                    "exact": 1 / 4})
+    # proportions get Wilson intervals; field_accuracy (not 0/1 per case) a bootstrap one
+    assert agg["json_ok.lower"] == pytest.approx(wilson(3, 4)[0])
+    for name, value in points.items():
+        assert agg[f"{name}.lower"] <= value <= agg[f"{name}.upper"]
     assert get_scorer("json_valid").aggregate([])["json_ok"] is None
 
 
@@ -541,10 +552,15 @@ def test_classification_f1_aggregate_macro_and_micro() -> None:
     micro = run({"labels": ["A", "B", "C"], "average": "micro"})
     assert micro["f1"] == pytest.approx(4 / 7)
     assert micro["accuracy"] == pytest.approx(0.5)
-    # labels from the targets seen: the same classes here
-    assert run({})["f1"] == pytest.approx(macro["f1"])
-    with pytest.raises(ValueError, match="average must be 'macro' or 'micro'"):
-        get_scorer("classification_f1", {"average": "weighted"})
+    # no labels: scikit-learn's classes, targets and predictions ("zzz" is a class with F1 0)
+    assert run({})["f1"] == pytest.approx((4 / 5 + 2 / 5 + 1 / 2 + 0) / 4)
+    weighted = run({"labels": ["A", "B", "C"], "average": "weighted"})
+    assert weighted["f1"] == pytest.approx((4 / 5 * 3 + 2 / 5 * 3 + 1 / 2 * 2) / 8)
+    # every metric has its interval, and the point value lies inside it
+    assert macro["f1.lower"] <= macro["f1"] <= macro["f1.upper"]
+    assert macro["accuracy.lower"] <= 0.5 <= macro["accuracy.upper"]
+    with pytest.raises(ValueError, match="average must be one of"):
+        get_scorer("classification_f1", {"average": "samples"})
 
 
 def test_scorer_decorator_registers_a_function_scorer() -> None:
@@ -564,7 +580,8 @@ def test_scorer_decorator_registers_a_function_scorer() -> None:
     strict = get_scorer("units_starts_with", {"strict": True, "min_len": 5})
     assert strict.score("abc", "a", None) == Score(0.0, "too short", {"len": 3})
     assert strict.aggregate([_result(score=1.0), _result(score=0.0), _result(score=None)]) == {
-        "units_starts_with": pytest.approx(1 / 3)}
+        "units_starts_with": pytest.approx(1 / 3), "units_starts_with.lower": pytest.approx(wilson(1, 3)[0]),
+        "units_starts_with.upper": pytest.approx(wilson(1, 3)[1])}
     with pytest.raises(ValueError, match="unknown option 'minlen'"):
         get_scorer("units_starts_with", {"minlen": 2})
 

@@ -1,5 +1,7 @@
 """The seeds' indicator files: one small JSON per figure, for platforms that read them.
 
+``accuracy_f1.json`` {precision, recall, f1, samples} for each suite with an F1.
+
 ``latency_p99.json`` {p50_ms, p90_ms, p99_ms, requests} and ``throughput_rps.json``
 {rps, concurrency, duration_s}, over the requests this run actually sent (cache hits left
 out). Written per model and suite under ``indicators/<model>/<suite>/``, per model for the
@@ -19,6 +21,7 @@ from harness.scoring.metrics import percentile
 
 LATENCY = "latency_p99.json"
 THROUGHPUT = "throughput_rps.json"
+ACCURACY_F1 = "accuracy_f1.json"
 
 
 def latency_indicator(cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -67,4 +70,27 @@ def write_indicators(report: dict[str, Any], out_dir: Path) -> list[Path]:
         paths += _write(out_dir / "indicators" / _slug(model) / _slug(suite), suite_cases, concurrency)
     if len(by_model) == 1:
         paths += _write(out_dir, next(iter(by_model.values())), concurrency)
+    paths += _write_accuracy_f1(report.get("suites") or [], out_dir)
+    return paths
+
+
+def accuracy_f1_indicator(metrics: dict[str, Any], cases: int) -> dict[str, Any]:
+    return {"precision": metrics.get("precision"), "recall": metrics.get("recall"), "f1": metrics.get("f1"),
+            "samples": cases}
+
+
+def _write_accuracy_f1(suites: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """accuracy_f1.json for every suite that has an F1 (classification, tool calls); at the top when one does."""
+    scored = [s for s in suites if (s.get("metrics") or {}).get("f1") is not None]
+    paths = []
+    for suite in scored:
+        folder = out_dir / "indicators" / _slug(str(suite["model"])) / _slug(str(suite["name"]))
+        folder.mkdir(parents=True, exist_ok=True)
+        paths.append(folder / ACCURACY_F1)
+        paths[-1].write_text(json.dumps(accuracy_f1_indicator(suite["metrics"], suite.get("cases", 0)), indent=2)
+                             + "\n", encoding="utf-8")
+    if len(scored) == 1:
+        paths.append(out_dir / ACCURACY_F1)
+        paths[-1].write_text(json.dumps(accuracy_f1_indicator(scored[0]["metrics"], scored[0].get("cases", 0)),
+                                        indent=2) + "\n", encoding="utf-8")
     return paths

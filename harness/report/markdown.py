@@ -33,6 +33,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         _overview(run, suites),
         _summary(suites),
         _gates(suites),
+        _confusion(suites),
         _worst(suites, cases),
         _repro(run),
     ]
@@ -74,7 +75,7 @@ def _summary(suites: list[dict[str, Any]]) -> str:
                 s.get("name"),
                 s.get("model"),
                 cases,
-                f"{main}={_num(metrics.get(main))}" if main else "—",
+                f"{main}={_num(metrics.get(main))}{_interval(metrics, main)}" if main else "—",
                 _pct(metrics.get("error_rate")),
                 "—" if p99 is None else f"{_num(p99)} ms",
                 gate_cell,
@@ -82,6 +83,24 @@ def _summary(suites: list[dict[str, Any]]) -> str:
         )
     headers = ["Suite", "Model", "Cases", "Main metric", "Error rate", "p99 latency", "Gates"]
     return "## Summary\n\n" + _table(headers, rows)
+
+
+def _interval(metrics: dict[str, Any], name: str) -> str:
+    low, high = metrics.get(f"{name}.lower"), metrics.get(f"{name}.upper")
+    return "" if low is None or high is None else f" [{_num(low)}, {_num(high)}]"
+
+
+def _confusion(suites: list[dict[str, Any]]) -> str:
+    parts = []
+    for s in suites:
+        table = (s.get("tables") or {}).get("confusion")
+        if not table or not table.get("labels"):
+            continue
+        labels = [str(label) for label in table["labels"]]
+        rows = [[f"**{label}**", *(str(v) for v in row)] for label, row in zip(labels, table["matrix"])]
+        parts.append(f"### {_text(s.get('name'))} ({_text(s.get('model'))})\n\n"
+                     + _table(["target \\ predicted", *labels], rows))
+    return "## Confusion matrices\n\n" + "\n".join(parts) if parts else ""
 
 
 def _gates(suites: list[dict[str, Any]]) -> str:

@@ -48,10 +48,15 @@ class Scorer:
         raise NotImplementedError
 
     def aggregate(self, results: Sequence[CaseResult]) -> dict[str, float | None]:
-        """Mean score over every case; an errored case counts as 0."""
+        """Mean score over every case, with its interval; an errored case counts as 0."""
+        from harness.scoring.stats import mean_interval, with_interval
+
         if not results:
             return {self.main_metric: None}
-        return {self.main_metric: sum(r.score or 0.0 for r in results) / len(results)}
+        scores = [r.score or 0.0 for r in results]
+        metrics: dict[str, float | None] = {self.main_metric: sum(scores) / len(scores)}
+        with_interval(metrics, self.main_metric, mean_interval(scores))
+        return metrics
 
 
 _REGISTRY: dict[str, type[Scorer]] = {}
@@ -227,16 +232,25 @@ class JsonValid(Scorer):
         if self.opts["compare_target"]:
             metrics["field_accuracy"] = sum(r.data.get("fields_share", 0.0) for r in results) / n
             metrics["exact"] = sum((r.score or 0) >= 1 for r in results) / n
+        from harness.scoring.stats import mean_interval, with_interval
+
+        per_case = {"json_ok": [float(bool(r.data.get("json_ok"))) for r in results],
+                    "keys_ok": [float(bool(r.data.get("keys_ok"))) for r in results],
+                    "field_accuracy": [r.data.get("fields_share", 0.0) for r in results],
+                    "exact": [float((r.score or 0) >= 1) for r in results]}
+        for name in list(metrics):
+            with_interval(metrics, name, mean_interval(per_case[name]))
         return metrics
 
 
 @register
 class ClassificationF1(Scorer):
-    """Label classification; suite metrics: accuracy, precision/recall/F1 micro and macro, per-class F1.
+    """Label classification, as scikit-learn defines it; suite metrics: accuracy, precision/recall/F1
+    micro, macro and weighted, per class, each with its confidence interval.
 
-    ``f1`` is the macro average by default (``average: micro`` to change it). Labels come from
-    the ``labels`` option or, when absent, from the targets seen; a prediction outside the
-    labels is wrong for its target's class and counts for no class."""
+    ``f1`` is the macro average by default (``average: micro|weighted`` to change it). Classes
+    are the ``labels`` option (a prediction outside them is wrong and counts for no class) or,
+    when absent, every label seen as a target or a prediction."""
 
     name = "classification_f1"
     main_metric = "f1"
@@ -244,8 +258,8 @@ class ClassificationF1(Scorer):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        if self.opts["average"] not in ("macro", "micro"):
-            raise ValueError(f"scorer {self.name!r}: average must be 'macro' or 'micro'")
+        if self.opts["average"] not in ("macro", "micro", "weighted"):
+            raise ValueError(f"scorer {self.name!r}: average must be one of macro, micro, weighted")
 
     def _norm(self, value: Any) -> str:
         return normalize(value, self.opts["case_sensitive"])
@@ -260,10 +274,129 @@ class ClassificationF1(Scorer):
         return Score(0.0, f"predicted {pred!r}, expected {label!r}", {"pred": pred, "label": label})
 
     def aggregate(self, results: Sequence[CaseResult]) -> dict[str, float | None]:
-        from harness.scoring.metrics import classification_metrics
+        from harness.scoring.classification import classification_intervals, classification_metrics
+        from harness.scoring.stats import with_interval
 
-        pairs = [(self._norm(r.target), r.data.get("pred")) for r in results]
-        labels = [self._norm(x) for x in self.opts["labels"]] if self.opts["labels"] else None
+        pairs = self._pairs(results)
+        labels = self._labels()
         metrics = classification_metrics(pairs, labels)
-        metrics["f1"] = metrics[f"f1_{self.opts['average']}"]
+        average = self.opts["average"]
+        for name in ("f1", "precision", "recall"):
+            metrics[name] = metrics[f"{name}_{average}"]
+        intervals = classification_intervals(pairs, labels)
+        for name in ("f1", "precision", "recall"):
+            intervals[name] = intervals.get(f"{name}_{average}", (None, None))
+        for name, interval in intervals.items():
+            with_interval(metrics, name, interval)
         return metrics
+
+    def _pairs(self, results: Sequence[CaseResult]) -> list[tuple[str, str | None]]:
+        return [(self._norm(r.target), r.data.get("pred")) for r in results]
+
+    def _labels(self) -> list[str] | None:
+        return [self._norm(x) for x in self.opts["labels"]] if self.opts["labels"] else None
+
+    def tables(self, results: Sequence[CaseResult]) -> dict[str, Any]:
+        """The confusion matrix (rows: target, columns: prediction), for the reports."""
+        from harness.scoring.classification import confusion_matrix
+
+        return {"confusion": confusion_matrix(self._pairs(results), self._labels())}
+
+
+@register
+class ToolCalls(Scorer):
+    """Tool calls (seed 001): labels and predictions are lists of ``{"toolName", "paramList"}``.
+
+    The prediction is the reply's OpenAI ``tool_calls`` when it has them, else JSON text in
+    the seed's shape (use an extraction step such as ``json``). A case scores 1 when its calls
+    match strictly. Suite metrics: tool- and parameter-level precision/recall/F1, micro and
+    macro, and the strict match rates; ``f1`` is the tool-level micro F1. ``negative: true``
+    counts empty lists as the ``__NEGATIVE__`` pseudo-tool."""
+
+    name = "tool_calls"
+    main_metric = "f1"
+    options = {"negative": False}
+
+    def score(self, prediction: Any, target: Any, case: Any) -> Score:
+        from harness.scoring.toolcalls import parse_tool_calls, strict_match
+
+        try:
+            label = parse_tool_calls(target)
+        except ValueError as exc:
+            raise ValueError(f"case {getattr(case, 'id', '?')}: target is not a tool-call list: {exc}") from exc
+        reason = None
+        try:
+            pred = parse_tool_calls(prediction if prediction not in (None, "") else [])
+        except ValueError as exc:
+            pred, reason = [], f"prediction is not a tool-call list: {exc}"
+        matched = strict_match([label], [pred])["strict_match"]
+        value = 1.0 if matched == 1.0 or (matched is None and not pred) else 0.0
+        if value < 1 and reason is None:
+            import json
+
+            shown = json.dumps(pred, ensure_ascii=False, default=str)
+            reason = f"calls differ from the label: got {shown[:300]}"
+        return Score(value, reason, {"label": label, "pred": pred})
+
+    def _samples(self, results: Sequence[CaseResult]) -> tuple[list[Any], list[Any]]:
+        from harness.scoring.toolcalls import parse_tool_calls
+
+        labels, preds = [], []
+        for r in results:
+            labels.append(r.data["label"] if "label" in r.data else parse_tool_calls(r.target))
+            preds.append(r.data.get("pred", []))  # an errored case predicted nothing
+        return labels, preds
+
+    def aggregate(self, results: Sequence[CaseResult]) -> dict[str, float | None]:
+        from harness.scoring.stats import wilson, with_interval
+        from harness.scoring.toolcalls import toolcall_report
+
+        if not results:
+            return {"f1": None}
+        labels, preds = self._samples(results)
+        report = toolcall_report(labels, preds, negative=self.opts["negative"])
+        metrics: dict[str, float | None] = {k: v for k, v in report.items() if not isinstance(v, (dict, list))}
+        for stat in ("precision", "recall", "f1"):
+            metrics[stat] = metrics[f"tool_{stat}_micro"]
+        counts = report["strict_counts"]
+        with_interval(metrics, "strict_match", wilson(counts["single_hits"] + counts["multi_hits"],
+                                                      counts["single_total"] + counts["multi_total"]))
+        for name, interval in _tool_micro_intervals(labels, preds, self.opts["negative"]).items():
+            with_interval(metrics, name, interval)
+        return metrics
+
+    def tables(self, results: Sequence[CaseResult]) -> dict[str, Any]:
+        from harness.scoring.toolcalls import toolcall_report
+
+        if not results:
+            return {}
+        labels, preds = self._samples(results)
+        report = toolcall_report(labels, preds, negative=self.opts["negative"])
+        return {"tool_metrics": report["per_tool"], "param_metrics": report["per_param_tool"]}
+
+
+def _tool_micro_intervals(labels: list[Any], preds: list[Any], negative: bool) -> dict[str, tuple[Any, Any]]:
+    """Bootstrap intervals of the tool-level micro P/R/F1: they depend on each case's (hits,
+    predicted, label count) only, so cases are resampled as counts of those triples."""
+    import numpy as np
+
+    from harness.scoring.stats import draw_counts, percentile_interval
+    from harness.scoring.toolcalls import tool_metrics
+
+    triples: dict[tuple[int, int, int], int] = {}
+    for label, pred in zip(labels, preds):
+        micro = tool_metrics([label], [pred], negative=negative)["micro"]
+        key = (int(micro["hits"]), int(micro["predicted"]), int(micro["support"]))
+        triples[key] = triples.get(key, 0) + 1
+    kinds = np.array(list(triples), dtype=float)
+    draws = draw_counts(list(triples.values())) @ kinds
+    hits, predicted, support = draws[:, 0], draws[:, 1], draws[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, hits / predicted, 0.0)
+        recall = np.where(support > 0, hits / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    intervals = {"tool_precision_micro": percentile_interval(precision),
+                 "tool_recall_micro": percentile_interval(recall), "tool_f1_micro": percentile_interval(f1)}
+    intervals.update({"precision": intervals["tool_precision_micro"], "recall": intervals["tool_recall_micro"],
+                      "f1": intervals["tool_f1_micro"]})
+    return intervals
