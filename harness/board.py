@@ -10,12 +10,12 @@ a reply far down the queue may take as long as the queue ahead of it.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
+from harness.engines.managed import pid_alive
 from harness.sqlite import open_wal
 
 
@@ -107,7 +107,7 @@ class SqliteBoard:
             self.reason = row[0]
             return True
         # a controller killed outright never says it finished
-        return self.owner_pid is not None and not _alive(self.owner_pid)
+        return self.owner_pid is not None and not pid_alive(self.owner_pid)
 
     def wait(self, nodeid: str) -> dict[str, Any] | None:
         """The reply for an item, polled until it arrives or generation has ended without it."""
@@ -124,12 +124,3 @@ class SqliteBoard:
     def close(self) -> None:
         self._db.close()
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -77,6 +77,7 @@ class Generation:
         self._posted: list[Posted] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._first = threading.Event()
+        self._started = threading.Event()
         self._ended = threading.Event()
         self._future: Any = None
 
@@ -112,8 +113,10 @@ class Generation:
     def cancel(self) -> None:
         if self._future is not None and not self._future.done():
             self._future.cancel()
-            # the task's own clean-up (last flush, board finished) runs on the loop after this
-            self._ended.wait(30)
+            # a task that started runs its own clean-up (last flush, board finished) after this;
+            # one cancelled before it started has none to wait for
+            if self._started.is_set():
+                self._ended.wait(30)
 
     def stats(self) -> dict[str, Any]:
         wall = (self.last_done - self.first_sent) if self.first_sent and self.last_done else None
@@ -130,6 +133,7 @@ class Generation:
 
     # -- on the request loop ----------------------------------------------------------------
     async def _run(self) -> None:
+        self._started.set()
         held: list[tuple[Task, Reply]] = []
         try:
             held = await self._pass(self.tasks, final=self.passes == 0)
