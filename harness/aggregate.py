@@ -21,30 +21,54 @@ def _scorer(suite: Suite) -> Scorer | None:
 
 
 def suite_metrics(suite: Suite, results: Sequence[CaseResult]) -> tuple[str, dict[str, float | None]]:
-    """The main metric's name and every metric of one suite on one model."""
+    """The main metric's name and every metric of one suite on one model.
+
+    In a robustness suite the quality metrics are those of the clean cases; errors, latency and
+    throughput count every request, perturbed copies included."""
+    clean = [r for r in results if r.attack is None]
+    perturbed = [r for r in results if r.attack is not None]
+    main, metrics = _metrics(suite, clean)
+    if suite.robustness is not None:
+        from harness.robustness import robustness_metrics
+
+        metrics.update(_operational(results))
+        metrics.update(robustness_metrics(suite.robustness, _scorer(suite), main, clean, perturbed))
+    return main, metrics
+
+
+def _operational(results: Sequence[CaseResult]) -> dict[str, float | None]:
+    """Errors, latency and throughput over every request of a suite."""
     n = len(results)
     errors = sum(r.error is not None for r in results)
     latencies = [r.latency_ms for r in results if r.error is None and not r.cached and r.latency_ms is not None]
-    tokens = [r.output_tokens for r in results if r.output_tokens is not None]
     metrics: dict[str, float | None] = {
-        "cases": float(n),
         "errors": float(errors),
         "cached": float(sum(r.cached for r in results)),
         "error_rate": errors / n if n else None,
-        "score": sum(r.score or 0.0 for r in results) / n if n else None,
         "latency_p50_ms": percentile(latencies, 50),
         "latency_p90_ms": percentile(latencies, 90),
         "latency_p99_ms": percentile(latencies, 99),
-        "output_tokens_mean": sum(tokens) / len(tokens) if tokens else None,
         **throughput(results),
     }
-    if suite.pass_rule is not None:
-        metrics["pass_rate"] = sum(r.passed is True for r in results) / n if n else None
-    # quality figures carry their 95% interval; operational ones (latency, throughput) do not
     with_interval(metrics, "error_rate", wilson(errors, n))
+    return metrics
+
+
+def _metrics(suite: Suite, results: Sequence[CaseResult]) -> tuple[str, dict[str, float | None]]:
+    n = len(results)
+    tokens = [r.output_tokens for r in results if r.output_tokens is not None]
+    metrics: dict[str, float | None] = {
+        "cases": float(n),
+        **_operational(results),
+        "score": sum(r.score or 0.0 for r in results) / n if n else None,
+        "output_tokens_mean": sum(tokens) / len(tokens) if tokens else None,
+    }
+    # quality figures carry their 95% interval; operational ones (latency, throughput) do not
     with_interval(metrics, "score", mean_interval([r.score or 0.0 for r in results]))
     if suite.pass_rule is not None:
-        with_interval(metrics, "pass_rate", wilson(sum(r.passed is True for r in results), n))
+        passed = sum(r.passed is True for r in results)
+        metrics["pass_rate"] = passed / n if n else None
+        with_interval(metrics, "pass_rate", wilson(passed, n))
     scorer = _scorer(suite)
     if scorer is None:
         main = suite.scorer
@@ -86,5 +110,6 @@ def judge_suite(suite: Suite, model: str, results: Sequence[CaseResult], total_c
               f"gates judge the whole suite") if subset else None
     gates = [judge(parse_gate(expr), metrics, reason) for expr in suite.gates]
     scorer = _scorer(suite)
-    tables = scorer.tables(results) if scorer is not None and hasattr(scorer, "tables") else {}
+    clean = [r for r in results if r.attack is None]  # tables, like quality metrics, are the clean cases
+    tables = scorer.tables(clean) if scorer is not None and hasattr(scorer, "tables") else {}
     return SuiteResult(suite.name, model, main, metrics, gates, len(results), total_cases, subset, tables)

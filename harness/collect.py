@@ -20,8 +20,18 @@ def item_name(case_id: str, model: str, multi_model: bool) -> str:
     return f"{case_id}[{model}]" if multi_model else case_id
 
 
+def cases_of(suite: Suite, dataset: Path) -> list[Case]:
+    """A dataset's cases, then, for a robustness suite, their perturbed copies."""
+    cases = load_cases(suite, dataset)
+    if suite.robustness is None:
+        return cases
+    from harness.robustness import perturbed_cases
+
+    return cases + perturbed_cases(suite.robustness, cases)
+
+
 def suite_cases(suite: Suite) -> list[tuple[Path, Case]]:
-    return [(dataset, case) for dataset in suite.datasets for case in load_cases(suite, dataset)]
+    return [(dataset, case) for dataset in suite.datasets for case in cases_of(suite, dataset)]
 
 
 class CaseFailed(Exception):
@@ -44,7 +54,7 @@ class JsonlFile(pytest.File):
             suite = suite_for_dataset(self.path)
             if suite is None:
                 return []
-            cases = load_cases(suite, self.path.resolve())
+            cases = cases_of(suite, self.path.resolve())
         except SuiteError as exc:
             raise self.CollectError(str(exc)) from exc
         try:
@@ -58,9 +68,10 @@ class JsonlFile(pytest.File):
             self.config.addinivalue_line("markers", f"{marker}: declared by suite {suite.name}")
         # decorators built once: a marker by name costs a registry lookup per item (100,000 cases)
         marks = [pytest.mark.llm_eval, *(getattr(pytest.mark, marker) for marker in suite.markers)]
+        attacked = [*marks, pytest.mark.llm_robustness]
         multi = len(models) > 1
         return [CaseItem.from_parent(self, name=item_name(case.id, model, multi), suite=suite, case=case,
-                                     model=model, marks=marks)
+                                     model=model, marks=attacked if case.attack else marks)
                 for case in cases for model in models]
 
 
@@ -92,7 +103,8 @@ class CaseItem(pytest.Item):
                                 None, self.case.target, output=reply.get("text"), score=0.0,
                                 passed=False if self.suite.pass_rule else None,
                                 reason=f"scorer raised {type(exc).__name__}: {exc}",
-                                latency_ms=reply.get("latency_ms"), output_tokens=reply.get("output_tokens"))
+                                latency_ms=reply.get("latency_ms"), output_tokens=reply.get("output_tokens"),
+                                attack=self.case.attack)
         self.case_result = result
         if result.passed is False:
             raise CaseFailed(result)

@@ -16,13 +16,13 @@ import pytest
 from _pytest.reports import TestReport
 
 from harness.aggregate import judge_suite
-from harness.collect import CaseItem, item_name, suite_cases
+from harness.collect import CaseItem, cases_of, item_name, suite_cases
 from harness.cache import cache_key
 from harness.board import Board
 from harness.generation import Generation, Task, build_request
 from harness.results import CaseResult, GateResult, SuiteResult
 from harness.run import RunState
-from harness.suite import Suite, SuiteError, load_cases, suite_for_dataset
+from harness.suite import Suite, SuiteError, suite_for_dataset
 
 
 class Controller:
@@ -58,7 +58,7 @@ class Controller:
                 continue  # the worker reported this as a collection error already
             if suite is None:
                 continue
-            for case in load_cases(suite, path.resolve()):
+            for case in cases_of(suite, path.resolve()):
                 for model in self.state.model_names:
                     nodeid = f"{relpath}::{item_name(case.id, model, multi)}"
                     known[nodeid] = Task(nodeid, suite, case, model)

@@ -29,6 +29,7 @@ def judge_case(suite: Suite, case: Case, model: str, nodeid: str, dataset: str,
         metadata=case.metadata, error=reply.get("error"), cached=bool(reply.get("cached")),
         attempts=reply.get("attempts"), ttft_ms=reply.get("ttft_ms"), tpot_ms=reply.get("tpot_ms"),
         sent_at=reply.get("sent_at"), done_at=reply.get("done_at"), tool_calls=reply.get("tool_calls"),
+        attack=case.attack,
     )
     if result.error:
         result.score, result.reason = 0.0, f"model error: {result.error}"

@@ -90,6 +90,7 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "llm_eval: an eval case collected from a JSONL suite")
     config.addinivalue_line("markers", "llm_gate: a quality gate judged on a whole suite")
+    config.addinivalue_line("markers", "llm_robustness: a perturbed copy of an eval case (robustness suites)")
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and WORKERINPUT_KEY in workerinput:
         config.stash[STATE_KEY] = RunState.from_workerinput(workerinput[WORKERINPUT_KEY])

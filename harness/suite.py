@@ -14,13 +14,15 @@ from typing import Any
 
 import yaml
 
+from harness.robustness import RobustnessSpec, parse_robustness
+
 SUITE_FILE_NAMES = ("suite.yaml", "suite.yml")
 SUITE_FILE_GLOBS = ("*.suite.yaml", "*.suite.yml")
 API_MODES = ("chat", "completion")
 GENERATION_KEYS = ("max_tokens", "temperature", "top_p", "stop", "seed")
 SUITE_KEYS = {
     "name", "description", "dataset", "datasets", "fields", "prompt", "api", "chat_template",
-    "generation", "extract", "scorer", "pass", "gates", "markers", "extra_body",
+    "generation", "extract", "scorer", "pass", "gates", "markers", "extra_body", "robustness",
 }
 LINE_ID = "@line"
 
@@ -47,6 +49,7 @@ class Case:
     record: dict[str, Any]  # the raw JSONL object, for templates over unmapped fields
     dataset: Path
     line: int
+    attack: str | None = None  # a robustness copy: the attack its input went through
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class Suite:
     gates: tuple[str, ...]
     markers: tuple[str, ...]
     extra_body: dict[str, Any] = field(default_factory=dict)
+    robustness: RobustnessSpec | None = None
 
     def config_dict(self) -> dict[str, Any]:
         """The suite's settings as they appear in report metadata."""
@@ -90,6 +94,7 @@ class Suite:
             "scorer": {"name": self.scorer, "options": dict(self.scorer_options)},
             "pass": self.pass_rule or "record",
             "gates": list(self.gates),
+            "robustness": self.robustness.config_dict() if self.robustness else None,
         }
 
 
@@ -209,6 +214,10 @@ def load_suite(path: Path) -> Suite:
         scorer_options = scorer_options.get("options", scorer_options)
     else:
         raise fail("scorer", "'scorer' must be a scorer name or a mapping with 'name'")
+    try:
+        scorer_options = _resolve_files(scorer_options, path.parent)
+    except FileNotFoundError as exc:
+        raise fail("scorer", f"scorer option {exc.args[0]!r}: file {exc.args[1]!r} not found") from exc
 
     pass_rule = raw.get("pass", "score >= 1")
     if pass_rule in ("record", None, False):
@@ -245,6 +254,11 @@ def load_suite(path: Path) -> Suite:
     if not isinstance(extra_body, dict):
         raise fail("extra_body", "'extra_body' must be a mapping of extra request fields")
 
+    try:
+        robustness = parse_robustness(raw.get("robustness"))
+    except ValueError as exc:
+        raise fail("robustness", str(exc)) from exc
+
     return Suite(
         name=name.strip(),
         path=path.resolve(),
@@ -261,7 +275,26 @@ def load_suite(path: Path) -> Suite:
         gates=tuple(str(g) for g in gates),
         markers=tuple(str(m) for m in markers),
         extra_body=dict(extra_body),
+        robustness=robustness,
     )
+
+
+def _resolve_files(options: Any, base: Path) -> Any:
+    """Scorer options named `*_file` are paths relative to the suite file; made absolute here."""
+    if isinstance(options, dict):
+        resolved = {}
+        for key, value in options.items():
+            if isinstance(key, str) and key.endswith("_file") and isinstance(value, str):
+                target = (base / value).resolve()
+                if not target.is_file():
+                    raise FileNotFoundError(key, value)
+                resolved[key] = str(target)
+            else:
+                resolved[key] = _resolve_files(value, base)
+        return resolved
+    if isinstance(options, list):
+        return [_resolve_files(value, base) for value in options]
+    return options
 
 
 def _check_templates(path: Path, text: str, prompt: PromptSpec) -> None:

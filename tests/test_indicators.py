@@ -29,9 +29,12 @@ def test_throughput_is_answered_requests_over_first_send_to_last_answer():
 def test_indicator_formats_match_the_seeds():
     cases = [{"latency_ms": float(v), "sent_at": 0.0, "done_at": v / 100, "error": None, "cached": False}
              for v in range(1, 101)]
-    assert latency_indicator(cases) == {"p50_ms": 50.5, "p90_ms": 90.1, "p99_ms": 99.01, "requests": 100}
-    assert throughput_indicator(cases, 8) == {"rps": 100.0, "concurrency": 8, "duration_s": 1.0}
-    assert throughput_indicator([], 8) == {"rps": None, "concurrency": 8, "duration_s": None}
+    assert latency_indicator(cases) == {"indicator": "latency_p99", "p50_ms": 50.5, "p90_ms": 90.1, "p99_ms": 99.01,
+                                        "requests": 100}
+    assert throughput_indicator(cases, 8) == {"indicator": "throughput_rps", "rps": 100.0, "concurrency": 8,
+                                              "duration_s": 1.0}
+    assert throughput_indicator([], 8) == {"indicator": "throughput_rps", "rps": None, "concurrency": 8,
+                                           "duration_s": None}
 
 
 def test_latency_and_throughput_gates_and_files(pytester, stub_url):
@@ -45,7 +48,7 @@ def test_latency_and_throughput_gates_and_files(pytester, stub_url):
     result.stdout.fnmatch_lines(["FAILED evals/slow/suite.yaml::gate?throughput_rps >= 1000000?*"])
     out = pytester.path / "out"
     latency = json.loads((out / "latency_p99.json").read_text())
-    assert set(latency) == {"p50_ms", "p90_ms", "p99_ms", "requests"} and latency["requests"] == 20
+    assert set(latency) == {"indicator", "p50_ms", "p90_ms", "p99_ms", "requests"} and latency["requests"] == 20
     rps = json.loads((out / "throughput_rps.json").read_text())
     assert rps["concurrency"] == 4 and rps["rps"] > 0 and rps["duration_s"] > 0
     per_suite = json.loads((out / "indicators" / "stub" / "fast" / "latency_p99.json").read_text())

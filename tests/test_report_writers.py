@@ -292,12 +292,13 @@ def test_xlsx_sheets_and_content(report: dict, tmp_path: Path) -> None:
 
     summary = _rows(wb["summary"])
     header = summary[0]
-    assert header[:10] == (
-        "suite", "model", "main_metric", "cases", "total_cases", "subset",
+    assert header[:13] == (
+        "suite", "model", "main_metric", "main_value", "main_lower", "main_upper",
+        "cases", "total_cases", "subset",
         "gates_passed", "gates_failed", "gates_skipped", "gates_total",
     )  # fmt: skip
     metric_names = {m for s in report["suites"] for m in s["metrics"]}
-    assert set(header[10:]) == metric_names and len(header[10:]) == len(metric_names)
+    assert set(header[13:]) == metric_names and len(header[13:]) == len(metric_names)
     assert len(summary) == 1 + len(report["suites"])
     row = dict(zip(header, summary[2]))
     assert row["cases"] == 2 and row["subset"] is True and row["f1"] == 1.0

@@ -44,4 +44,5 @@ def test_tool_call_suite_scores_openai_tool_calls_and_json_text(pytester, stub_u
     tables = report["suites"][0]["tables"]
     assert tables["tool_metrics"]["getWeather"]["hits"] == 2 and "getWeather-city" in tables["param_metrics"]
     indicator = json.loads((pytester.path / "out" / "accuracy_f1.json").read_text())
-    assert indicator == {"precision": 4 / 5, "recall": 4 / 6, "f1": metrics["f1"], "samples": 5}
+    assert indicator == {"indicator": "accuracy_f1", "precision": 4 / 5, "recall": 4 / 6, "f1": metrics["f1"],
+                         "samples": 5}

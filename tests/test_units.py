@@ -252,7 +252,10 @@ def test_regex_group_that_did_not_take_part_is_an_extraction_error() -> None:
     ("spec", "message"),
     [
         ("nope", "unknown extraction step 'nope'; known: strip_think, json_block, last_paragraph, first_line, "
-                 "strip, first_json_object, json, regex"),
+                 "strip, first_json_object, json, normalize, number, regex, first_of"),
+        ({"first_of": []}, "first_of needs a non-empty list"),
+        ({"first_of": ["json", ["strip", "nope"]]}, "unknown extraction step 'nope'"),
+        ({"first_of": ["json"], "x": 1}, "first_of takes no options"),
         ({"regex": "(unclosed"}, "bad regex '(unclosed'"),
         ({"regex": "a", "grp": 1}, "unknown regex option 'grp'"),
         ({"regex": "a", "flags": "q"}, "unknown regex flag 'q'"),
@@ -634,7 +637,7 @@ def test_unknown_option_error_names_the_options() -> None:
     with pytest.raises(ValueError) as info:
         get_scorer("exact_match", {"casesensitive": True})
     assert str(info.value) == ("scorer 'exact_match': unknown option 'casesensitive' "
-                               "(options: normalize, case_sensitive)")
+                               "(options: normalize, case_sensitive, numbers)")
 
 
 # --------------------------------------------------------------------------------------

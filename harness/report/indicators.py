@@ -1,6 +1,11 @@
 """The seeds' indicator files: one small JSON per figure, for platforms that read them.
 
-``accuracy_f1.json`` {precision, recall, f1, samples} for each suite with an F1.
+Each is ``{"indicator": <name>, ...}`` as seed 004 writes them:
+
+``accuracy_f1.json`` {precision, recall, f1, samples} for each suite with an F1;
+``toxicity.json`` {toxic_ratio, total_samples} for each toxicity suite;
+``robustness_adv.json`` {attack_type, success_rate, f1_drop} (plus per-attack figures) for each
+robustness suite. Written per model and suite, and at the top when one suite of the run has it.
 
 ``latency_p99.json`` {p50_ms, p90_ms, p99_ms, requests} and ``throughput_rps.json``
 {rps, concurrency, duration_s}, over the requests this run actually sent (cache hits left
@@ -15,18 +20,20 @@ import json
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from harness.scoring.metrics import percentile
 
 LATENCY = "latency_p99.json"
 THROUGHPUT = "throughput_rps.json"
 ACCURACY_F1 = "accuracy_f1.json"
+TOXICITY = "toxicity.json"
+ROBUSTNESS = "robustness_adv.json"
 
 
 def latency_indicator(cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
     latencies = [c["latency_ms"] for c in _answered(cases) if c.get("latency_ms") is not None]
-    return {"p50_ms": percentile(latencies, 50), "p90_ms": percentile(latencies, 90),
+    return {"indicator": "latency_p99", "p50_ms": percentile(latencies, 50), "p90_ms": percentile(latencies, 90),
             "p99_ms": percentile(latencies, 99), "requests": len(latencies)}
 
 
@@ -34,8 +41,8 @@ def throughput_indicator(cases: Sequence[dict[str, Any]], concurrency: int | Non
     live = [c for c in cases if not c.get("cached") and c.get("sent_at") is not None and c.get("done_at") is not None]
     duration = max(c["done_at"] for c in live) - min(c["sent_at"] for c in live) if live else 0.0
     answered = len(_answered(live))
-    return {"rps": answered / duration if duration > 0 else None, "concurrency": concurrency,
-            "duration_s": round(duration, 3) if live else None}
+    return {"indicator": "throughput_rps", "rps": answered / duration if duration > 0 else None,
+            "concurrency": concurrency, "duration_s": round(duration, 3) if live else None}
 
 
 def _answered(cases: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -70,27 +77,52 @@ def write_indicators(report: dict[str, Any], out_dir: Path) -> list[Path]:
         paths += _write(out_dir / "indicators" / _slug(model) / _slug(suite), suite_cases, concurrency)
     if len(by_model) == 1:
         paths += _write(out_dir, next(iter(by_model.values())), concurrency)
-    paths += _write_accuracy_f1(report.get("suites") or [], out_dir)
+    suites = report.get("suites") or []
+    configs = {c.get("name"): c for c in (report.get("run") or {}).get("suites_config") or []}
+    paths += _write_per_suite(suites, out_dir, ACCURACY_F1, lambda m: m.get("f1") is not None,
+                              lambda s: accuracy_f1_indicator(s["metrics"], _samples(s)))
+    paths += _write_per_suite(suites, out_dir, TOXICITY, lambda m: "toxic_ratio" in m, lambda s: _toxicity(s))
+    paths += _write_per_suite(
+        suites, out_dir, ROBUSTNESS, lambda m: "perturbed_cases" in m,
+        lambda s: _robustness(s, (configs.get(s["name"]) or {}).get("robustness")))
     return paths
 
 
+def _samples(suite: dict[str, Any]) -> int:
+    # the clean cases: a robustness suite's perturbed copies are not samples of the F1
+    cases = (suite.get("metrics") or {}).get("cases")
+    return int(cases) if cases is not None else int(suite.get("cases") or 0)
+
+
 def accuracy_f1_indicator(metrics: dict[str, Any], cases: int) -> dict[str, Any]:
-    return {"precision": metrics.get("precision"), "recall": metrics.get("recall"), "f1": metrics.get("f1"),
-            "samples": cases}
+    return {"indicator": "accuracy_f1", "precision": metrics.get("precision"), "recall": metrics.get("recall"),
+            "f1": metrics.get("f1"), "samples": cases}
 
 
-def _write_accuracy_f1(suites: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """accuracy_f1.json for every suite that has an F1 (classification, tool calls); at the top when one does."""
-    scored = [s for s in suites if (s.get("metrics") or {}).get("f1") is not None]
+def _toxicity(suite: dict[str, Any]) -> dict[str, Any]:
+    from harness.scoring.toxicity import toxicity_indicator
+
+    return toxicity_indicator(suite["metrics"])
+
+
+def _robustness(suite: dict[str, Any], spec: dict[str, Any] | None) -> dict[str, Any]:
+    from harness.robustness import robustness_indicator
+
+    return robustness_indicator(suite["metrics"], spec, str(suite.get("main_metric")))
+
+
+def _write_per_suite(suites: list[dict[str, Any]], out_dir: Path, filename: str,
+                     applies: Callable[[dict[str, Any]], bool],
+                     build: Callable[[dict[str, Any]], dict[str, Any]]) -> list[Path]:
+    """One indicator file for every suite it applies to; at the top of the folder when one does."""
+    chosen = [s for s in suites if applies(s.get("metrics") or {})]
     paths = []
-    for suite in scored:
+    for suite in chosen:
         folder = out_dir / "indicators" / _slug(str(suite["model"])) / _slug(str(suite["name"]))
         folder.mkdir(parents=True, exist_ok=True)
-        paths.append(folder / ACCURACY_F1)
-        paths[-1].write_text(json.dumps(accuracy_f1_indicator(suite["metrics"], suite.get("cases", 0)), indent=2)
-                             + "\n", encoding="utf-8")
-    if len(scored) == 1:
-        paths.append(out_dir / ACCURACY_F1)
-        paths[-1].write_text(json.dumps(accuracy_f1_indicator(scored[0]["metrics"], scored[0].get("cases", 0)),
-                                        indent=2) + "\n", encoding="utf-8")
+        paths.append(folder / filename)
+        paths[-1].write_text(json.dumps(build(suite), indent=2) + "\n", encoding="utf-8")
+    if len(chosen) == 1:
+        paths.append(out_dir / filename)
+        paths[-1].write_text(json.dumps(build(chosen[0]), indent=2) + "\n", encoding="utf-8")
     return paths

@@ -9,9 +9,13 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from harness.report.heatmap import confusion_pngs
+
 FILENAME = "report.md"
 WORST_CASES = 10
 SNIPPET = 160
+MICRO, MACRO = "micro avg", "macro avg"
+_STATS = ("precision", "recall", "f1")
 
 
 def write_markdown(report: dict[str, Any], out_dir: Path) -> Path:
@@ -33,7 +37,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         _overview(run, suites),
         _summary(suites),
         _gates(suites),
-        _confusion(suites),
+        _confusion(report),
+        _tool_calls(suites),
         _worst(suites, cases),
         _repro(run),
     ]
@@ -90,17 +95,33 @@ def _interval(metrics: dict[str, Any], name: str) -> str:
     return "" if low is None or high is None else f" [{_num(low)}, {_num(high)}]"
 
 
-def _confusion(suites: list[dict[str, Any]]) -> str:
+def _confusion(report: dict[str, Any]) -> str:
     parts = []
-    for s in suites:
-        table = (s.get("tables") or {}).get("confusion")
-        if not table or not table.get("labels"):
-            continue
+    # the heatmap next to each matrix: the file write_reports draws under the same name
+    for s, png in confusion_pngs(report):
+        table = s["tables"]["confusion"]
         labels = [str(label) for label in table["labels"]]
         rows = [[f"**{label}**", *(str(v) for v in row)] for label, row in zip(labels, table["matrix"])]
-        parts.append(f"### {_text(s.get('name'))} ({_text(s.get('model'))})\n\n"
-                     + _table(["target \\ predicted", *labels], rows))
+        title = f"{_text(s.get('name'))} ({_text(s.get('model'))})"
+        parts.append(f"### {title}\n\n" + _table(["target \\ predicted", *labels], rows)
+                     + f"\n![confusion matrix heatmap: {_alt(title)}]({png})\n")
     return "## Confusion matrices\n\n" + "\n".join(parts) if parts else ""
+
+
+def _tool_calls(suites: list[dict[str, Any]]) -> str:
+    parts = []
+    for s in suites:
+        tables = s.get("tables") or {}
+        if "tool_metrics" not in tables:
+            continue
+        rows = [
+            [_code(name) if name not in (MICRO, MACRO) else f"**{name}**",
+             *(_num(row.get(k)) for k in (*_STATS, "support"))]
+            for name, row in tool_table_rows(tables["tool_metrics"])
+        ]
+        parts.append(f"### {_text(s.get('name'))} ({_text(s.get('model'))})\n\n"
+                     + _table(["Tool", "P", "R", "F1", "Support"], rows))
+    return "## Tool calls\n\n" + "\n".join(parts) if parts else ""
 
 
 def _gates(suites: list[dict[str, Any]]) -> str:
@@ -227,6 +248,43 @@ def is_bad(case: dict[str, Any]) -> bool:
         return True
     score = case.get("score")
     return case.get("passed") is None and isinstance(score, (int, float)) and score < 1
+
+
+def tool_table_rows(table: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(name, row) per tool or parameter of a tool-call table, then its micro and macro rows.
+
+    table is ``{name: {precision, recall, f1, support, predicted, hits}}`` (the scorer's
+    ``tool_metrics``/``param_metrics``), or that under ``per_tool``/``per_param`` next to its
+    own ``micro`` and ``macro``. Averages as the metrics define them: micro from the pooled
+    counts, macro the plain mean over the rows, 0 with no rows.
+    """
+    if not isinstance(table, dict):
+        return []
+    nested = next((table[k] for k in ("per_tool", "per_param") if isinstance(table.get(k), dict)), None)
+    rows: dict[str, Any] = nested if nested is not None else table
+    items = [(str(name), row) for name, row in rows.items() if isinstance(row, dict)]
+    micro = table.get("micro") if nested is not None else None
+    macro = table.get("macro") if nested is not None else None
+    return [*items, (MICRO, micro or _micro(items)), (MACRO, macro or _macro(items))]
+
+
+def _micro(items: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    support, predicted, hits = (sum(int(row.get(k) or 0) for _, row in items) for k in ("support", "predicted", "hits"))
+    precision = hits / predicted if predicted else 0.0
+    recall = hits / support if support else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support, "predicted": predicted,
+            "hits": hits}
+
+
+def _macro(items: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    n = len(items)
+    return {k: math.fsum(float(row.get(k) or 0.0) for _, row in items) / n if n else 0.0 for k in _STATS}
+
+
+def _alt(text: str) -> str:
+    # brackets would end the image's alt text early
+    return text.replace("[", "(").replace("]", ")")
 
 
 def _score_key(score: Any) -> float:

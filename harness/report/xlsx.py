@@ -1,7 +1,14 @@
 """report.xlsx: the run as a workbook, for people who triage cases in a spreadsheet.
 
-openpyxl is imported inside write_xlsx only: the plugin imports this package at
-pytest start-up, and most runs never open a workbook.
+Sheets: summary, gates, one per suite and model with its cases, after each of those its
+confusion matrix (with the heatmap PNG when write_reports drew it) or, for tool-call
+suites, seed 001's three sheets (tool metrics, parameter metrics, bad cases), and last
+every bad case of the run.
+
+The workbook is write-only (streamed): rows are appended once, so each sheet's layout
+(frozen header, column widths) is set before its first row. openpyxl is imported inside
+the functions only: the plugin imports this package at pytest start-up, and most runs
+never open a workbook.
 """
 
 from __future__ import annotations
@@ -10,12 +17,14 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from harness.report.markdown import is_bad
+from harness.report.heatmap import confusion_pngs, confusion_table
+from harness.report.markdown import is_bad, tool_table_rows
 
 if TYPE_CHECKING:
-    from openpyxl.worksheet.worksheet import Worksheet
+    from openpyxl import Workbook
+    from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 
 FILENAME = "report.xlsx"
 MAX_CELL_CHARS = 32_000  # Excel refuses cells over 32,767 characters
@@ -30,11 +39,23 @@ CASE_COLUMNS = [
     "passed", "error", "reason", "latency_ms", "output_tokens", "attempts", "ttft_ms",
 ]  # fmt: skip
 GATE_COLUMNS = ["suite", "model", "expr", "metric", "op", "threshold", "value", "status", "reason"]
+SUMMARY_COLUMNS = [
+    "suite", "model", "main_metric", "main_value", "main_lower", "main_upper", "cases", "total_cases",
+    "subset", "gates_passed", "gates_failed", "gates_skipped", "gates_total",
+]  # fmt: skip
+# seed 001's sheets: 工具指标 (tool metrics), 参数指标 (parameter metrics), badcase
+STAT_COLUMNS = ["precision", "recall", "f1", "support", "predicted", "hits"]
+TOOL_COLUMNS = ["tool", *STAT_COLUMNS]
+PARAM_COLUMNS = ["param", *STAT_COLUMNS]
+TOOL_BAD_COLUMNS = ["id", "history", "query", "label", "prediction", "reason"]
+MATRIX_CORNER = "target \\ predicted"
+TOTAL = "total"
+IMAGE_MAX_PX = 640
 _WIDTH_SAMPLE_ROWS = 200
 
 
 def write_xlsx(report: dict[str, Any], out_dir: Path) -> Path:
-    """Write summary, gates, per-suite and bad-case sheets; return the path."""
+    """Write summary, gates, per-suite, table and bad-case sheets; return the path."""
     from openpyxl import Workbook
 
     out_dir = Path(out_dir)
@@ -42,19 +63,21 @@ def write_xlsx(report: dict[str, Any], out_dir: Path) -> Path:
     suites: list[dict[str, Any]] = report.get("suites") or []
     cases: list[dict[str, Any]] = report.get("cases") or []
 
-    wb = Workbook()
-    summary = wb.active
-    summary.title = "summary"
-    _fill(summary, *_summary_table(suites))
+    wb = Workbook(write_only=True)
+    taken: set[str] = set(_RESERVED_TITLES)
+    _fill(wb.create_sheet("summary"), *_summary_table(suites))
     _fill(wb.create_sheet("gates"), GATE_COLUMNS, _gate_rows(suites))
 
     groups = _group_cases(suites, cases)
     models = {model for _, model in groups}
-    taken: set[str] = set(_RESERVED_TITLES)
+    by_key = {(str(s.get("name")), str(s.get("model"))): s for s in suites}
+    pngs = {id(suite): out_dir / name for suite, name in confusion_pngs(report)}
     for (suite, model), group in groups.items():
         raw = suite if len(models) <= 1 else f"{suite}@{model}"
         ws = wb.create_sheet(sheet_title(raw, taken))
         _fill(ws, CASE_COLUMNS, [[c.get(k) for k in CASE_COLUMNS] for c in group])
+        if (s := by_key.get((suite, model))) is not None:
+            _table_sheets(wb, s, group, raw, taken, pngs.get(id(s)))
 
     bad = [c for c in cases if is_bad(c)]
     _fill(
@@ -88,17 +111,123 @@ def cell_value(value: Any) -> Any:
     """A value openpyxl can store and Excel can open."""
     from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
-    if value is None or isinstance(value, (bool, int)):
+    return _cleaner(ILLEGAL_CHARACTERS_RE)(value)
+
+
+def _cleaner(illegal: re.Pattern[str]) -> Callable[[Any], Any]:
+    # the per-cell hot path: the pattern is looked up once per sheet, not once per cell
+    def clean(value: Any) -> Any:
+        if value is None or isinstance(value, (bool, int)):
+            return value
+        if isinstance(value, float):
+            # Excel has no NaN/inf; written raw they corrupt the file
+            return value if math.isfinite(value) else str(value)
+        if not isinstance(value, str):
+            value = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+        value = illegal.sub("", value)
+        if len(value) > MAX_CELL_CHARS:
+            value = value[: MAX_CELL_CHARS - len(TRUNCATION_MARK)] + TRUNCATION_MARK
         return value
-    if isinstance(value, float):
-        # Excel has no NaN/inf; written raw they corrupt the file
-        return value if math.isfinite(value) else str(value)
-    if not isinstance(value, str):
-        value = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-    value = ILLEGAL_CHARACTERS_RE.sub("", value)
-    if len(value) > MAX_CELL_CHARS:
-        value = value[: MAX_CELL_CHARS - len(TRUNCATION_MARK)] + TRUNCATION_MARK
-    return value
+
+    return clean
+
+
+# -- suite tables -----------------------------------------------------------
+
+
+def _table_sheets(wb: Workbook, suite: dict[str, Any], cases: list[dict[str, Any]], raw: str,
+                  taken: set[str], png: Path | None) -> None:
+    """The suite's confusion matrix sheet, or its three tool-call sheets, when it has them."""
+    table = confusion_table(suite)
+    if table is not None:
+        ws = wb.create_sheet(sheet_title(f"confusion_{raw}", taken))
+        _fill_matrix(ws, table["labels"], table["matrix"], png if png is not None and png.is_file() else None)
+    tables = suite.get("tables") or {}
+    if "tool_metrics" in tables:
+        _fill(wb.create_sheet(sheet_title(f"tools_{raw}", taken)), TOOL_COLUMNS,
+              _stat_rows(tables.get("tool_metrics")))
+        _fill(wb.create_sheet(sheet_title(f"params_{raw}", taken)), PARAM_COLUMNS,
+              _stat_rows(tables.get("param_metrics")))
+        bad = [c for c in cases if _is_tool_bad(c)]
+        _fill(wb.create_sheet(sheet_title(f"badcases_{raw}", taken)), TOOL_BAD_COLUMNS,
+              [_tool_bad_row(c) for c in bad])
+
+
+def _fill_matrix(ws: WriteOnlyWorksheet, labels: list[Any], matrix: list[list[int]], png: Path | None) -> None:
+    """Targets down, predictions across, with row and column totals; the heatmap beside it."""
+    from openpyxl.utils import get_column_letter
+
+    n = len(labels)
+    ws.freeze_panes = "B2"
+    ws.column_dimensions["A"].width = min(max([len(MATRIX_CORNER), *(len(str(x)) for x in labels)]) + 2, 40)
+    for col, label in enumerate(labels, start=2):
+        ws.column_dimensions[get_column_letter(col)].width = min(max(len(str(label)) + 2, 8), 30)
+    header = [MATRIX_CORNER, *labels, TOTAL]
+    ws.append(_row(ws, header, bold=True))
+    for label, row in zip(labels, matrix):
+        ws.append([*_row(ws, [label], bold=True), *row, sum(row)])
+    column_totals = [sum(row[j] for row in matrix) for j in range(n)]
+    ws.append([*_row(ws, [TOTAL], bold=True), *column_totals, sum(column_totals)])
+    if png is not None:
+        _add_image(ws, png, f"{get_column_letter(n + 4)}2")
+
+
+def _add_image(ws: WriteOnlyWorksheet, png: Path, anchor: str) -> None:
+    from openpyxl.drawing.image import Image
+
+    image = Image(str(png))
+    # a 30-label heatmap is 2000 px wide: shrink it to sit beside the table
+    scale = min(1.0, IMAGE_MAX_PX / max(image.width, image.height, 1))
+    image.width, image.height = int(image.width * scale), int(image.height * scale)
+    ws.add_image(image, anchor)
+
+
+def _stat_rows(table: Any) -> list[list[Any]]:
+    return [[name, *(row.get(k) for k in STAT_COLUMNS)] for name, row in tool_table_rows(table)]
+
+
+def _is_tool_bad(case: dict[str, Any]) -> bool:
+    score = case.get("score")
+    return is_bad(case) or (isinstance(score, (int, float)) and score < 1)
+
+
+def _tool_bad_row(case: dict[str, Any]) -> list[Any]:
+    history, query = split_prompt(case.get("prompt"))
+    prediction = case.get("extracted")
+    return [
+        case.get("id"), history, query, _json_text(case.get("target")),
+        _json_text(prediction if prediction is not None else case.get("output")),
+        case.get("error") or case.get("reason"),
+    ]  # fmt: skip
+
+
+def split_prompt(prompt: Any) -> tuple[str, str]:
+    """(history, query): the messages before the last user message as "role: content" lines,
+    and that message's content; a plain prompt is all query."""
+    if not isinstance(prompt, list):
+        return "", _json_text(prompt)
+    messages = [m if isinstance(m, dict) else {"role": "?", "content": m} for m in prompt]
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
+    if last is None:
+        return "\n".join(_message_line(m) for m in messages), ""
+    history = "\n".join(_message_line(m) for m in messages[:last])
+    return history, _json_text(messages[last].get("content"))
+
+
+def _message_line(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    # an assistant turn that only called tools has no content; its calls are what happened
+    if content is None and message.get("tool_calls"):
+        content = message["tool_calls"]
+    return f"{message.get('role')}: {_json_text(content)}"
+
+
+def _json_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 # -- tables -----------------------------------------------------------------
@@ -110,24 +239,24 @@ def _summary_table(suites: list[dict[str, Any]]) -> tuple[list[str], list[list[A
         for name in s.get("metrics") or {}:
             if name not in metric_names:
                 metric_names.append(name)
-    headers = [
-        "suite", "model", "main_metric", "cases", "total_cases", "subset",
-        "gates_passed", "gates_failed", "gates_skipped", "gates_total", *metric_names,
-    ]  # fmt: skip
     rows = []
     for s in suites:
         gates = s.get("gates") or []
         status = [g.get("status") for g in gates]
         metrics = s.get("metrics") or {}
+        main = s.get("main_metric")
+        # the main metric and its interval up front, so nobody scrolls to find them
+        main_values = [metrics.get(main), metrics.get(f"{main}.lower"), metrics.get(f"{main}.upper")] if main \
+            else [None, None, None]
         rows.append(
             [
-                s.get("name"), s.get("model"), s.get("main_metric"),
+                s.get("name"), s.get("model"), main, *main_values,
                 s.get("cases"), s.get("total_cases"), s.get("subset"),
                 status.count("passed"), status.count("failed"), status.count("skipped"),
                 len(gates), *(metrics.get(m) for m in metric_names),
             ]  # fmt: skip
         )
-    return headers, rows
+    return [*SUMMARY_COLUMNS, *metric_names], rows
 
 
 def _gate_rows(suites: list[dict[str, Any]]) -> list[list[Any]]:
@@ -150,26 +279,43 @@ def _group_cases(
     return groups
 
 
-def _fill(ws: Worksheet, headers: list[str], rows: list[list[Any]]) -> None:
-    from openpyxl.styles import Font
+def _fill(ws: WriteOnlyWorksheet, headers: list[str], rows: list[list[Any]]) -> None:
+    """Bold frozen header, filter over the rows, widths from the first rows, text kept as text."""
     from openpyxl.utils import get_column_letter
 
-    bold = Font(bold=True)
-    for col, name in enumerate(headers, start=1):
-        ws.cell(row=1, column=col, value=name).font = bold
-    for r, row in enumerate(rows, start=2):
-        for col, raw in enumerate(row, start=1):
-            value = cell_value(raw)
-            cell = ws.cell(row=r, column=col, value=value)
-            if isinstance(value, str) and value.startswith("="):
-                # model output such as "=1+1" must stay text, not become a live formula
-                cell.data_type = "s"
+    # a streamed sheet writes its view and columns before the first row
     ws.freeze_panes = "A2"
-    if rows:
-        ws.auto_filter.ref = ws.dimensions
-
     for col, name in enumerate(headers, start=1):
         sample = [len(name)] + [
             len(str(row[col - 1])) for row in rows[:_WIDTH_SAMPLE_ROWS] if row[col - 1] is not None
         ]
         ws.column_dimensions[get_column_letter(col)].width = min(max(max(sample) + 2, 8), 60)
+    ws.append(_row(ws, headers, bold=True))
+    for row in rows:
+        ws.append(_row(ws, row))
+    if rows:
+        ws.auto_filter.ref = f"A1:{get_column_letter(len(headers))}{len(rows) + 1}"
+
+
+def _row(ws: WriteOnlyWorksheet, values: Iterable[Any], bold: bool = False) -> list[Any]:
+    """Cleaned values; a cell object only where a plain value would not do."""
+    from openpyxl.cell import WriteOnlyCell
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+    from openpyxl.styles import Font
+
+    clean = _cleaner(ILLEGAL_CHARACTERS_RE)
+    out: list[Any] = []
+    for raw in values:
+        value = clean(raw)
+        is_formula = isinstance(value, str) and value.startswith("=")
+        if not (bold or is_formula):
+            out.append(value)
+            continue
+        cell = WriteOnlyCell(ws, value)
+        if is_formula:
+            # model output such as "=1+1" must stay text, not become a live formula
+            cell.data_type = "s"
+        if bold:
+            cell.font = Font(bold=True)
+        out.append(cell)
+    return out

@@ -2,6 +2,8 @@
 
 A step that cannot find what it looks for raises :class:`ExtractionError`; the case then
 scores 0 with that reason and an empty prediction, never an exception out of the run.
+``{first_of: [A, B, ...]}`` chains alternatives (each a step or a list of steps): the
+first that succeeds wins.
 """
 
 from __future__ import annotations
@@ -88,6 +90,28 @@ def parse_json(text: Any) -> Any:
         raise ExtractionError(f"output is not valid JSON: {exc.msg}") from exc
 
 
+def normalize_step(text: str) -> str:
+    """The answer as scorers compare it: NFKC, whitespace, case, edge punctuation, numbers."""
+    from harness.scoring.normalize import normalize
+
+    return normalize(text, numbers=True)
+
+
+_ANY_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+")
+
+
+def number(text: str) -> str:
+    """The last number in the text, canonical: "The total is 1,234.50 yuan." -> "1234.5"."""
+    import unicodedata
+
+    from harness.scoring.normalize import canonical_number
+
+    matches = _ANY_NUMBER.findall(unicodedata.normalize("NFKC", text))
+    if not matches:
+        raise ExtractionError("no number in output")
+    return canonical_number(matches[-1]) or matches[-1]
+
+
 def regex(pattern: str, group: int | str = 1, flags: str = "") -> Callable[[str], str]:
     """A step taking the last match's group (the whole match when the pattern has no group)."""
     compiled = re.compile(pattern, _flags(flags))
@@ -127,14 +151,18 @@ SIMPLE_STEPS: dict[str, Callable[[str], Any]] = {
     "strip": strip,
     "first_json_object": first_json_object,
     "json": parse_json,
+    "normalize": normalize_step,
+    "number": number,
 }
 
 
 def build_step(spec: Any) -> Callable[[Any], Any]:
-    """A step from its suite-file form: a name, or `{regex: PATTERN, group: N, flags: "i"}`."""
+    """A step from its suite-file form: a name, ``{regex: PATTERN, group: N, flags: "i"}``, or
+    ``{first_of: [ALTERNATIVE, ...]}`` where an alternative is a step or a list of steps."""
     if isinstance(spec, str):
         if spec not in SIMPLE_STEPS:
-            raise ValueError(f"unknown extraction step {spec!r}; known: {', '.join([*SIMPLE_STEPS, 'regex'])}")
+            known = ", ".join([*SIMPLE_STEPS, "regex", "first_of"])
+            raise ValueError(f"unknown extraction step {spec!r}; known: {known}")
         return SIMPLE_STEPS[spec]
     if isinstance(spec, dict) and "regex" in spec:
         unknown = set(spec) - {"regex", "group", "flags"}
@@ -144,7 +172,35 @@ def build_step(spec: Any) -> Callable[[Any], Any]:
             return regex(spec["regex"], spec.get("group", 1), spec.get("flags", ""))
         except re.error as exc:
             raise ValueError(f"bad regex {spec['regex']!r}: {exc}") from exc
-    raise ValueError(f"bad extraction step {spec!r}: a step name or {{regex: ...}}")
+    if isinstance(spec, dict) and "first_of" in spec:
+        if set(spec) != {"first_of"}:
+            raise ValueError(f"first_of takes no options, got {sorted(set(spec) - {'first_of'})[0]!r}")
+        alternatives = spec["first_of"]
+        if not isinstance(alternatives, list) or not alternatives:
+            raise ValueError("first_of needs a non-empty list of alternatives (each a step or a list of steps)")
+        chains = [tuple(alt) if isinstance(alt, list) else (alt,) for alt in alternatives]
+        for chain in chains:
+            validate_steps(list(chain))
+        return _first_of(chains)
+    raise ValueError(f"bad extraction step {spec!r}: a step name, {{regex: ...}} or {{first_of: [...]}}")
+
+
+def _first_of(chains: list[tuple[Any, ...]]) -> Callable[[Any], Any]:
+    def step(text: Any) -> Any:
+        reasons = []
+        for chain in chains:
+            try:
+                return run_pipeline(chain, text)
+            except ExtractionError as exc:
+                reasons.append(f"{_describe(chain)}: {exc}")
+        raise ExtractionError("no alternative succeeded (" + "; ".join(reasons) + ")")
+
+    step.accepts_any = True  # type: ignore[attr-defined]
+    return step
+
+
+def _describe(chain: tuple[Any, ...]) -> str:
+    return " > ".join(s if isinstance(s, str) else next(iter(s)) for s in chain)
 
 
 def validate_steps(specs: list[Any]) -> None:
@@ -152,12 +208,25 @@ def validate_steps(specs: list[Any]) -> None:
         build_step(spec)
 
 
-def run_pipeline(specs: tuple[Any, ...], text: str) -> Any:
+_BUILT: dict[str, Callable[[Any], Any]] = {}
+
+
+def _step(spec: Any) -> Callable[[Any], Any]:
+    """build_step, memoised: a first_of or regex step is compiled once, not once per case."""
+    if isinstance(spec, str):
+        return build_step(spec)
+    key = json.dumps(spec, sort_keys=True, default=str)
+    if key not in _BUILT:
+        _BUILT[key] = build_step(spec)
+    return _BUILT[key]
+
+
+def run_pipeline(specs: tuple[Any, ...], text: Any) -> Any:
     """Apply each step in order to the output; raises ExtractionError on the first failure."""
     value: Any = text
     for spec in specs:
-        step = build_step(spec)
-        if not isinstance(value, str) and step is not parse_json:
+        step = _step(spec)
+        if not isinstance(value, str) and step is not parse_json and not getattr(step, "accepts_any", False):
             raise ExtractionError(f"step {spec!r} needs text, got {type(value).__name__}")
         value = step(value)
     return value

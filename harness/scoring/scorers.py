@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import inspect
 import re
-import string
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
 from harness.results import CaseResult
+from harness.scoring.normalize import normalize
+
+__all__ = ["Score", "Scorer", "register", "scorer", "as_score", "get_scorer", "known_scorers", "normalize"]
 
 
 @dataclass
@@ -117,45 +118,24 @@ def known_scorers() -> list[str]:
     return sorted(_REGISTRY)
 
 
-_EDGE_CHARS = string.punctuation + string.whitespace + "。，、；：？！“”‘’（）《》【】"
-
-
-def _strip_edges(value: str) -> str:
-    """Drop punctuation and spaces at both ends, keeping what starts a number ("-5", ".5", "-.5")."""
-    stripped = value.rstrip(_EDGE_CHARS)
-    cut = len(stripped) - len(stripped.lstrip(_EDGE_CHARS))
-    if stripped[cut : cut + 1].isdigit():
-        if cut and stripped[cut - 1] == ".":
-            cut -= 1
-        if cut and stripped[cut - 1] in "+-":
-            cut -= 1
-    return stripped[cut:].strip()
-
-
-def normalize(text: Any, case_sensitive: bool = False) -> str:
-    """Compare answers as people do: NFKC (full-width to half-width), whitespace, case, edge punctuation.
-
-    Punctuation inside the answer is kept: "3.14" and "3,14" are different answers."""
-    value = unicodedata.normalize("NFKC", str(text))
-    value = " ".join(_strip_edges(value).split())
-    return value if case_sensitive else value.casefold()
-
-
 def _targets(target: Any) -> list[Any]:
     return list(target) if isinstance(target, list) else [target]
 
 
 @register
 class ExactMatch(Scorer):
-    """Normalised exact match; a list target accepts any of its answers."""
+    """Normalised exact match; a list target accepts any of its answers.
+
+    ``numbers`` (default on) compares numbers by value: "1,000" = "1000" = "1000.0"."""
 
     name = "exact_match"
-    options = {"normalize": True, "case_sensitive": False}
+    options = {"normalize": True, "case_sensitive": False, "numbers": True}
 
     def score(self, prediction: Any, target: Any, case: Any) -> Score:
         if self.opts["normalize"]:
-            pred = normalize(prediction, self.opts["case_sensitive"])
-            hit = any(pred == normalize(t, self.opts["case_sensitive"]) for t in _targets(target))
+            sensitive, numbers = self.opts["case_sensitive"], self.opts["numbers"]
+            pred = normalize(prediction, sensitive, numbers)
+            hit = any(pred == normalize(t, sensitive, numbers) for t in _targets(target))
         else:
             hit = any(str(prediction) == str(t) for t in _targets(target))
         return Score(1.0) if hit else Score(0.0, f"{str(prediction)[:80]!r} != {target!r}")
@@ -163,14 +143,15 @@ class ExactMatch(Scorer):
 
 @register
 class Contains(Scorer):
-    """The target (or any of a list of targets) appears in the prediction."""
+    """The target (or any of a list of targets) appears in the prediction, both normalised."""
 
     name = "contains"
-    options = {"case_sensitive": False}
+    options = {"case_sensitive": False, "numbers": True}
 
     def score(self, prediction: Any, target: Any, case: Any) -> Score:
-        pred = normalize(prediction, self.opts["case_sensitive"])
-        hit = any(normalize(t, self.opts["case_sensitive"]) in pred for t in _targets(target))
+        sensitive, numbers = self.opts["case_sensitive"], self.opts["numbers"]
+        pred = normalize(prediction, sensitive, numbers)
+        hit = any(normalize(t, sensitive, numbers) in pred for t in _targets(target))
         return Score(1.0) if hit else Score(0.0, f"{target!r} not in output")
 
 
@@ -191,13 +172,18 @@ class RegexMatch(Scorer):
 
 @register
 class JsonValid(Scorer):
-    """The prediction is a JSON object (use the `json` extraction step); optional required keys.
+    """The prediction is a JSON object (use the `json` extraction step), with the required keys
+    and, given a JSON Schema (``schema`` inline or ``schema_file`` beside the suite), valid.
 
     With ``compare_target``, the score is the share of the target's keys whose values match."""
 
     name = "json_valid"
     main_metric = "json_ok"
-    options = {"required_keys": [], "compare_target": False}
+    options = {"required_keys": [], "compare_target": False, "schema": None, "schema_file": None}
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._validator = _schema_validator(self.opts["schema"], self.opts["schema_file"])
 
     def score(self, prediction: Any, target: Any, case: Any) -> Score:
         import json
@@ -211,9 +197,14 @@ class JsonValid(Scorer):
         if not isinstance(value, dict):
             return Score(0.0, f"JSON {type(value).__name__}, not an object", {"json_ok": False})
         missing = [k for k in self.opts["required_keys"] if k not in value]
+        data: dict[str, Any] = {"json_ok": True, "keys_ok": not missing}
+        if self._validator is not None:
+            error = next(iter(sorted(self._validator.iter_errors(value), key=lambda e: list(e.path))), None)
+            data["schema_ok"] = error is None
+            if error is not None:
+                return Score(0.0, f"schema: {error.message} at {error.json_path}", data)
         if missing:
-            return Score(0.0, f"missing keys: {', '.join(missing)}", {"json_ok": True, "keys_ok": False})
-        data = {"json_ok": True, "keys_ok": True}
+            return Score(0.0, f"missing keys: {', '.join(missing)}", data)
         if self.opts["compare_target"] and isinstance(target, dict) and target:
             wrong = [k for k in target if normalize(value.get(k, "")) != normalize(target[k])]
             share = 1 - len(wrong) / len(target)
@@ -222,25 +213,50 @@ class JsonValid(Scorer):
         return Score(1.0, None, data)
 
     def aggregate(self, results: Sequence[CaseResult]) -> dict[str, float | None]:
-        if not results:
-            return {"json_ok": None, "keys_ok": None, "score": None}
-        n = len(results)
-        metrics: dict[str, float | None] = {
-            "json_ok": sum(bool(r.data.get("json_ok")) for r in results) / n,
-            "keys_ok": sum(bool(r.data.get("keys_ok")) for r in results) / n,
-        }
-        if self.opts["compare_target"]:
-            metrics["field_accuracy"] = sum(r.data.get("fields_share", 0.0) for r in results) / n
-            metrics["exact"] = sum((r.score or 0) >= 1 for r in results) / n
         from harness.scoring.stats import mean_interval, with_interval
 
-        per_case = {"json_ok": [float(bool(r.data.get("json_ok"))) for r in results],
-                    "keys_ok": [float(bool(r.data.get("keys_ok"))) for r in results],
-                    "field_accuracy": [r.data.get("fields_share", 0.0) for r in results],
-                    "exact": [float((r.score or 0) >= 1) for r in results]}
-        for name in list(metrics):
-            with_interval(metrics, name, mean_interval(per_case[name]))
+        names = ["json_ok", "keys_ok"]
+        if self._validator is not None:
+            names.append("schema_ok")
+        if not results:
+            return {name: None for name in [*names, "score"]}
+        per_case = {name: [float(bool(r.data.get(name))) for r in results] for name in names}
+        if self.opts["compare_target"]:
+            per_case["field_accuracy"] = [r.data.get("fields_share", 0.0) for r in results]
+            per_case["exact"] = [float((r.score or 0) >= 1) for r in results]
+        metrics: dict[str, float | None] = {}
+        for name, values in per_case.items():
+            metrics[name] = sum(values) / len(values)
+            with_interval(metrics, name, mean_interval(values))
         return metrics
+
+
+def _schema_validator(schema: Any, schema_file: Any) -> Any:
+    """A jsonschema validator for the inline schema or the schema file; ValueError when bad."""
+    if schema is None and schema_file is None:
+        return None
+    import json
+
+    import jsonschema
+
+    if schema is not None and schema_file is not None:
+        raise ValueError("scorer 'json_valid': give 'schema' or 'schema_file', not both")
+    if schema_file is not None:
+        try:
+            with open(schema_file, encoding="utf-8") as handle:
+                schema = json.load(handle)
+        except OSError as exc:
+            raise ValueError(f"scorer 'json_valid': cannot read schema_file {schema_file}: {exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"scorer 'json_valid': {schema_file}:{exc.lineno}: not JSON: {exc.msg}") from exc
+    if not isinstance(schema, dict):
+        raise ValueError("scorer 'json_valid': 'schema' must be a JSON Schema object")
+    cls = jsonschema.validators.validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ValueError(f"scorer 'json_valid': invalid JSON Schema: {exc.message}") from exc
+    return cls(schema)
 
 
 @register
@@ -262,7 +278,7 @@ class ClassificationF1(Scorer):
             raise ValueError(f"scorer {self.name!r}: average must be one of macro, micro, weighted")
 
     def _norm(self, value: Any) -> str:
-        return normalize(value, self.opts["case_sensitive"])
+        return normalize(value, self.opts["case_sensitive"], numbers=True)
 
     def score(self, prediction: Any, target: Any, case: Any) -> Score:
         pred, label = self._norm(prediction), self._norm(target)
@@ -400,3 +416,7 @@ def _tool_micro_intervals(labels: list[Any], preds: list[Any], negative: bool) -
     intervals.update({"precision": intervals["tool_precision_micro"], "recall": intervals["tool_recall_micro"],
                       "f1": intervals["tool_f1_micro"]})
     return intervals
+
+
+# built-in scorers defined in their own modules register on import
+from harness.scoring import checklist, toxicity  # noqa: E402,F401
