@@ -32,7 +32,7 @@ def suite_metrics(suite: Suite, results: Sequence[CaseResult]) -> tuple[str, dic
         from harness.robustness import robustness_metrics
 
         metrics.update(_operational(results))
-        metrics.update(robustness_metrics(suite.robustness, _scorer(suite), main, clean, perturbed))
+        metrics.update(robustness_metrics(suite.robustness, _scorer(suite), main, clean, perturbed, set(metrics)))
     return main, metrics
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Sequence
 
 from harness.scoring.perturb import ATTACKS, DEFAULT_RATE, perturb
 
@@ -119,13 +119,18 @@ def _prediction(result: CaseResult) -> str:
 
 
 def robustness_metrics(spec: RobustnessSpec, scorer: Scorer | None, main: str, clean: Sequence[CaseResult],
-                       perturbed: Sequence[CaseResult]) -> dict[str, float | None]:
-    """Drop of the compared metric, attack success rate and changed rate: overall and per attack."""
+                       perturbed: Sequence[CaseResult], known: Collection[str] = ()) -> dict[str, float | None]:
+    """Drop of the compared metric, attack success rate and changed rate: overall and per attack.
+
+    ``known`` holds the clean suite's metric names: a ``metric:`` not among them gets no
+    figures, so a gate on its drop fails naming the metrics the suite has."""
     from harness.scoring.stats import wilson, with_interval
 
     metric = spec.metric or main
-    by_id = {r.id: r for r in clean}
     metrics: dict[str, float | None] = {"perturbed_cases": float(len(perturbed))}
+    if known and metric not in known:
+        return metrics
+    by_id = {r.id: r for r in clean}
     groups: list[tuple[str, list[tuple[CaseResult, CaseResult]]]] = []
     pairs_all = [(by_id[source_id(r)], r) for r in perturbed if source_id(r) in by_id]
     groups.append(("", pairs_all))
@@ -152,10 +157,7 @@ def _value(scorer: Scorer | None, metric: str, results: Sequence[CaseResult]) ->
         return None
     if scorer is None or metric == "score":
         return sum(r.score or 0.0 for r in results) / len(results)
-    value = scorer.aggregate(results).get(metric)
-    if value is None and metric not in scorer.aggregate(results):
-        raise ValueError(f"robustness.metric {metric!r} is not a metric of scorer {scorer.name!r}")
-    return value
+    return scorer.aggregate(results).get(metric)
 
 
 def _drop_interval(scorer: Scorer | None, metric: str,

@@ -320,3 +320,15 @@ def test_summary_puts_the_main_metric_and_its_interval_first(tmp_path: Path) -> 
     row = dict(zip(header, rows[0]))
     assert row["f1"] == 0.8 and row["f1.lower"] == 0.6 and row["f1.upper"] == 0.9
     assert wb["summary"].auto_filter.ref == f"A1:{get_column_letter(len(header))}4"
+
+
+def test_a_metric_named_like_a_summary_column_gets_its_own_column(tmp_path: Path) -> None:
+    import openpyxl
+
+    robust = _suite("robust", main="f1", f1=1.0, cases=40.0)  # the clean cases of 280 items
+    robust["cases"] = robust["total_cases"] = 280
+    wb = openpyxl.load_workbook(write_xlsx(_report((robust, [])), tmp_path))
+    header, row = _rows(wb["summary"])
+    assert header.count("cases") == 1
+    values = dict(zip(header, row))
+    assert (values["cases"], values["metric.cases"]) == (280, 40)

@@ -232,3 +232,16 @@ def test_suite_quality_metrics_and_tables_are_the_clean_cases(tmp_path: Path) ->
     assert result.metrics["error_rate"] == 1 / 12  # operational figures count every request
     assert sum(map(sum, result.tables["confusion"]["matrix"])) == 6
     assert result.gates[0].status == "failed" and result.metrics["f1_drop"] > 0.1
+
+
+def test_an_unknown_compared_metric_fails_its_gate_naming_the_metrics(tmp_path: Path) -> None:
+    from harness.aggregate import judge_suite
+
+    (tmp_path / "c.jsonl").write_text('{"id": "0", "input": "q", "target": "pos"}\n')
+    (tmp_path / "suite.yaml").write_text("dataset: c.jsonl\nscorer: {name: classification_f1}\npass: record\n"
+                                         "robustness: {attacks: [typos], metric: f2}\ngates: ['f2_drop <= 0.1']\n")
+    suite = load_suite(tmp_path / "suite.yaml")
+    result = judge_suite(suite, "m", [_result("0", "pos", "pos"), _result("0~typos", "pos", "neg", "typos")], 2)
+    gate = result.gates[0]
+    assert gate.status == "failed" and gate.reason.startswith("unknown metric 'f2_drop'; this suite has:")
+    assert "f1" in gate.reason and result.metrics["perturbed_cases"] == 1

@@ -256,7 +256,10 @@ def _summary_table(suites: list[dict[str, Any]]) -> tuple[list[str], list[list[A
                 len(gates), *(metrics.get(m) for m in metric_names),
             ]  # fmt: skip
         )
-    return [*SUMMARY_COLUMNS, *metric_names], rows
+    # the metric `cases` counts clean cases, the column `cases` every item judged (robustness
+    # copies included): a metric named like a fixed column is headed `metric.<name>`
+    headers = [f"metric.{m}" if m in SUMMARY_COLUMNS else m for m in metric_names]
+    return [*SUMMARY_COLUMNS, *headers], rows
 
 
 def _gate_rows(suites: list[dict[str, Any]]) -> list[list[Any]]:
