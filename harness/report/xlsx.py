@@ -107,15 +107,10 @@ def sheet_title(raw: str, taken: set[str]) -> str:
     return title
 
 
-def cell_value(value: Any) -> Any:
-    """A value openpyxl can store and Excel can open."""
-    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
-
-    return _cleaner(ILLEGAL_CHARACTERS_RE)(value)
-
-
 def _cleaner(illegal: re.Pattern[str]) -> Callable[[Any], Any]:
-    # the per-cell hot path: the pattern is looked up once per sheet, not once per cell
+    """Turns a value into one openpyxl can store and Excel can open; ``illegal`` is openpyxl's
+    pattern, looked up once per sheet rather than once per cell (the hot path)."""
+
     def clean(value: Any) -> Any:
         if value is None or isinstance(value, (bool, int)):
             return value

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from typing import Any, Callable
+
+from harness.scoring.normalize import canonical_number, normalize
 
 
 class ExtractionError(Exception):
@@ -92,8 +95,6 @@ def parse_json(text: Any) -> Any:
 
 def normalize_step(text: str) -> str:
     """The answer as scorers compare it: NFKC, whitespace, case, edge punctuation, numbers."""
-    from harness.scoring.normalize import normalize
-
     return normalize(text, numbers=True)
 
 
@@ -102,10 +103,6 @@ _ANY_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+"
 
 def number(text: str) -> str:
     """The last number in the text, canonical: "The total is 1,234.50 yuan." -> "1234.5"."""
-    import unicodedata
-
-    from harness.scoring.normalize import canonical_number
-
     matches = _ANY_NUMBER.findall(unicodedata.normalize("NFKC", text))
     if not matches:
         raise ExtractionError("no number in output")
