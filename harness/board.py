@@ -1,4 +1,5 @@
-"""The run's reply board: generated replies keyed by item node id, read by the items.
+"""The run's board: generated replies keyed by item node id, read by the case items, and gate
+verdicts keyed by gate node id, read by the gate items.
 
 Generation posts replies as they arrive while items already run, so an item waits only for
 its own reply. Without xdist the board is a dict in memory; with xdist it is SQLite in WAL
@@ -25,6 +26,8 @@ class Board(Protocol):
     def put_many(self, replies: Iterable[tuple[str, dict[str, Any]]]) -> None: ...
     def finish(self, reason: str | None = None) -> None: ...
     def wait(self, nodeid: str) -> dict[str, Any] | None: ...
+    def put_verdicts(self, verdicts: Iterable[tuple[str, dict[str, Any]]]) -> None: ...
+    def wait_verdict(self, nodeid: str) -> dict[str, Any] | None: ...
     def close(self) -> None: ...
 
 
@@ -33,6 +36,7 @@ class MemoryBoard:
 
     def __init__(self) -> None:
         self._replies: dict[str, dict[str, Any]] = {}
+        self._verdicts: dict[str, dict[str, Any]] = {}
         self._planned: set[str] = set()
         self._finished = False
         self.reason: str | None = None
@@ -61,6 +65,18 @@ class MemoryBoard:
                 self._cond.wait(1.0)
             return self._replies.get(nodeid)
 
+    def put_verdicts(self, verdicts: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        with self._cond:
+            self._verdicts.update(verdicts)
+            self._cond.notify_all()
+
+    def wait_verdict(self, nodeid: str) -> dict[str, Any] | None:
+        # the controller judges in this process: every selected gate gets a verdict
+        with self._cond:
+            while nodeid not in self._verdicts:
+                self._cond.wait(1.0)
+            return self._verdicts[nodeid]
+
     def close(self) -> None:
         pass
 
@@ -76,6 +92,7 @@ class SqliteBoard:
         self._db.execute("CREATE TABLE IF NOT EXISTS replies (nodeid TEXT PRIMARY KEY, reply TEXT NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS planned (nodeid TEXT PRIMARY KEY)")
         self._db.execute("CREATE TABLE IF NOT EXISTS finished (reason TEXT)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS verdicts (nodeid TEXT PRIMARY KEY, verdict TEXT NOT NULL)")
 
     def plan(self, nodeids: Iterable[str]) -> None:
         """Record which items the controller will generate, so items know to wait for them."""
@@ -118,6 +135,24 @@ class SqliteBoard:
                 return reply
             if self._finished():
                 return self.get(nodeid)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def put_verdicts(self, verdicts: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?, ?)",
+                                 ((n, json.dumps(v)) for n, v in verdicts))
+
+    def wait_verdict(self, nodeid: str) -> dict[str, Any] | None:
+        """A gate's verdict, polled until the controller has judged its suite; None if the controller died."""
+        delay = 0.005
+        while True:
+            row = self._db.execute("SELECT verdict FROM verdicts WHERE nodeid=?", (nodeid,)).fetchone()
+            if row is not None:
+                return json.loads(row[0])
+            if self.owner_pid is not None and not pid_alive(self.owner_pid):
+                return None
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 

@@ -1,6 +1,8 @@
-"""pytest collectors and items: a JSONL file of a suite, one item per case and model.
+"""pytest collectors and items: a suite's datasets give one item per case and model, its suite
+file one item per gate and model.
 
-No model calls and no scoring happen here: items read the replies generation produced.
+No model calls happen here: case items read the replies generation produced; gate items read
+the verdicts the run's controller judged over every case of their suite.
 """
 
 from __future__ import annotations
@@ -11,13 +13,21 @@ from typing import Any, Iterable
 
 import pytest
 
-from harness.results import CaseResult
+from harness.results import CaseResult, GateResult
 from harness.scoring.scorers import get_scorer
-from harness.suite import Case, Suite, SuiteError, load_cases, suite_files_in, suite_for_dataset
+from harness.suite import Case, Suite, SuiteError, load_cases, suite_files_in, suite_for_dataset, suites_in
 
 
-def item_name(case_id: str, model: str, multi_model: bool) -> str:
-    return f"{case_id}[{model}]" if multi_model else case_id
+def model_suffix(model: str, multi_model: bool) -> str:
+    return f"[{model}]" if multi_model else ""
+
+
+def case_item_name(case_id: str, model: str, multi_model: bool) -> str:
+    return case_id + model_suffix(model, multi_model)
+
+
+def gate_item_name(expr: str, model: str, multi_model: bool) -> str:
+    return f"gate[{expr}]" + model_suffix(model, multi_model)
 
 
 def cases_of(suite: Suite, dataset: Path) -> list[Case]:
@@ -34,6 +44,10 @@ def suite_cases(suite: Suite) -> list[tuple[Path, Case]]:
     return [(dataset, case) for dataset in suite.datasets for case in cases_of(suite, dataset)]
 
 
+def relpath(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
 class CaseFailed(Exception):
     """A case that ran and did not pass its rule (or hit a model error)."""
 
@@ -42,8 +56,36 @@ class CaseFailed(Exception):
         self.result = result
 
 
+class GateFailed(Exception):
+    """A gate whose metric missed its threshold."""
+
+
 def is_suite_dataset(file_path: Path) -> bool:
     return file_path.suffix == ".jsonl" and bool(suite_files_in(file_path.parent))
+
+
+def is_suite_file(file_path: Path) -> bool:
+    return file_path in suite_files_in(file_path.parent)
+
+
+def _check_scorer(suite: Suite) -> None:
+    try:
+        get_scorer(suite.scorer, suite.scorer_options)
+    except (ValueError, TypeError) as exc:
+        raise SuiteError(suite.path, None, str(exc)) from exc
+
+
+def _models(config: pytest.Config) -> list[str]:
+    from harness.run import run_state
+
+    return run_state(config).model_names
+
+
+def _suite_marks(config: pytest.Config, suite: Suite) -> list[Any]:
+    for marker in suite.markers:
+        config.addinivalue_line("markers", f"{marker}: declared by suite {suite.name}")
+    # decorators built once: a marker by name costs a registry lookup per item (100,000 cases)
+    return [getattr(pytest.mark, marker) for marker in suite.markers]
 
 
 class JsonlFile(pytest.File):
@@ -55,24 +97,48 @@ class JsonlFile(pytest.File):
             if suite is None:
                 return []
             cases = cases_of(suite, self.path.resolve())
+            _check_scorer(suite)
         except SuiteError as exc:
             raise self.CollectError(str(exc)) from exc
-        try:
-            get_scorer(suite.scorer, suite.scorer_options)
-        except (ValueError, TypeError) as exc:
-            raise self.CollectError(f"{suite.path}: {exc}") from exc
-        from harness.run import run_state
+        from harness.plan import catalog
 
-        models = run_state(self.config).model_names
-        for marker in suite.markers:
-            self.config.addinivalue_line("markers", f"{marker}: declared by suite {suite.name}")
-        # decorators built once: a marker by name costs a registry lookup per item (100,000 cases)
-        marks = [pytest.mark.llm_eval, *(getattr(pytest.mark, marker) for marker in suite.markers)]
+        catalog(self.config).record(suite, self.path.resolve(), cases)
+        models = _models(self.config)
+        marks = [pytest.mark.llm_eval, *_suite_marks(self.config, suite)]
         attacked = [*marks, pytest.mark.llm_robustness]
         multi = len(models) > 1
-        return [CaseItem.from_parent(self, name=item_name(case.id, model, multi), suite=suite, case=case,
+        return [CaseItem.from_parent(self, name=case_item_name(case.id, model, multi), suite=suite, case=case,
                                      model=model, marks=attacked if case.attack else marks)
                 for case in cases for model in models]
+
+
+class SuiteFile(pytest.File):
+    """The gates of a suite file: one item per gate and model, judged over the suite's cases."""
+
+    def collect(self) -> Iterable[pytest.Item]:
+        from harness.gates import parse_gate
+        from harness.robustness import is_robustness_metric
+
+        try:
+            suites = [s for s in suites_in(self.path.parent) if s.path == self.path.resolve()]
+            for suite in suites:
+                _check_scorer(suite)
+        except SuiteError as exc:
+            raise self.CollectError(str(exc)) from exc
+        models = _models(self.config)
+        multi = len(models) > 1
+        items = []
+        for suite in suites:
+            marks = [pytest.mark.llm_gate, *_suite_marks(self.config, suite)]
+            for expr in suite.gates:
+                gate = parse_gate(expr)
+                # a gate on the perturbed copies is selected and deselected with them
+                gate_marks = [*marks, pytest.mark.llm_robustness] if (
+                    suite.robustness is not None and is_robustness_metric(gate.metric)) else marks
+                items.extend(GateItem.from_parent(self, name=gate_item_name(gate.expr, model, multi), suite=suite,
+                                                  expr=gate.expr, model=model, marks=gate_marks)
+                             for model in models)
+        return items
 
 
 class CaseItem(pytest.Item):
@@ -89,33 +155,68 @@ class CaseItem(pytest.Item):
             self.add_marker(mark)
 
     def runtest(self) -> None:
-        from harness.judge import judge_case
+        from harness.case_scoring import score_reply
         from harness.run import run_state
 
-        state = run_state(self.config)
-        reply = state.reply_for(self.nodeid, self.suite, self.case, self.model)
-        dataset = self.path.relative_to(self.config.rootpath).as_posix() \
-            if self.path.is_relative_to(self.config.rootpath) else str(self.path)
-        try:
-            result = judge_case(self.suite, self.case, self.model, self.nodeid, dataset, reply)
-        except Exception as exc:  # a scorer bug scores 0 with its reason; the run goes on
-            result = CaseResult(self.suite.name, self.case.id, self.model, self.nodeid, dataset, self.case.line,
-                                None, self.case.target, output=reply.get("text"), score=0.0,
-                                passed=False if self.suite.pass_rule else None,
-                                reason=f"scorer raised {type(exc).__name__}: {exc}",
-                                latency_ms=reply.get("latency_ms"), output_tokens=reply.get("output_tokens"),
-                                attack=self.case.attack)
+        reply = run_state(self.config).planned_reply(self.nodeid)
+        dataset = relpath(self.path, self.config.rootpath)
+        result = score_reply(self.suite, self.case, self.model, self.nodeid, dataset, reply, self.ihook)
         self.case_result = result
         if result.passed is False:
             raise CaseFailed(result)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, CaseFailed):
-            return format_case(excinfo.value.result)
+            return format_case(excinfo.value.result, self._prompt())
         return super().repr_failure(excinfo, style)
+
+    def _prompt(self) -> Any:
+        """The prompt as sent; rendered again here only for a failing case (xdist workers do not keep it)."""
+        from harness.prompts import build_request
+
+        try:
+            return build_request(self.suite, self.case, self.model, hook=self.ihook).prompt
+        except Exception as exc:  # noqa: BLE001 - showing a failure must not fail
+            return f"(prompt not rendered: {exc})"
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, self.case.line - 1, f"{self.suite.name}::{self.name}"
+
+
+class GateItem(pytest.Item):
+    """One gate of a suite on one model: passes or fails on the metric the run's controller judged."""
+
+    def __init__(self, *, suite: Suite, expr: str, model: str, marks: list[Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.suite = suite
+        self.expr = expr
+        self.model = model
+        self.gate_result: GateResult | None = None
+        for mark in marks:
+            self.add_marker(mark)
+
+    def runtest(self) -> None:
+        from harness.run import run_state
+
+        verdict = run_state(self.config).gate_verdict(self.nodeid)
+        gate = GateResult.from_dict(verdict["gate"])
+        self.gate_result = gate
+        self.user_properties.extend([("metric", gate.metric), ("value", gate.value), ("threshold", gate.threshold),
+                                     ("op", gate.op), ("cases", verdict["cases"]),
+                                     ("total_cases", verdict["total_cases"])])
+        if gate.status == "skipped":
+            pytest.skip(gate.reason)
+        if gate.status == "failed":
+            raise GateFailed(f"gate {gate.expr} on suite {self.suite.name} ({self.model}): failed: {gate.reason}; "
+                             f"judged {verdict['cases']} of {verdict['total_cases']} cases")
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, GateFailed):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"{self.suite.name}::{self.name}"
 
 
 def _show(value: Any, limit: int = 2000) -> str:
@@ -123,9 +224,8 @@ def _show(value: Any, limit: int = 2000) -> str:
     return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more chars]"
 
 
-def format_case(result: CaseResult) -> str:
+def format_case(result: CaseResult, prompt: Any) -> str:
     """Everything a reader needs to see why a case failed."""
-    prompt = result.prompt
     if isinstance(prompt, list):
         prompt = "\n".join(f"[{m.get('role')}] {m.get('content')}" for m in prompt)
     lines = [

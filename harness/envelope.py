@@ -4,34 +4,49 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.controller import Controller
 from harness.metadata import dataset_metadata, environment, git_state, model_metadata
-from harness.results import REPORT_SCHEMA, SCHEMA_VERSION
+from harness.results import REPORT_SCHEMA, SCHEMA_VERSION, CaseResult, SuiteResult
+from harness.run import RunState
+from harness.suite import Suite
 
 
-def build_envelope(controller: Controller, args: list[str], workers: int,
+@dataclass(frozen=True)
+class RunRecord:
+    """What a finished run hands the report writers: plain data, no pytest objects."""
+
+    state: RunState
+    started_at: datetime
+    root: Path
+    suites: list[Suite]
+    results: list[CaseResult]
+    suite_results: list[SuiteResult]
+    generation: dict[str, Any]
+
+
+def build_envelope(record: RunRecord, args: list[str], workers: int,
                    managed_engines: list[dict[str, Any]]) -> dict[str, Any]:
     """The report of a finished run; ``managed_engines`` are the records of the engines it started."""
-    state = controller.state
+    state = record.state
     finished = datetime.now(timezone.utc)
-    commit, dirty = git_state(controller.root)
-    suites = list(controller.suites.values())
+    commit, dirty = git_state(record.root)
+    suites = record.suites
     engines = {spec.name: state.engine(spec.name) for spec in state.models if not spec.managed}
-    engines.update({record["model"]: record for record in managed_engines})
-    used_models = {r.model for r in controller.results}
+    engines.update({engine["model"]: engine for engine in managed_engines})
+    used_models = {r.model for r in record.results}
     run: dict[str, Any] = {
         "id": state.run_id,
-        "started_at": controller.started_at.isoformat(timespec="seconds"),
+        "started_at": record.started_at.isoformat(timespec="seconds"),
         "finished_at": finished.isoformat(timespec="seconds"),
-        "duration_s": round((finished - controller.started_at).total_seconds(), 3),
+        "duration_s": round((finished - record.started_at).total_seconds(), 3),
         **environment(),
         "git_commit": commit,
         "git_dirty": dirty,
-        "rootdir": str(controller.root),
+        "rootdir": str(record.root),
         "pytest_args": args,
         "xdist_workers": workers,
         "models": [model_metadata(spec, engines.get(spec.name)) for spec in state.models
@@ -39,16 +54,16 @@ def build_envelope(controller: Controller, args: list[str], workers: int,
         "generation": {"concurrency": state.settings.concurrency, "timeout_s": state.settings.timeout_s,
                        "retries": state.settings.retries, "deadline_s": state.settings.deadline_s,
                        "retry_passes": state.settings.retry_passes, "stream": state.settings.stream,
-                       **controller.generation},
-        "datasets": dataset_metadata(suites, controller.root),
+                       **record.generation},
+        "datasets": dataset_metadata(suites, record.root),
         "suites_config": [s.config_dict() for s in suites],
     }
     return {
         "schema": REPORT_SCHEMA,
         "version": SCHEMA_VERSION,
         "run": run,
-        "suites": [s.to_dict() for s in controller.suite_results],
-        "cases": [r.to_dict() for r in controller.results],
+        "suites": [s.to_dict() for s in record.suite_results],
+        "cases": [r.to_dict() for r in record.results],
     }
 
 

@@ -39,15 +39,13 @@ def parse_gate(expr: str) -> Gate:
     return Gate(expr.strip(), metric, op, float(number))
 
 
-def judge(gate: Gate, metrics: Mapping[str, float | None], subset_reason: str | None = None) -> GateResult:
-    """Judge one gate: an unknown or valueless metric fails it, a partial run skips it with the reason."""
+def evaluate_gate(gate: Gate, metrics: Mapping[str, float | None]) -> GateResult:
+    """Hold one gate against a suite's metrics: an unknown or valueless metric fails it."""
     value = metrics.get(gate.metric)
     base = dict(expr=gate.expr, metric=gate.metric, op=gate.op, threshold=gate.threshold, value=value)
     if gate.metric not in metrics:
         known = ", ".join(sorted(metrics))
         return GateResult(**base, status="failed", reason=f"unknown metric {gate.metric!r}; this suite has: {known}")
-    if subset_reason:
-        return GateResult(**base, status="skipped", reason=subset_reason)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return GateResult(**base, status="failed", reason=f"{gate.metric} has no value (no case could be judged)")
     if gate.holds(value):
@@ -55,3 +53,9 @@ def judge(gate: Gate, metrics: Mapping[str, float | None], subset_reason: str | 
     return GateResult(
         **base, status="failed", reason=f"{gate.metric} = {value:.4g}, needs {gate.op} {gate.threshold:g}"
     )
+
+
+def unjudged_gate(gate: Gate, value: float | None, reason: str) -> GateResult:
+    """A gate that was not held to its metric (not selected, or the run stopped first)."""
+    return GateResult(expr=gate.expr, metric=gate.metric, op=gate.op, threshold=gate.threshold, value=value,
+                      status="skipped", reason=reason)

@@ -13,40 +13,18 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from harness.board import Board
 from harness.engines.client import AUTH_STATUS, Reply, Request
 from harness.engines.loop import submit
-from harness.prompts import render
-from harness.suite import Case, Suite
 
-DEFAULT_MAX_TOKENS = 256
+if TYPE_CHECKING:
+    from harness.plan import Task
+
 FLUSH_S = 0.01  # board and cache writes are batched over this window
 
 Posted = tuple[str, dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class Task:
-    nodeid: str
-    suite: Suite
-    case: Case
-    model: str
-
-
-def build_request(suite: Suite, case: Case, model: str, stream: bool = False) -> Request:
-    gen = suite.generation
-    params = {
-        "max_tokens": gen.get("max_tokens", DEFAULT_MAX_TOKENS),
-        "temperature": gen.get("temperature", 0.0),
-        "top_p": gen.get("top_p"),
-        "stop": gen.get("stop"),
-        "seed": gen.get("seed"),
-    }
-    return Request(suite.api, model, render(suite, case), params, dict(suite.extra_body),
-                   stream=stream or bool(gen.get("stream")))
 
 
 class GenerationAborted(RuntimeError):
@@ -58,14 +36,13 @@ class Generation:
 
     def __init__(self, tasks: Sequence[Task], clients: dict[str, Any], concurrency: int,
                  board: Board, on_replies: Callable[[list[Posted]], None] | None = None,
-                 passes: int = 1, stream: bool = False) -> None:
+                 passes: int = 1) -> None:
         self.tasks = list(tasks)
         self.clients = clients
         self.concurrency = max(1, concurrency)
         self.board = board
         self.on_replies = on_replies
         self.passes = max(0, passes)
-        self.stream = stream
         self.done = 0
         self.errors = 0
         self.succeeded = 0
@@ -177,20 +154,15 @@ class Generation:
             if self.aborted:
                 return
             client = self.clients[task.model]
-            try:
-                request = build_request(task.suite, task.case, task.model, self.stream)
-            except Exception as exc:  # a rendering bug must not lose the case
-                reply = Reply(None, f"request not built: {type(exc).__name__}: {exc}", 0.0)
-            else:
-                if self.first_sent is None:
-                    self.first_sent = time.time()
-                reply = await client.send(request)
+            if self.first_sent is None:
+                self.first_sent = time.time()
+            reply = await client.send(task.request)
             if not self._settle(task, reply, held, final):
                 return
 
     async def _batch(self, tasks: list[Task], held: list[tuple[Task, Reply]], final: bool) -> None:
         client = self.clients[tasks[0].model]
-        requests = [build_request(t.suite, t.case, t.model, self.stream) for t in tasks]
+        requests = [t.request for t in tasks]
         if self.first_sent is None:
             self.first_sent = time.time()
         try:

@@ -12,10 +12,10 @@ from typing import Any, Generator
 
 import pytest
 
-from harness.collect import JsonlFile, is_suite_dataset
+from harness.collect import GateItem, JsonlFile, SuiteFile, is_suite_dataset, is_suite_file
 from harness.run import STATE_KEY, WORKERINPUT_KEY, RunState, Settings, run_state
 
-CONTROLLER_KEY = pytest.StashKey["Any"]()
+GC_KEY = pytest.StashKey[bool]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -83,14 +83,17 @@ def _settings(config: pytest.Config) -> Settings:
     return settings
 
 
-def _is_xdist_controller(config: pytest.Config) -> bool:
-    return config.pluginmanager.hasplugin("dsession")
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from harness import hookspec
+
+    pluginmanager.add_hookspecs(hookspec)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "llm_eval: an eval case collected from a JSONL suite")
     config.addinivalue_line("markers", "llm_gate: a quality gate judged on a whole suite")
-    config.addinivalue_line("markers", "llm_robustness: a perturbed copy of an eval case (robustness suites)")
+    config.addinivalue_line("markers", "llm_robustness: a perturbed copy of an eval case, or a gate on the "
+                            "copies (robustness suites)")
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and WORKERINPUT_KEY in workerinput:
         config.stash[STATE_KEY] = RunState.from_workerinput(workerinput[WORKERINPUT_KEY])
@@ -105,16 +108,11 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"llm-harness: {exc}") from exc
     state = RunState.new(models, _settings(config))
     config.stash[STATE_KEY] = state
-    from harness.controller import Controller
+    from harness.session import PLUGIN_NAME, SESSION_KEY, EvalSession
 
-    controller = Controller(config, state)
-    config.stash[CONTROLLER_KEY] = controller
-    # registered as a plugin so it receives every report, from this process or any worker
-    config.pluginmanager.register(controller, "llm-harness-controller")
-
-
-def _controller(config: pytest.Config) -> Any:
-    return config.stash.get(CONTROLLER_KEY, None)
+    session = EvalSession(config, state)
+    config.stash[SESSION_KEY] = session
+    config.pluginmanager.register(session, PLUGIN_NAME)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -127,8 +125,10 @@ def pytest_collection(session: pytest.Session) -> Generator[None, Any, Any]:
     import gc
 
     # 100,000 items are 100,000 long-lived objects: the cyclic collector would rescan them over
-    # and over while they are made (seconds), and again during the run unless they are frozen
+    # and over while they are made (seconds), and again during the run unless they are frozen.
+    # Both are undone in pytest_unconfigure: the user's process gets its collector back.
     enabled = gc.isenabled()
+    session.config.stash[GC_KEY] = enabled
     gc.disable()
     try:
         return (yield)
@@ -141,69 +141,17 @@ def pytest_collection(session: pytest.Session) -> Generator[None, Any, Any]:
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if is_suite_dataset(file_path):
         return JsonlFile.from_parent(parent, path=file_path)
+    if file_path.suffix in (".yaml", ".yml") and is_suite_file(file_path):
+        return SuiteFile.from_parent(parent, path=file_path)
     return None
 
 
-def _terminal_writer(config: pytest.Config) -> Any:
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None or config.getoption("quiet", 0) > 1:
-        return None
-    tw = reporter._tw
-
-    class Writer:
-        isatty = tw.hasmarkup and reporter.isatty()
-
-        def write(self, text: str) -> None:
-            tw.write(text)
-
-        def flush(self) -> None:
-            tw.flush()
-
-        def line(self, text: str) -> None:
-            reporter.ensure_newline()
-            tw.line(text)
-
-    return Writer()
-
-
-def _generate(config: pytest.Config, tasks: list[Any], board: Any) -> None:
-    from harness.engines.managed import EngineStartError
-    from harness.generation import GenerationAborted
-
-    try:
-        _controller(config).generate(tasks, _terminal_writer(config), board)
-    except EngineStartError as exc:
-        pytest.exit(f"llm-harness: {exc}", returncode=pytest.ExitCode.INTERNAL_ERROR)
-    except GenerationAborted as exc:
-        pytest.exit(f"llm-harness: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
-    controller = _controller(node.config)
-    if controller is not None and not controller.planned and not node.config.option.collectonly:
-        _generate(node.config, controller.plan_from_ids(ids), run_state(node.config).board())
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtestloop(session: pytest.Session) -> Generator[None, Any, Any]:
-    controller = _controller(session.config)
-    collection_failed = session.testsfailed and not session.config.option.continue_on_collection_errors
-    if (controller is not None and not _is_xdist_controller(session.config)
-            and not session.config.option.collectonly and not collection_failed):
-        from harness.board import MemoryBoard
-
-        _generate(session.config, controller.plan_from_items(session.items), MemoryBoard())
-    try:
-        return (yield)
-    finally:
-        if controller is not None:
-            controller.finish_generation()
-        if controller is not None and controller.results:
-            controller.judge()
-            gates = sum(len(s.gates) for s in controller.suite_results)
-            session.testscollected += gates
-            controller.emit_gates()
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # gates run after every case: in each xdist worker's queue (a subsequence of this order) no case
+    # waits behind a gate, and without xdist the cases a gate judges have run when it starts
+    gates = [item for item in items if isinstance(item, GateItem)]
+    if gates:
+        items[:] = [item for item in items if not isinstance(item, GateItem)] + gates
 
 
 @pytest.hookimpl(wrapper=True)
@@ -215,50 +163,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    config = session.config
-    state = run_state(config)
-    controller = _controller(config)
-    if controller is None:
-        state.close()
-        return
-    from harness.engines.lease import stop_engines
-
-    # stopped before the reports are written, so each engine's log is complete
-    engines = stop_engines(state.runtime_dir)
-    if not controller.results:
-        return
-    from harness.envelope import build_envelope, point_latest, report_dir
-    from harness.report import write_reports
-
-    out, is_run_dir = report_dir(config.rootpath, config.getoption("llm_report_dir"), config.getini("llm_reports"),
-                                 state.run_id)
-    workers = int(getattr(config.option, "numprocesses", 0) or 0) if _is_xdist_controller(config) else 0
-    envelope = build_envelope(controller, list(config.invocation_params.args), workers, engines)
-    write_reports(envelope, out)
-    for record in engines:
-        if record.get("log") and Path(record["log"]).exists():
-            shutil.copy(record["log"], out / Path(record["log"]).name)
-    if is_run_dir:
-        point_latest(out)
-    controller.report_path = out
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    controller = _controller(terminalreporter.config)
-    if controller is None or not controller.suite_results:
-        return
-    from harness.summary import render_table, summary_rows
-
-    terminalreporter.section("llm-harness summary")
-    for line in render_table(summary_rows(controller.suite_results)):
-        terminalreporter.write_line(line)
-    path = getattr(controller, "report_path", None)
-    if path is not None:
-        terminalreporter.write_line(f"reports: {path}")
-
-
 def pytest_unconfigure(config: pytest.Config) -> None:
+    import gc
+
+    from harness.session import SESSION_KEY
+
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        config.pluginmanager.unregister(session)
+        del config.stash[SESSION_KEY]
+    if GC_KEY in config.stash:
+        gc.unfreeze()
+        del config.stash[GC_KEY]
     state = config.stash.get(STATE_KEY, None)
     if state is None:
         return

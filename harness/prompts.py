@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from harness.suite import Case, Suite
+from harness.engines.client import Request
+
+if TYPE_CHECKING:
+    from harness.suite import Case, Suite
 
 Messages = list[dict[str, str]]
+DEFAULT_MAX_TOKENS = 256
 
 
 @lru_cache(maxsize=1)
@@ -111,3 +115,25 @@ def render(suite: Suite, case: Case) -> Messages | str:
     if suite.api == "chat":
         return messages
     return CHAT_TEMPLATES[suite.chat_template](messages)
+
+
+def build_request(suite: Suite, case: Case, model: str, stream: bool = False, hook: Any = None) -> Request:
+    """The request of one case, rendered once; ``hook`` (a pytest hook relay) lets
+    ``pytest_llm_build_request`` implementations rewrite it."""
+    gen = suite.generation
+    params = {
+        "max_tokens": gen.get("max_tokens", DEFAULT_MAX_TOKENS),
+        "temperature": gen.get("temperature", 0.0),
+        "top_p": gen.get("top_p"),
+        "stop": gen.get("stop"),
+        "seed": gen.get("seed"),
+    }
+    request = Request(suite.api, model, render(suite, case), params, dict(suite.extra_body),
+                      stream=stream or bool(gen.get("stream")))
+    if hook is not None:
+        rewritten = hook.pytest_llm_build_request(suite=suite, case=case, model=model, request=request)
+        if rewritten is not None:
+            if not isinstance(rewritten, Request):
+                raise TypeError(f"pytest_llm_build_request returned {type(rewritten).__name__}, not a Request")
+            request = rewritten
+    return request

@@ -76,6 +76,11 @@ class GateResult:
         d["passed"] = self.passed
         return d
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "GateResult":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
 
 @dataclass
 class SuiteResult:

@@ -104,6 +104,16 @@ def _perturb_input(value: Any, attack: str, spec: RobustnessSpec, key: str) -> A
     return messages
 
 
+def is_robustness_metric(metric: str) -> bool:
+    """Whether a metric (or its bound, ``f1_drop.lower``) is computed from the perturbed copies."""
+    name = metric.removesuffix(".lower").removesuffix(".upper")
+    prefix, _, rest = name.partition(".")
+    if rest and prefix in ATTACKS:
+        name = rest
+    return (name in ("perturbed_cases", "success_rate", "changed_rate") or name.endswith("_drop")
+            or name.startswith("perturbed_"))
+
+
 def source_id(result: CaseResult) -> str:
     return result.id.rsplit(SEPARATOR, 1)[0] if result.attack else result.id
 

@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -24,7 +24,6 @@ from harness.engines.loop import run_sync
 from harness.engines.managed import wait_ready
 from harness.models import ModelSpec
 from harness.cache import ResponseCache
-from harness.suite import Case, Suite
 
 STATE_KEY = pytest.StashKey["RunState"]()
 WORKERINPUT_KEY = "llm_harness"
@@ -61,6 +60,8 @@ class RunState:
     _engines: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     _clients: dict[str, OpenAICompatClient] = field(default_factory=dict, repr=False)
     _cache: ResponseCache | None = field(default=None, repr=False)
+    # the controller's hook for a gate item that runs in its own process (no xdist)
+    before_gate: Callable[[str], None] | None = field(default=None, repr=False)
 
     @classmethod
     def new(cls, models: list[ModelSpec], settings: Settings) -> "RunState":
@@ -173,18 +174,28 @@ class RunState:
                                 "launch": engine.launch_record()}
         return InProcessClient(engine, f"in-process:{spec.engine}")
 
-    def reply_for(self, nodeid: str, suite: Suite, case: Case, model: str) -> dict[str, Any]:
-        """An item's reply: from generation when it was planned, else sent now."""
+    def planned_reply(self, nodeid: str) -> dict[str, Any]:
+        """A case item's reply, as generation posts it (waited for); an error reply when none came."""
         board = self.board()
-        if board.is_planned(nodeid):
-            reply = board.wait(nodeid)
-            if reply is not None:
-                return reply
-            why = getattr(board, "reason", None) or "generation stopped before this case (interrupted or -x)"
-            return Reply(None, f"no reply: {why}", 0.0).to_dict()
-        from harness.generation import build_request
+        if not board.is_planned(nodeid):
+            return Reply(None, "no reply: this case was not planned for generation (collected after the run "
+                         "started?)", 0.0).to_dict()
+        reply = board.wait(nodeid)
+        if reply is not None:
+            return reply
+        why = getattr(board, "reason", None) or "generation stopped before this case (interrupted or -x)"
+        return Reply(None, f"no reply: {why}", 0.0).to_dict()
 
-        return run_sync(self.client(model).send(build_request(suite, case, model, self.settings.stream))).to_dict()
+    def gate_verdict(self, nodeid: str) -> dict[str, Any]:
+        """A gate item's verdict, waited for until the controller has judged its suite."""
+        if self.before_gate is not None:
+            self.before_gate(nodeid)
+        verdict = self.board().wait_verdict(nodeid)
+        if verdict is None:
+            return {"gate": {"expr": nodeid, "metric": "", "op": "", "threshold": 0.0, "value": None,
+                             "status": "failed", "reason": "the run's controller went away before judging"},
+                    "cases": 0, "total_cases": 0}
+        return verdict
 
     def close(self) -> None:
         for client in self._clients.values():

@@ -25,7 +25,7 @@ def summary_rows(results: list[SuiteResult]) -> list[list[str]]:
         if failed:
             gates += f", FAILED: {'; '.join(failed)}"
         if skipped:
-            gates += f", {skipped} skipped (subset)"
+            gates += f", {skipped} not judged"
         cases = f"{r.cases}/{r.total_cases}" + (" subset" if r.subset else "")
         rows.append([r.name, r.model, cases, f"{r.main_metric}={_fmt(r.metrics.get(r.main_metric))}",
                      _fmt(r.metrics.get("error_rate")), _fmt(r.metrics.get("latency_p99_ms")), gates])

@@ -1,10 +1,10 @@
-"""Suite metrics over a complete set of case results, and the suite's gates judged on them."""
+"""Suite metrics over a suite's case results on one model, and its gates held to them."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Collection, Sequence
 
-from harness.gates import judge, parse_gate
+from harness.gates import evaluate_gate, parse_gate, unjudged_gate
 from harness.results import CaseResult, SuiteResult
 from harness.scoring.metrics import percentile
 from harness.scoring.scorers import Scorer, get_scorer
@@ -16,7 +16,6 @@ def _scorer(suite: Suite) -> Scorer | None:
     try:
         return get_scorer(suite.scorer, suite.scorer_options)
     except ValueError:
-        # a custom scorer registered only in a sub-folder conftest the xdist controller never loads
         return None
 
 
@@ -102,14 +101,29 @@ def throughput(results: Sequence[CaseResult]) -> dict[str, float | None]:
     return metrics
 
 
-def judge_suite(suite: Suite, model: str, results: Sequence[CaseResult], total_cases: int) -> SuiteResult:
-    """Metrics and gates of one suite on one model; a partial run skips gates with the reason."""
+NOT_SELECTED = "gate not selected (-k/-m/--lf): not judged"
+
+
+def suite_result(suite: Suite, model: str, results: Sequence[CaseResult], total_cases: int,
+                 judged: Collection[str] | None = None, hook: Any = None,
+                 unjudged_reason: str = NOT_SELECTED) -> SuiteResult:
+    """Metrics and gates of one suite on one model.
+
+    ``judged``: the gate expressions to hold to the metrics (None: all); the others are
+    recorded as skipped with ``unjudged_reason``. ``hook`` (a pytest hook relay) lets
+    ``pytest_llm_suite_metrics`` add or change metrics before any gate is judged."""
     main, metrics = suite_metrics(suite, results)
-    subset = len(results) < total_cases
-    reason = (f"judged {len(results)} of {total_cases} cases: -k/-m/--lf ran a subset; "
-              f"gates judge the whole suite") if subset else None
-    gates = [judge(parse_gate(expr), metrics, reason) for expr in suite.gates]
+    if hook is not None:
+        hook.pytest_llm_suite_metrics(suite=suite, model=model, results=list(results), metrics=metrics)
+    gates = []
+    for expr in suite.gates:
+        gate = parse_gate(expr)
+        if judged is None or gate.expr in judged:
+            gates.append(evaluate_gate(gate, metrics))
+        else:
+            gates.append(unjudged_gate(gate, metrics.get(gate.metric), unjudged_reason))
     scorer = _scorer(suite)
     clean = [r for r in results if r.attack is None]  # tables, like quality metrics, are the clean cases
     tables = scorer.tables(clean) if scorer is not None and hasattr(scorer, "tables") else {}
+    subset = len(results) < total_cases
     return SuiteResult(suite.name, model, main, metrics, gates, len(results), total_cases, subset, tables)

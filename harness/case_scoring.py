@@ -1,0 +1,64 @@
+"""Scoring one case: its reply extracted, scored and held to the suite's pass rule."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from harness.gates import parse_gate
+from harness.results import CaseResult
+from harness.scoring.extract import ExtractionError, run_pipeline
+from harness.scoring.scorers import Scorer, get_scorer
+from harness.suite import Case, Suite
+
+
+@lru_cache(maxsize=None)
+def scorer_for(suite: Suite) -> Scorer:
+    return get_scorer(suite.scorer, suite.scorer_options)
+
+
+def score_reply(suite: Suite, case: Case, model: str, nodeid: str, dataset: str, reply: dict[str, Any],
+                hook: Any = None) -> CaseResult:
+    """Score one reply; a model error, unusable output or a crashing scorer becomes a recorded
+    reason, never an exception. ``hook`` (a pytest hook relay) calls ``pytest_llm_case_result``.
+
+    The prompt is left out: the controller, which built the request, fills it in."""
+    result = CaseResult(
+        suite=suite.name, id=case.id, model=model, nodeid=nodeid, dataset=dataset, line=case.line,
+        prompt=None, target=case.target, output=reply.get("text"),
+        latency_ms=reply.get("latency_ms"), output_tokens=reply.get("output_tokens"),
+        metadata=case.metadata, error=reply.get("error"), cached=bool(reply.get("cached")),
+        attempts=reply.get("attempts"), ttft_ms=reply.get("ttft_ms"), tpot_ms=reply.get("tpot_ms"),
+        sent_at=reply.get("sent_at"), done_at=reply.get("done_at"), tool_calls=reply.get("tool_calls"),
+        attack=case.attack,
+    )
+    try:
+        _score(suite, case, result)
+    except Exception as exc:  # a scorer bug scores 0 with its reason; the run goes on
+        result.score, result.reason = 0.0, f"scorer raised {type(exc).__name__}: {exc}"
+    if hook is not None:
+        hook.pytest_llm_case_result(result=result, suite=suite, case=case)
+    # record-only suites leave `passed` unset: their gates alone judge
+    if suite.pass_rule is not None:
+        result.passed = result.error is None and parse_gate(suite.pass_rule).holds(result.score or 0.0)
+        if not result.passed and not result.reason:
+            result.reason = f"score {result.score:.3g} fails '{suite.pass_rule}'"
+    return result
+
+
+def _score(suite: Suite, case: Case, result: CaseResult) -> None:
+    if result.error:
+        result.score, result.reason = 0.0, f"model error: {result.error}"
+        return
+    if result.tool_calls and not result.output:
+        # a reply made of tool calls: they are the prediction, there is no text to extract from
+        result.extracted = result.tool_calls
+    else:
+        try:
+            result.extracted = run_pipeline(suite.extract, result.output or "")
+        except ExtractionError as exc:
+            result.extracted = ""
+            result.score, result.reason = 0.0, f"extraction failed: {exc}"
+            return
+    scored = scorer_for(suite).score(result.extracted, case.target, case)
+    result.score, result.reason, result.data = float(scored.value), scored.reason, dict(scored.data)

@@ -1,0 +1,197 @@
+"""The run's plan, made once when collection is known: which requests to send, and which cases
+each selected gate needs.
+
+A gate judges its whole suite. Cases it needs that were not selected as items (``-m llm_gate``,
+``--lf`` after a failed gate, ``-k gate``) are still generated and scored, by the controller,
+so the gate never passes on a subset. A gate on a robustness metric needs the perturbed copies
+too; the others need the clean cases. The plan waits for every selected case item as well,
+so a suite's figures never depend on which worker finished first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pytest
+
+from harness.collect import CaseItem, GateItem, case_item_name, cases_of, gate_item_name, relpath
+from harness.engines.client import Request
+from harness.gates import parse_gate
+from harness.results import CaseResult, SuiteResult
+from harness.suite import Case, Suite, SuiteError, suite_files_in, suite_for_dataset, suites_in
+
+CATALOG_KEY = pytest.StashKey["Catalog"]()
+
+
+class Catalog:
+    """A suite's cases by dataset, read once per process: collection records what it read."""
+
+    def __init__(self) -> None:
+        self._cases: dict[tuple[int, Path], list[Case]] = {}
+
+    def record(self, suite: Suite, dataset: Path, cases: list[Case]) -> None:
+        self._cases[(id(suite), dataset)] = cases
+
+    def cases(self, suite: Suite, dataset: Path) -> list[Case]:
+        key = (id(suite), dataset)
+        if key not in self._cases:
+            self._cases[key] = cases_of(suite, dataset)
+        return self._cases[key]
+
+
+def catalog(config: pytest.Config) -> Catalog:
+    if CATALOG_KEY not in config.stash:
+        config.stash[CATALOG_KEY] = Catalog()
+    return config.stash[CATALOG_KEY]
+
+
+@dataclass(frozen=True)
+class CaseRef:
+    nodeid: str
+    suite: Suite
+    case: Case
+    model: str
+    dataset: str  # relative to the root, as reports show it
+
+
+@dataclass(frozen=True)
+class GateRef:
+    nodeid: str
+    suite: Suite
+    expr: str
+    model: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """One request to send: for a case item, or for a case a selected gate needs."""
+
+    ref: CaseRef
+    request: Request | None  # None: it could not be built (``error`` says why)
+    error: str | None = None
+
+    @property
+    def nodeid(self) -> str:
+        return self.ref.nodeid
+
+    @property
+    def model(self) -> str:
+        return self.ref.model
+
+
+@dataclass
+class SuiteRun:
+    """One suite on one model: its cases, the selected gates, and the results gathered so far."""
+
+    suite: Suite
+    model: str
+    total: int  # cases of the suite (copies included) on this model
+    gates: dict[str, str] = field(default_factory=dict)  # selected gate node id -> expression
+    missing: set[str] = field(default_factory=set)  # needed case node ids without a result yet
+    results: dict[str, CaseResult] = field(default_factory=dict)
+    result: SuiteResult | None = None  # set once judged
+
+
+@dataclass
+class Plan:
+    tasks: list[Task]  # selected case items in collection order, then the cases only gates need
+    pulled: list[Task]  # the cases only gates need: scored by the controller
+    runs: list[SuiteRun]
+    run_of: dict[str, SuiteRun]  # case or gate node id -> its suite run
+    refs: dict[str, CaseRef]  # every planned case by node id
+
+
+def refs_from_items(items: Iterable[pytest.Item], root: Path) -> tuple[list[CaseRef], list[GateRef]]:
+    cases, gates = [], []
+    for item in items:
+        if isinstance(item, CaseItem):
+            cases.append(CaseRef(item.nodeid, item.suite, item.case, item.model, relpath(item.path, root)))
+        elif isinstance(item, GateItem):
+            gates.append(GateRef(item.nodeid, item.suite, item.expr, item.model))
+    return cases, gates
+
+
+def refs_from_ids(ids: Iterable[str], root: Path, models: list[str],
+                  cases_for: Callable[[Suite, Path], list[Case]]) -> tuple[list[CaseRef], list[GateRef]]:
+    """The items an xdist worker collected, rebuilt from their node ids (the controller collects nothing)."""
+    wanted = list(ids)
+    files = dict.fromkeys(n.split("::", 1)[0] for n in wanted if "::" in n)
+    multi = len(models) > 1
+    known: dict[str, CaseRef | GateRef] = {}
+    for rel in files:
+        path = root / rel
+        try:
+            if path.suffix == ".jsonl":
+                suite = suite_for_dataset(path)
+                if suite is None:
+                    continue
+                dataset = path.resolve()
+                for case in cases_for(suite, dataset):
+                    for model in models:
+                        nodeid = f"{rel}::{case_item_name(case.id, model, multi)}"
+                        known[nodeid] = CaseRef(nodeid, suite, case, model, rel)
+            elif path in suite_files_in(path.parent):
+                for suite in suites_in(path.parent):
+                    if suite.path != path.resolve():
+                        continue
+                    for expr in suite.gates:
+                        expr = parse_gate(expr).expr
+                        for model in models:
+                            nodeid = f"{rel}::{gate_item_name(expr, model, multi)}"
+                            known[nodeid] = GateRef(nodeid, suite, expr, model)
+        except SuiteError:
+            continue  # the worker reported it as a collection error already
+    cases = [r for n in wanted if isinstance(r := known.get(n), CaseRef)]
+    gates = [r for n in wanted if isinstance(r := known.get(n), GateRef)]
+    return cases, gates
+
+
+def make_plan(cases: list[CaseRef], gates: list[GateRef], root: Path, models: list[str],
+              cases_for: Callable[[Suite, Path], list[Case]],
+              build: Callable[[CaseRef], Request]) -> Plan:
+    """Group the selected items by suite and model and add the cases their gates need."""
+    from harness.robustness import is_robustness_metric
+
+    multi = len(models) > 1
+    runs: dict[tuple[int, str], SuiteRun] = {}
+    every: dict[tuple[int, str], list[CaseRef]] = {}
+    run_of: dict[str, SuiteRun] = {}
+
+    def suite_run(suite: Suite, model: str) -> SuiteRun:
+        key = (id(suite), model)
+        if key not in runs:
+            refs = [CaseRef(f"{relpath(dataset, root)}::{case_item_name(case.id, model, multi)}", suite, case,
+                            model, relpath(dataset, root))
+                    for dataset in suite.datasets for case in cases_for(suite, dataset)]
+            runs[key] = SuiteRun(suite, model, len(refs))
+            every[key] = refs
+        return runs[key]
+
+    selected = {ref.nodeid for ref in cases}
+    for ref in cases:
+        run = suite_run(ref.suite, ref.model)
+        run.missing.add(ref.nodeid)
+        run_of[ref.nodeid] = run
+    pulled_refs: list[CaseRef] = []
+    for gate in gates:
+        run = suite_run(gate.suite, gate.model)
+        run.gates[gate.nodeid] = gate.expr
+        run_of[gate.nodeid] = run
+        with_copies = is_robustness_metric(parse_gate(gate.expr).metric)
+        for ref in every[(id(gate.suite), gate.model)]:
+            if (ref.case.attack is None or with_copies) and ref.nodeid not in selected and ref.nodeid not in run_of:
+                run.missing.add(ref.nodeid)
+                run_of[ref.nodeid] = run
+                pulled_refs.append(ref)
+    tasks = [_task(ref, build) for ref in [*cases, *pulled_refs]]
+    pulled = tasks[len(cases):]
+    return Plan(tasks, pulled, list(runs.values()), run_of, {t.nodeid: t.ref for t in tasks})
+
+
+def _task(ref: CaseRef, build: Callable[[CaseRef], Any]) -> Task:
+    try:
+        return Task(ref, build(ref))
+    except Exception as exc:  # noqa: BLE001 - a case whose request cannot be built is an error, not a crash
+        return Task(ref, None, f"request not built: {type(exc).__name__}: {exc}")

@@ -1,0 +1,404 @@
+"""The run on the controller: the one object that plans generation, gathers case results, concludes
+each suite once its cases are in (metrics, then gate verdicts) and hands the report writers a
+plain record.
+
+Created in ``pytest_configure`` only where it belongs (no xdist, or the xdist controller), kept
+in ``config.stash``, registered as a plugin for its own hooks and unregistered in
+``pytest_unconfigure``, as pytest's ``LogXML`` is. xdist workers never hold one: they read
+replies and verdicts from the run's board.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Generator, Iterable
+
+import pytest
+
+from harness.board import Board
+from harness.cache import cache_key
+from harness.engines.client import Reply
+from harness.plan import CaseRef, Plan, SuiteRun, Task, catalog, make_plan, refs_from_ids, refs_from_items
+from harness.results import CaseResult, SuiteResult
+from harness.run import RunState
+from harness.suite import Suite
+
+SESSION_KEY = pytest.StashKey["EvalSession"]()
+PLUGIN_NAME = "llm-harness-session"
+
+
+class EvalSession:
+    """Owns one evaluation run on the controller (see the module docstring)."""
+
+    def __init__(self, config: pytest.Config, state: RunState) -> None:
+        self.config = config
+        self.state = state
+        self.root = config.rootpath
+        self.started_at = datetime.now(timezone.utc)
+        self.session: pytest.Session | None = None
+        self.plan: Plan | None = None
+        self.generation_stats: dict[str, Any] = {}
+        self.suite_results: list[SuiteResult] = []
+        self.report_path: Path | None = None
+        self._board: Board | None = None
+        self._generation: Any = None
+        self._keys: dict[str, tuple[str, str]] = {}  # node id -> (cache key, model)
+        self._lock = threading.Lock()
+        self._pulled: threading.Thread | None = None
+        self._failures = 0
+        self._stray: list[CaseResult] = []  # results of cases outside the plan (none expected)
+        state.before_gate = self._before_gate
+
+    @property
+    def xdist(self) -> bool:
+        return self.config.pluginmanager.hasplugin("dsession")
+
+    # -- pytest hooks --------------------------------------------------------------------------
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.session = session
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, Any, Any]:
+        config = session.config
+        collection_failed = session.testsfailed and not config.option.continue_on_collection_errors
+        if not self.xdist and not config.option.collectonly and not collection_failed:
+            from harness.board import MemoryBoard
+
+            cases, gates = refs_from_items(session.items, self.root)
+            self._start(cases, gates, MemoryBoard())
+        try:
+            return (yield)
+        finally:
+            self._finish_generation()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        if self.plan is not None or self.config.option.collectonly:
+            return
+        self._load_conftests(ids)
+        cases, gates = refs_from_ids(ids, self.root, self.state.model_names, catalog(self.config).cases)
+        self._start(cases, gates, self.state.board())
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.plan is None:
+            return
+        raw = getattr(report, "llm_case", None)
+        if raw is not None and report.when == "call":
+            self._add(CaseResult.from_dict(raw))
+        elif report.failed and report.nodeid in self.plan.refs:
+            # a case item that ended without a result (a crashed worker, an internal error): an error, never lost
+            self._add(self._lost(report))
+        if report.failed and report.when in ("call", "???"):
+            self._failures += 1
+            maxfail = self.config.getoption("maxfail", 0) or 0
+            if maxfail and self._failures >= maxfail:
+                self._abandon(f"the run stopped after {self._failures} failure(s) (-x/--maxfail)")
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        output = getattr(node, "workeroutput", None) or {}
+        if output.get("shouldfail") or output.get("shouldstop"):
+            self._abandon("the run stopped before every case ran")
+
+    def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
+        self._abandon("interrupted")
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        from harness.engines.lease import stop_engines
+
+        # stopped before the reports are written, so each engine's log is complete
+        engines = stop_engines(self.state.runtime_dir)
+        if self.plan is None:
+            return
+        if self._pulled is not None:
+            self._pulled.join()
+        self._conclude_rest()
+        results = self.results()
+        if not results:
+            return
+        from harness.envelope import RunRecord, build_envelope, point_latest, report_dir
+        from harness.report import write_reports
+
+        out, is_run_dir = report_dir(self.root, self.config.getoption("llm_report_dir"),
+                                     self.config.getini("llm_reports"), self.state.run_id)
+        workers = int(getattr(self.config.option, "numprocesses", 0) or 0) if self.xdist else 0
+        record = RunRecord(self.state, self.started_at, self.root, self.suites(), results, self.suite_results,
+                           self.generation_stats)
+        envelope = build_envelope(record, list(self.config.invocation_params.args), workers, engines)
+        write_reports(envelope, out)
+        self.config.hook.pytest_llm_write_report(record=envelope, out_dir=out)
+        for engine in engines:
+            if engine.get("log") and Path(engine["log"]).exists():
+                shutil.copy(engine["log"], out / Path(engine["log"]).name)
+        if is_run_dir:
+            point_latest(out)
+        self.report_path = out
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.suite_results:
+            return
+        from harness.summary import render_table, summary_rows
+
+        terminalreporter.section("llm-harness summary")
+        for line in render_table(summary_rows(self.suite_results)):
+            terminalreporter.write_line(line)
+        if self.report_path is not None:
+            terminalreporter.write_line(f"reports: {self.report_path}")
+
+    # -- planning and generation ----------------------------------------------------------------
+    def _hook(self, suite: Suite) -> Any:
+        """The hooks that apply to a suite's folder (conftest.py files above it included)."""
+        return self.session.gethookproxy(suite.path) if self.session is not None else self.config.hook
+
+    def _load_conftests(self, ids: Iterable[str]) -> None:
+        """Load the conftest.py files of every folder the workers collected, as collection would:
+        scorers and hooks they define then work on the controller too."""
+        if self.session is None:
+            return
+        folders = dict.fromkeys((self.root / nodeid.split("::", 1)[0]).parent for nodeid in ids if "::" in nodeid)
+        for folder in folders:
+            if folder.is_dir():
+                # a Dir's collect report is where pytest loads a folder's conftest.py files
+                self.config.hook.pytest_make_collect_report(collector=pytest.Dir.from_parent(self.session, path=folder))
+
+    def _start(self, cases: list[CaseRef], gates: list[Any], board: Board) -> None:
+        """Plan; answer what the cache holds; start the engines the rest needs and start sending it.
+
+        Returns once the first case is answered; the rest arrives on the board while items run."""
+        from harness.prompts import build_request
+
+        stream = self.state.settings.stream
+        self.state.use_board(board)
+        self._board = board
+        self.plan = plan = make_plan(
+            cases, gates, self.root, self.state.model_names, catalog(self.config).cases,
+            lambda ref: build_request(ref.suite, ref.case, ref.model, stream, hook=self._hook(ref.suite)))
+        for run in plan.runs:
+            if run.gates and not run.missing:
+                self._conclude(run)
+        if not plan.tasks:
+            board.finish()
+            return
+        board.plan(t.nodeid for t in plan.tasks)
+        board.put_many((t.nodeid, Reply(None, t.error, 0.0).to_dict()) for t in plan.tasks if t.request is None)
+        sendable = [t for t in plan.tasks if t.request is not None]
+        pending = self._from_cache(sendable, board)
+        self.generation_stats = {"cases": len(plan.tasks), "cached": len(sendable) - len(pending),
+                                 "gate_only_cases": len(plan.pulled)}
+        if plan.pulled:
+            self._pulled = threading.Thread(target=self._score_pulled, name="llm-harness-gate-cases", daemon=True)
+            self._pulled.start()
+        if not pending:
+            board.finish()
+            return
+        self._send(pending, board)
+
+    def _send(self, pending: list[Task], board: Board) -> None:
+        from harness.engines.managed import EngineStartError
+        from harness.generation import Generation, GenerationAborted
+
+        settings = self.state.settings
+        models = list(dict.fromkeys(t.model for t in pending))
+        try:
+            clients = {model: self._client(model) for model in models}
+        except EngineStartError as exc:
+            board.finish(f"engine did not start: {exc}")
+            pytest.exit(f"llm-harness: {exc}", returncode=pytest.ExitCode.INTERNAL_ERROR)
+        self._generation = Generation(pending, clients, settings.concurrency, board, self._to_cache,
+                                      passes=settings.retry_passes)
+        self._say(f"llm-harness: sending {len(pending)} requests to {', '.join(models)}, "
+                  f"at most {settings.concurrency} in flight")
+        self._generation.start()
+        try:
+            self._generation.wait_first()
+        except GenerationAborted as exc:
+            pytest.exit(f"llm-harness: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+        except BaseException:
+            self._generation.cancel()
+            raise
+
+    def _finish_generation(self) -> None:
+        """After the items: stop what is still being sent (-x, Ctrl-C), keep the run's figures."""
+        generation = self._generation
+        if generation is None:
+            return
+        if not generation.finished():
+            generation.cancel()
+        generation.join()
+        self.generation_stats.update(generation.stats())
+        self._generation = None
+
+    def _from_cache(self, tasks: list[Task], board: Board) -> list[Task]:
+        """Put cached replies on the board; return the tasks still to send."""
+        cache = self.state.response_cache()
+        if cache is None:
+            return tasks
+        identities = {model: self.state.model_identity(model) for model in dict.fromkeys(t.model for t in tasks)}
+        self._keys = {t.nodeid: (cache_key(identities[t.model], t.request), t.model) for t in tasks}
+        hits = cache.get_many(key for key, _ in self._keys.values())
+        cached = [(t.nodeid, {**hits[self._keys[t.nodeid][0]], "cached": True}) for t in tasks
+                  if self._keys[t.nodeid][0] in hits]
+        board.put_many(cached)
+        if cached:
+            self._say(f"llm-harness: {len(cached)} of {len(tasks)} replies from the cache ({cache.path})")
+        return [t for t in tasks if self._keys[t.nodeid][0] not in hits]
+
+    def _to_cache(self, replies: list[tuple[str, dict[str, Any]]]) -> None:
+        """Successful replies go into the cache as they arrive: a killed run resumes."""
+        cache = self.state.response_cache()
+        if cache is not None:
+            cache.put_many((*self._keys[nodeid], reply) for nodeid, reply in replies)
+
+    def _client(self, model: str) -> Any:
+        spec = self.state.spec(model)
+        started = time.monotonic()
+        loads = spec.managed or spec.in_process
+        if loads:
+            note = " (a first run also converts the model: 1-2 min)" if spec.engine == "bundled" else ""
+            self._say(f"llm-harness: starting {spec.engine} for {model}{note}")
+        client = self.state.client(model)
+        if loads:
+            where = self.state.engine(model).get("base_url") or "in this process"
+            self._say(f"llm-harness: {model} ready at {where} in {time.monotonic() - started:.1f} s")
+        return client
+
+    def _say(self, text: str) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and self.config.get_verbosity() >= -1:
+            reporter.ensure_newline()
+            reporter.write_line(text)
+
+    # -- results and verdicts --------------------------------------------------------------------
+    def _score_pulled(self) -> None:
+        """Score the cases only gates need, as their replies arrive (generation posts them in order)."""
+        from harness.case_scoring import score_reply
+
+        assert self.plan is not None and self._board is not None
+        for task in self.plan.pulled:
+            ref = task.ref
+            reply = self._board.wait(ref.nodeid) or Reply(None, "no reply: generation stopped first", 0.0).to_dict()
+            self._add(score_reply(ref.suite, ref.case, ref.model, ref.nodeid, ref.dataset, reply, self._hook(ref.suite)))
+
+    def _before_gate(self, nodeid: str) -> None:
+        """A gate item about to run in this process (no xdist): cases of its suite whose items have not
+        run yet (an item order changed by another plugin) are scored here, so the gate never waits on them."""
+        from harness.case_scoring import score_reply
+
+        if self.plan is None or self.xdist or nodeid not in self.plan.run_of:
+            return
+        run = self.plan.run_of[nodeid]
+        pulled = {t.nodeid for t in self.plan.pulled}
+        for missing in sorted(run.missing - pulled):
+            ref = self.plan.refs[missing]
+            reply = self.state.planned_reply(missing)
+            self._add(score_reply(ref.suite, ref.case, ref.model, ref.nodeid, ref.dataset, reply, self._hook(ref.suite)))
+
+    def _lost(self, report: pytest.TestReport) -> CaseResult:
+        assert self.plan is not None
+        ref = self.plan.refs[report.nodeid]
+        lines = str(report.longrepr or "").strip().splitlines()
+        reason = lines[-1] if lines else "no result"
+        if report.when == "???":
+            reason = f"worker crashed: {reason}"
+        return CaseResult(ref.suite.name, ref.case.id, ref.model, ref.nodeid, ref.dataset, ref.case.line, None,
+                          ref.case.target, score=0.0, passed=False if ref.suite.pass_rule else None,
+                          reason=reason, error=reason, metadata=ref.case.metadata, attack=ref.case.attack)
+
+    def _add(self, result: CaseResult) -> None:
+        assert self.plan is not None
+        with self._lock:
+            run = self.plan.run_of.get(result.nodeid)
+            if run is None:
+                self._stray.append(result)
+                return
+            if result.nodeid in run.results:
+                return  # the first result of a case counts (an item scored early for its gate, then run)
+            if result.prompt is None:
+                result.prompt = self._prompt(result.nodeid)
+            run.results[result.nodeid] = result
+            run.missing.discard(result.nodeid)
+            ready = bool(run.gates) and not run.missing and run.result is None
+            if ready:
+                run.result = _PENDING
+        if ready:
+            self._conclude(run)
+
+    def _prompt(self, nodeid: str) -> Any:
+        task = self._tasks().get(nodeid)
+        return task.request.prompt if task is not None and task.request is not None else None
+
+    def _tasks(self) -> dict[str, Task]:
+        assert self.plan is not None
+        if not hasattr(self, "_task_index"):
+            self._task_index = {t.nodeid: t for t in self.plan.tasks}
+        return self._task_index
+
+    def _conclude(self, run: SuiteRun, stopped: str | None = None) -> None:
+        """Metrics of one suite on one model, its gates held to them, their verdicts posted."""
+        from harness.suite_metrics import suite_result
+
+        from harness.gates import parse_gate, unjudged_gate
+
+        results = self._ordered(run.results.values())
+        judged = set() if stopped else set(run.gates.values())
+        reason = f"{stopped}: judged {len(results)} of {run.total} cases" if stopped else None
+        try:
+            run.result = suite_result(run.suite, run.model, results, run.total, judged, self._hook(run.suite),
+                                      **({"unjudged_reason": reason} if reason else {}))
+        except Exception as exc:  # a hook or scorer bug fails the suite's gates with the reason; nothing waits forever
+            failed = f"suite metrics raised {type(exc).__name__}: {exc}"
+            gates = [unjudged_gate(parse_gate(expr), None, failed) for expr in run.suite.gates]
+            for gate in gates:
+                gate.status = "failed"
+            run.result = SuiteResult(run.suite.name, run.model, run.suite.scorer, {}, gates, len(results), run.total,
+                                     len(results) < run.total)
+        by_expr = {g.expr: g for g in run.result.gates}
+        assert self._board is not None
+        self._board.put_verdicts(
+            (nodeid, {"gate": by_expr[expr].to_dict(), "cases": run.result.cases, "total_cases": run.total})
+            for nodeid, expr in run.gates.items())
+
+    def _abandon(self, why: str) -> None:
+        """The run stops before some suites are complete: their gates skip, so no worker waits forever."""
+        if self.plan is None:
+            return
+        with self._lock:
+            runs = [run for run in self.plan.runs if run.gates and run.result is None]
+            for run in runs:
+                run.result = _PENDING
+        for run in runs:
+            self._conclude(run, stopped=why)
+
+    def _conclude_rest(self) -> None:
+        """At the end: suites without selected gates (or stopped early) get their metrics too."""
+        assert self.plan is not None
+        for run in self.plan.runs:
+            if run.result is None and (run.results or run.gates):
+                if run.gates and run.missing:
+                    self._conclude(run, stopped="the run ended before every case ran")
+                else:
+                    self._conclude(run)
+        models = {name: index for index, name in enumerate(self.state.model_names)}
+        concluded = [run.result for run in self.plan.runs if run.result is not None and run.result is not _PENDING]
+        self.suite_results = sorted(concluded, key=lambda r: (r.name, models.get(r.model, 0)))
+
+    def _ordered(self, results: Iterable[CaseResult]) -> list[CaseResult]:
+        # reports list cases in data order, whichever worker finished first
+        models = {name: index for index, name in enumerate(self.state.model_names)}
+        return sorted(results, key=lambda r: (r.suite, r.dataset, r.line, r.attack or "", models.get(r.model, 0)))
+
+    def results(self) -> list[CaseResult]:
+        assert self.plan is not None
+        return self._ordered([r for run in self.plan.runs for r in run.results.values()] + self._stray)
+
+    def suites(self) -> list[Suite]:
+        assert self.plan is not None
+        return list({id(run.suite): run.suite for run in self.plan.runs if run.results}.values())
+
+
+# a suite run being concluded by another thread
+_PENDING: Any = SuiteResult("", "", "", {}, [], 0, 0, False)
