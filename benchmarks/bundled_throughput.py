@@ -29,7 +29,7 @@ from harness.engines.managed import free_port, stop_pid, wait_ready  # noqa: E40
 
 
 def suite_requests(evals: Path) -> list[tuple[str, dict]]:
-    from harness.generation import build_request
+    from harness.prompts import build_request
     from harness.suite import load_cases, suite_files_in, load_suite
 
     requests = []

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import pytest
+import numpy  # noqa: F401 - loaded before any pytester test: pytester drops modules first imported during a
+import pytest  # test, and numpy's C core cannot be imported twice in one process
 import yaml
 
 from harness.engines.managed import free_port, model_listed

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from harness.gates import judge, parse_gate
+from harness.gates import evaluate_gate, parse_gate
 from harness.results import CaseResult
 from harness.scoring.checklist import (
     format_compliance,
@@ -280,7 +280,7 @@ def test_empty_response_model_scores_zero_on_every_metric() -> None:
     assert metrics["key_point_coverage"] == metrics["format_compliance"] == metrics["refusal_accuracy"] == 0.0
     assert metrics["key_point_coverage.upper"] < 0.85
     for gate in ("key_point_coverage > 0.85", "format_compliance > 0.9", "refusal_accuracy > 0.8"):
-        assert judge(parse_gate(gate), metrics).status == "failed"
+        assert evaluate_gate(parse_gate(gate), metrics).status == "failed"
     # the single-metric scorers agree
     assert get_scorer("key_points").score("", ["a"], None).value == 0.0
     assert get_scorer("format_compliance").score("", TEMPLATE, None).value == 0.0

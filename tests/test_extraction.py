@@ -33,7 +33,7 @@ def test_first_of_failure_names_every_alternative() -> None:
 
 
 def test_failed_extraction_scores_zero_with_its_reason(tmp_path: Path) -> None:
-    from harness.judge import judge_case
+    from harness.case_scoring import score_reply
     from harness.suite import load_cases
 
     (tmp_path / "suite.yaml").write_text(
@@ -41,10 +41,10 @@ def test_failed_extraction_scores_zero_with_its_reason(tmp_path: Path) -> None:
     (tmp_path / "c.jsonl").write_text('{"id": "a", "input": "q", "target": "12"}\n')
     suite = load_suite(tmp_path / "suite.yaml")
     case = load_cases(suite, suite.datasets[0])[0]
-    result = judge_case(suite, case, "m", "n", "c.jsonl", {"text": "twelve"})
+    result = score_reply(suite, case, "m", "n", "c.jsonl", {"text": "twelve"})
     assert (result.score, result.extracted) == (0.0, "")
     assert result.reason.startswith("extraction failed: no alternative succeeded")
-    assert judge_case(suite, case, "m", "n", "c.jsonl", {"text": "It is 12.0 in total."}).score == 1.0
+    assert score_reply(suite, case, "m", "n", "c.jsonl", {"text": "It is 12.0 in total."}).score == 1.0
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from harness.aggregate import throughput
+from harness.suite_metrics import throughput
 from harness.report.indicators import latency_indicator, throughput_indicator
 from harness.results import CaseResult
 from tests.conftest import answer_cases, write_suite

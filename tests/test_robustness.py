@@ -194,10 +194,15 @@ def test_robustness_suite_end_to_end(pytester: pytest.Pytester, stub_url: str, w
 def test_robustness_copies_can_be_deselected_by_marker(pytester: pytest.Pytester, stub_url: str) -> None:
     cases = [{"id": i, "input": f"ANSWER: {answer}", "target": target} for i, answer, target in CASES]
     write_suite(pytester.path / "evals", "qa", cases, robustness={"attacks": ["typos", "casing"]},
-                gates=["accuracy_drop <= 0.5"], **{"pass": "record"})
+                gates=["accuracy_drop <= 0.5", "accuracy >= 0.5"], **{"pass": "record"})
     result = pytester.runpytest_subprocess("--llm-base-url", stub_url, "--llm-model", "stub", "--llm-cache", "off",
                                            "--llm-report-dir", "out", "evals", "-m", "not llm_robustness", timeout=60)
-    result.assert_outcomes(passed=len(CASES), skipped=1)  # the gate judges the whole suite: skipped on a subset
+    # the gate on the copies is deselected with them; the clean gate is judged on the clean cases that ran
+    result.assert_outcomes(passed=len(CASES) + 1)
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    assert [(g["expr"], g["status"]) for g in report["suites"][0]["gates"]] == [
+        ("accuracy_drop <= 0.5", "skipped"), ("accuracy >= 0.5", "passed")]
+    assert len(report["cases"]) == len(CASES)
     result = pytester.runpytest_subprocess("--collect-only", "-q", "--llm-base-url", stub_url, "--llm-model", "stub",
                                            "evals", "-k", "typos", timeout=60)
     assert sum("~typos" in line for line in result.outlines) == len(CASES)
@@ -217,7 +222,7 @@ def test_drop_equals_clean_minus_perturbed_on_random_predictions(rows: list[tupl
 
 
 def test_suite_quality_metrics_and_tables_are_the_clean_cases(tmp_path: Path) -> None:
-    from harness.aggregate import judge_suite
+    from harness.suite_metrics import suite_result
 
     (tmp_path / "c.jsonl").write_text("".join(json.dumps({"id": str(i), "input": "q", "target": label}) + "\n"
                                               for i, label in enumerate(["pos", "neg"] * 3)))
@@ -227,7 +232,7 @@ def test_suite_quality_metrics_and_tables_are_the_clean_cases(tmp_path: Path) ->
     clean = [_result(str(i), label, label) for i, label in enumerate(["pos", "neg"] * 3)]
     copies = [_result(f"{i}~typos", label, "pos", "typos") for i, label in enumerate(["pos", "neg"] * 3)]
     copies[1].error = "boom"
-    result = judge_suite(suite, "m", clean + copies, 12)
+    result = suite_result(suite, "m", clean + copies, 12)
     assert result.metrics["f1"] == 1.0 and result.metrics["cases"] == 6
     assert result.metrics["error_rate"] == 1 / 12  # operational figures count every request
     assert sum(map(sum, result.tables["confusion"]["matrix"])) == 6
@@ -235,13 +240,13 @@ def test_suite_quality_metrics_and_tables_are_the_clean_cases(tmp_path: Path) ->
 
 
 def test_an_unknown_compared_metric_fails_its_gate_naming_the_metrics(tmp_path: Path) -> None:
-    from harness.aggregate import judge_suite
+    from harness.suite_metrics import suite_result
 
     (tmp_path / "c.jsonl").write_text('{"id": "0", "input": "q", "target": "pos"}\n')
     (tmp_path / "suite.yaml").write_text("dataset: c.jsonl\nscorer: {name: classification_f1}\npass: record\n"
                                          "robustness: {attacks: [typos], metric: f2}\ngates: ['f2_drop <= 0.1']\n")
     suite = load_suite(tmp_path / "suite.yaml")
-    result = judge_suite(suite, "m", [_result("0", "pos", "pos"), _result("0~typos", "pos", "neg", "typos")], 2)
+    result = suite_result(suite, "m", [_result("0", "pos", "pos"), _result("0~typos", "pos", "neg", "typos")], 2)
     gate = result.gates[0]
     assert gate.status == "failed" and gate.reason.startswith("unknown metric 'f2_drop'; this suite has:")
     assert "f1" in gate.reason and result.metrics["perturbed_cases"] == 1

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.gates import OPS, Gate, judge, parse_gate
+from harness.gates import OPS, Gate, evaluate_gate, parse_gate, unjudged_gate
 from harness.prompts import CHAT_TEMPLATES, render, render_messages
 from harness.results import CaseResult
 from harness.scoring.extract import (
@@ -96,7 +96,7 @@ def test_gate_holds_uses_its_operator(op: str, value: float, holds: bool) -> Non
 
 
 def test_judge_passed_records_value_and_threshold() -> None:
-    result = judge(parse_gate("f1 >= 0.75"), {"f1": 0.8, "accuracy": 0.9})
+    result = evaluate_gate(parse_gate("f1 >= 0.75"), {"f1": 0.8, "accuracy": 0.9})
     assert result.status == "passed"
     assert result.passed is True
     assert (result.expr, result.metric, result.op, result.threshold, result.value) == ("f1 >= 0.75", "f1", ">=", 0.75, 0.8)
@@ -104,7 +104,7 @@ def test_judge_passed_records_value_and_threshold() -> None:
 
 
 def test_judge_failed_says_what_was_needed() -> None:
-    result = judge(parse_gate("latency_p99_ms <= 300"), {"latency_p99_ms": 412.5})
+    result = evaluate_gate(parse_gate("latency_p99_ms <= 300"), {"latency_p99_ms": 412.5})
     assert result.status == "failed"
     assert result.passed is False
     assert result.value == 412.5
@@ -113,7 +113,7 @@ def test_judge_failed_says_what_was_needed() -> None:
 
 
 def test_judge_unknown_metric_fails_and_lists_the_known_metrics() -> None:
-    result = judge(parse_gate("f1 >= 0.5"), {"accuracy": 1.0, "error_rate": 0.0})
+    result = evaluate_gate(parse_gate("f1 >= 0.5"), {"accuracy": 1.0, "error_rate": 0.0})
     assert result.status == "failed"
     assert result.value is None
     assert "unknown metric 'f1'" in result.reason
@@ -122,13 +122,13 @@ def test_judge_unknown_metric_fails_and_lists_the_known_metrics() -> None:
 
 @pytest.mark.parametrize("value", [None, float("nan")])
 def test_judge_metric_without_value_fails(value: float | None) -> None:
-    result = judge(parse_gate("f1 >= 0.5"), {"f1": value})
+    result = evaluate_gate(parse_gate("f1 >= 0.5"), {"f1": value})
     assert result.status == "failed"
     assert "no value" in result.reason
 
 
-def test_judge_with_subset_reason_skips_even_a_failing_gate() -> None:
-    result = judge(parse_gate("f1 >= 0.75"), {"f1": 0.1}, subset_reason="only 3 of 40 cases ran (-k)")
+def test_an_unjudged_gate_is_skipped_with_its_reason_and_value() -> None:
+    result = unjudged_gate(parse_gate("f1 >= 0.75"), 0.1, "only 3 of 40 cases ran (-k)")
     assert result.status == "skipped"
     assert result.passed is None
     assert result.reason == "only 3 of 40 cases ran (-k)"
@@ -136,8 +136,8 @@ def test_judge_with_subset_reason_skips_even_a_failing_gate() -> None:
 
 
 def test_judge_equality_gate_on_zero() -> None:
-    assert judge(parse_gate("error_rate == 0"), {"error_rate": 0.0}).status == "passed"
-    assert judge(parse_gate("error_rate == 0"), {"error_rate": 0.05}).status == "failed"
+    assert evaluate_gate(parse_gate("error_rate == 0"), {"error_rate": 0.0}).status == "passed"
+    assert evaluate_gate(parse_gate("error_rate == 0"), {"error_rate": 0.05}).status == "failed"
 
 
 # --------------------------------------------------------------------------------------
