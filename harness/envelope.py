@@ -35,9 +35,12 @@ def build_envelope(record: RunRecord, args: list[str], workers: int,
     finished = datetime.now(timezone.utc)
     commit, dirty = git_state(record.root)
     suites = record.suites
-    engines = {spec.name: state.engine(spec.name) for spec in state.models if not spec.managed}
-    engines.update({engine["model"]: engine for engine in managed_engines})
     used_models = {r.model for r in record.results}
+    engines = state.started_engines()
+    for spec in state.models:  # a remote server answered from the cache alone still gets its record
+        if spec.name in used_models and spec.name not in engines and not state.engine_of(spec.name).loads:
+            engines[spec.name] = state.engine(spec.name)
+    engines.update({engine["model"]: engine for engine in managed_engines})
     run: dict[str, Any] = {
         "id": state.run_id,
         "started_at": record.started_at.isoformat(timespec="seconds"),
@@ -49,7 +52,7 @@ def build_envelope(record: RunRecord, args: list[str], workers: int,
         "rootdir": str(record.root),
         "pytest_args": args,
         "xdist_workers": workers,
-        "models": [model_metadata(spec, engines.get(spec.name)) for spec in state.models
+        "models": [model_metadata(spec, state.engine_of(spec.name), engines.get(spec.name)) for spec in state.models
                    if spec.name in used_models],
         "generation": {"concurrency": state.settings.concurrency, "timeout_s": state.settings.timeout_s,
                        "retries": state.settings.retries, "deadline_s": state.settings.deadline_s,

@@ -32,16 +32,9 @@ def git_state(root: Path) -> tuple[str | None, bool | None]:
     return commit, dirty if commit else None
 
 
-def model_metadata(spec: Any, engine: dict[str, Any] | None) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": spec.name, "source": spec.base_url, "weights_sha256": None,
-                             "engine": None}
-    if spec.engine != "openai" and spec.engine != "bundled":
-        entry["source"] = spec.model_path
-    if spec.engine == "bundled":
-        from harness.engines.bundled import bundled_sha256, bundled_source
-
-        entry["source"] = bundled_source()
-        entry["weights_sha256"] = bundled_sha256()
+def model_metadata(spec: Any, kind: Any, engine: dict[str, Any] | None) -> dict[str, Any]:
+    """A model's entry in report.json: its source (from its engine kind) and the engine's record."""
+    entry: dict[str, Any] = {"name": spec.name, **kind.metadata(engine), "engine": None}
     if engine is not None:
         entry["engine"] = {k: engine.get(k) for k in ("kind", "base_url", "base_urls", "launch", "ready_s")}
         if engine.get("log"):

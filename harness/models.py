@@ -11,12 +11,7 @@ import yaml
 from harness.engines.bundled import BUNDLED_MODEL_NAME
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
-# remote: a server someone else runs; managed: a server the harness starts and stops;
-# in-process: an engine loaded into the controller itself
-REMOTE = "openai"
-MANAGED_ENGINES = ("bundled", "vllm", "sglang", "llama-cpp")
-IN_PROCESS_ENGINES = ("vllm-offline",)
-ENGINES = (REMOTE, *MANAGED_ENGINES, *IN_PROCESS_ENGINES)
+REMOTE = "openai"  # a server someone else runs; every other kind is in harness.engines.registry
 _KEYS = {"name", "base_url", "base_urls", "api_key_env", "engine", "model_path", "options", "args", "gpus"}
 
 
@@ -36,14 +31,6 @@ class ModelSpec:
     @property
     def base_url(self) -> str | None:
         return self.base_urls[0] if self.base_urls else None
-
-    @property
-    def managed(self) -> bool:
-        return self.engine in MANAGED_ENGINES
-
-    @property
-    def in_process(self) -> bool:
-        return self.engine in IN_PROCESS_ENGINES
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "base_urls": list(self.base_urls), "api_key_env": self.api_key_env,
@@ -80,14 +67,17 @@ def parse_gpus(value: str | None) -> tuple[int, ...] | None:
 
 
 def resolve_models(names: list[str], base_url: str | None, api_key_env: str | None,
-                   models_file: str | None, rootdir: Path, gpus: str | None = None) -> list[ModelSpec]:
-    """Models from `--llm-model`/`--llm-base-url` and/or a models file; the bundled model by default."""
+                   models_file: str | None, rootdir: Path, gpus: str | None = None,
+                   hook: Any = None) -> list[ModelSpec]:
+    """Models from `--llm-model`/`--llm-base-url` and/or a models file; the bundled model by default.
+
+    ``hook`` (a pytest hook relay) lets ``pytest_llm_make_engine`` accept engine kinds the registry lacks."""
     key_env = api_key_env or DEFAULT_API_KEY_ENV
     default_gpus = parse_gpus(gpus)
     specs: list[ModelSpec] = []
     if models_file:
         specs.extend(_read_models_file(rootdir / models_file if not Path(models_file).is_absolute()
-                                       else Path(models_file), key_env, default_gpus))
+                                       else Path(models_file), key_env, default_gpus, hook))
     urls = split_urls(base_url)
     if urls and not names:
         raise ModelConfigError("--llm-base-url needs --llm-model NAME: the model name the server lists")
@@ -110,7 +100,8 @@ def resolve_models(names: list[str], base_url: str | None, api_key_env: str | No
     return specs
 
 
-def _read_models_file(path: Path, key_env: str, default_gpus: tuple[int, ...] | None) -> list[ModelSpec]:
+def _read_models_file(path: Path, key_env: str, default_gpus: tuple[int, ...] | None,
+                      hook: Any = None) -> list[ModelSpec]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
@@ -118,10 +109,11 @@ def _read_models_file(path: Path, key_env: str, default_gpus: tuple[int, ...] | 
     entries = raw.get("models") if isinstance(raw, dict) else raw
     if not isinstance(entries, list):
         raise ModelConfigError(f"{path}: expected a list of models (or a mapping with 'models')")
-    return [_entry(path, index, entry, key_env, default_gpus) for index, entry in enumerate(entries, 1)]
+    return [_entry(path, index, entry, key_env, default_gpus, hook) for index, entry in enumerate(entries, 1)]
 
 
-def _entry(path: Path, index: int, entry: Any, key_env: str, default_gpus: tuple[int, ...] | None) -> ModelSpec:
+def _entry(path: Path, index: int, entry: Any, key_env: str, default_gpus: tuple[int, ...] | None,
+           hook: Any = None) -> ModelSpec:
     if isinstance(entry, str):
         entry = {"name": entry}
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
@@ -133,18 +125,8 @@ def _entry(path: Path, index: int, entry: Any, key_env: str, default_gpus: tuple
                                f"(known: {', '.join(sorted(_KEYS))})")
     urls = split_urls(entry.get("base_urls") or entry.get("base_url"))
     engine = entry.get("engine") or (REMOTE if urls else "bundled")
-    if engine not in ENGINES:
-        raise ModelConfigError(f"{path}: model {name!r}: engine must be one of {', '.join(ENGINES)}, not {engine!r}")
-    if engine == REMOTE and not urls:
-        raise ModelConfigError(f"{path}: model {name!r} needs a base_url")
-    if engine == "bundled" and name != BUNDLED_MODEL_NAME:
-        raise ModelConfigError(f"{path}: model {name!r} needs a base_url, or an engine "
-                               f"({', '.join(e for e in ENGINES if e not in (REMOTE, 'bundled'))}) and a model_path")
-    if engine not in (REMOTE, "bundled") and not entry.get("model_path"):
-        raise ModelConfigError(f"{path}: model {name!r}: engine {engine} needs a model_path")
-    if engine != REMOTE and urls:
-        raise ModelConfigError(f"{path}: model {name!r}: base_url is for engine openai; "
-                               f"engine {engine} is started by the harness")
+    if not isinstance(engine, str):
+        raise ModelConfigError(f"{path}: model {name!r}: engine must be a name, not {engine!r}")
     options = entry.get("options") or {}
     if not isinstance(options, dict):
         raise ModelConfigError(f"{path}: model {name!r}: options must be a mapping")
@@ -152,6 +134,24 @@ def _entry(path: Path, index: int, entry: Any, key_env: str, default_gpus: tuple
     if not isinstance(args, list):
         raise ModelConfigError(f"{path}: model {name!r}: args must be a list")
     gpus = entry.get("gpus")
-    return ModelSpec(name, urls, entry.get("api_key_env") or key_env, engine, entry.get("model_path"),
+    spec = ModelSpec(name, urls, entry.get("api_key_env") or key_env, engine, entry.get("model_path"),
                      dict(options), tuple(str(a) for a in args),
                      tuple(int(g) for g in gpus) if gpus is not None else default_gpus)
+    problem = _engine_problem(spec, hook)
+    if problem:
+        raise ModelConfigError(f"{path}: model {name!r}: {problem}")
+    return spec
+
+
+def _engine_problem(spec: ModelSpec, hook: Any) -> str | None:
+    from harness.engines.registry import engine_class, known_kinds
+
+    try:
+        cls = engine_class(spec.engine)
+    except (ImportError, TypeError) as exc:
+        return f"engine {spec.engine!r} could not be loaded: {exc}"
+    if cls is None:
+        if hook is not None and hook.pytest_llm_make_engine(spec=spec) is not None:
+            return None
+        return f"engine must be one of {', '.join(known_kinds())}, not {spec.engine!r}"
+    return cls.check(spec)

@@ -97,16 +97,18 @@ def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and WORKERINPUT_KEY in workerinput:
         config.stash[STATE_KEY] = RunState.from_workerinput(workerinput[WORKERINPUT_KEY])
+        config.stash[STATE_KEY].hook = config.hook
         return
     from harness.models import ModelConfigError, resolve_models
 
     try:
         models = resolve_models(list(_value(config, "llm_model") or []), _value(config, "llm_base_url"),
                                 _value(config, "llm_api_key_env"), _value(config, "llm_models_file"),
-                                config.rootpath, _value(config, "llm_gpus"))
+                                config.rootpath, _value(config, "llm_gpus"), config.hook)
     except ModelConfigError as exc:
         raise pytest.UsageError(f"llm-harness: {exc}") from exc
     state = RunState.new(models, _settings(config))
+    state.hook = config.hook
     config.stash[STATE_KEY] = state
     from harness.session import PLUGIN_NAME, SESSION_KEY, EvalSession
 

@@ -17,11 +17,10 @@ from typing import Any, Callable
 import pytest
 
 from harness.board import Board, SqliteBoard
-from harness.engines.client import OpenAICompatClient, Reply
+from harness.engines.client import Reply
 from harness.engines.limiter import AdaptiveLimit
-from harness.engines.lease import api_key, ensure_engine
 from harness.engines.loop import run_sync
-from harness.engines.managed import wait_ready
+from harness.engines.registry import Engine, EngineContext, make_engine
 from harness.models import ModelSpec
 from harness.cache import ResponseCache
 
@@ -58,8 +57,10 @@ class RunState:
     _board: Board | None = field(default=None, repr=False)
     _limiter: AdaptiveLimit | None = field(default=None, repr=False)
     _engines: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
-    _clients: dict[str, OpenAICompatClient] = field(default_factory=dict, repr=False)
+    _clients: dict[str, Any] = field(default_factory=dict, repr=False)
     _cache: ResponseCache | None = field(default=None, repr=False)
+    _kinds: dict[str, Engine] = field(default_factory=dict, repr=False)
+    hook: Any = field(default=None, repr=False)  # pytest's hook relay, for pytest_llm_make_engine
     # the controller's hook for a gate item that runs in its own process (no xdist)
     before_gate: Callable[[str], None] | None = field(default=None, repr=False)
 
@@ -116,63 +117,43 @@ class RunState:
             self._cache = ResponseCache(path, self.settings.cache_mode)
         return self._cache
 
+    def context(self) -> EngineContext:
+        return EngineContext(self.runtime_dir, self.owner_pid, self.is_controller, self.settings, self.limiter())
+
+    def engine_of(self, model: str) -> Engine:
+        """The engine kind serving a model (from a pytest_llm_make_engine hook or the registry)."""
+        if model not in self._kinds:
+            self._kinds[model] = make_engine(self.spec(model), self.hook)
+        return self._kinds[model]
+
     def model_identity(self, model: str) -> dict[str, Any]:
         """What makes two replies interchangeable: name, engine kind, weights when known."""
-        spec = self.spec(model)
-        if spec.engine == "bundled":
-            from harness.engines.bundled import bundled_sha256
-
-            return {"name": model, "engine": "bundled-cpu", "weights_sha256": bundled_sha256()}
-        if spec.engine == "openai":
-            return {"name": model, "engine": "openai-compatible"}
-        return {"name": model, "engine": spec.engine, "model_path": spec.model_path,
-                "revision": spec.options.get("revision")}
+        return self.engine_of(model).identity()
 
     def engine(self, model: str) -> dict[str, Any]:
-        """The engine serving a model, started now if this run has not started it yet."""
+        """The engine serving a model, started (or reached) now if this process has not yet."""
         if model not in self._engines:
-            spec = self.spec(model)
-            record = ensure_engine(spec, self.runtime_dir, self.owner_pid, self.settings.engine_timeout_s,
-                                   self.settings.max_batch)
-            if spec.engine == "openai" and self.settings.wait_ready_s > 0:
-                # the InternBootcamp practice: a server still loading is waited for, not failed on
-                for url in spec.base_urls:
-                    wait_ready(url, model, self.settings.wait_ready_s,
-                               interval_s=self.settings.wait_interval_s, api_key=api_key(spec))
-            self._engines[model] = record
+            engine = self.engine_of(model)
+            if engine.in_process and not self.is_controller:
+                from harness.engines.managed import EngineStartError
+
+                raise EngineStartError(
+                    f"model {model!r} runs in-process (engine {engine.kind}) in the controller only; loading it in "
+                    f"every xdist worker would put several engines on one GPU. Use engine: vllm (a managed server) "
+                    f"for hand-written llm_client tests under -n, or run without -n")
+            self._engines[model] = engine.start(self.context())
         return self._engines[model]
+
+    def started_engines(self) -> dict[str, dict[str, Any]]:
+        """The records of the engines this process started or reached, by model."""
+        return dict(self._engines)
 
     def client(self, model: str) -> Any:
         """The client of a model: HTTP for every served engine, the engine itself when in-process."""
-        if model not in self._clients and self.spec(model).in_process:
-            self._clients[model] = self._in_process(model)
         if model not in self._clients:
             record = self.engine(model)
-            settings = self.settings
-            self._clients[model] = OpenAICompatClient(record.get("base_urls") or record["base_url"],
-                                                      api_key(self.spec(model)), settings.timeout_s,
-                                                      settings.retries, deadline_s=settings.deadline_s or None,
-                                                      limiter=self.limiter())
+            self._clients[model] = self.engine_of(model).client(record, self.context())
         return self._clients[model]
-
-    def _in_process(self, model: str) -> Any:
-        spec = self.spec(model)
-        if not self.is_controller:
-            from harness.engines.managed import EngineStartError
-
-            raise EngineStartError(
-                f"model {model!r} runs in-process (engine {spec.engine}) in the controller only; loading it in "
-                f"every xdist worker would put several engines on one GPU. Use engine: vllm (a managed server) "
-                f"for hand-written llm_client tests under -n, or run without -n")
-        from harness.engines.in_process import InProcessClient
-        from harness.engines.vllm_offline import VLLMOffline
-
-        assert spec.model_path is not None
-        engine = VLLMOffline(spec.model_path, spec.name, dict(spec.options), spec.gpus)
-        engine.load()
-        self._engines[model] = {"model": model, "kind": spec.engine, "base_url": None,
-                                "launch": engine.launch_record()}
-        return InProcessClient(engine, f"in-process:{spec.engine}")
 
     def planned_reply(self, nodeid: str) -> dict[str, Any]:
         """A case item's reply, as generation posts it (waited for); an error reply when none came."""

@@ -254,12 +254,12 @@ class EvalSession:
             cache.put_many((*self._keys[nodeid], reply) for nodeid, reply in replies)
 
     def _client(self, model: str) -> Any:
-        spec = self.state.spec(model)
+        engine = self.state.engine_of(model)
         started = time.monotonic()
-        loads = spec.managed or spec.in_process
+        loads = engine.loads
         if loads:
-            note = " (a first run also converts the model: 1-2 min)" if spec.engine == "bundled" else ""
-            self._say(f"llm-harness: starting {spec.engine} for {model}{note}")
+            note = " (a first run also converts the model: 1-2 min)" if engine.kind == "bundled" else ""
+            self._say(f"llm-harness: starting {engine.kind} for {model}{note}")
         client = self.state.client(model)
         if loads:
             where = self.state.engine(model).get("base_url") or "in this process"

@@ -62,3 +62,19 @@ def answer_cases(pairs: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
 
 def load_report(pytester: pytest.Pytester, folder: str = "out") -> dict[str, Any]:
     return json.loads((pytester.path / folder / "report.json").read_text(encoding="utf-8"))
+
+
+def scripted_models(pytester: pytest.Pytester, delay_ms: float = 0.0) -> str:
+    """A models file of two in-process scripted models (``stub``, ``stub-b``): no server, no subprocess."""
+    spec = [{"name": name, "engine": "scripted", "options": {"delay_ms": delay_ms}} for name in ("stub", "stub-b")]
+    (pytester.path / "models.yaml").write_text(yaml.safe_dump(spec[:1]), encoding="utf-8")
+    (pytester.path / "models2.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    return "models.yaml"
+
+
+def run_inline(pytester: pytest.Pytester, *args: str, models: str = "models.yaml") -> pytest.RunResult:
+    """pytest in this process on the scripted engine (reports in out/, a cache of the test's own)."""
+    if not (pytester.path / "models.yaml").exists():
+        scripted_models(pytester)
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider", "--llm-models-file", models, "--llm-report-dir",
+                                        "out", "--llm-cache-path", "cache.sqlite", *args)

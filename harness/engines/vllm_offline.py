@@ -15,6 +15,7 @@ from harness.engines.client import Reply, Request
 from harness.engines.gpus import pick_gpus
 from harness.engines.launchers import gpu_env
 from harness.engines.managed import EngineStartError
+from harness.engines.registry import Engine, EngineContext
 
 T = TypeVar("T")
 
@@ -168,3 +169,36 @@ def _reply(output: Any, latency_ms: float) -> Reply:
         return Reply(None, f"vllm error: malformed output: {type(exc).__name__}: {exc}", latency_ms)
     return Reply(text, None if text else "empty reply", latency_ms, len(completion.token_ids),
                  completion.finish_reason, status=200)
+
+
+class VLLMOfflineEngine(Engine):
+    """Engine kind ``vllm-offline``: :class:`VLLMOffline` loaded into the controller; generation hands
+    it all of a model's prompts at once."""
+
+    kind = "vllm-offline"
+    in_process = True
+    loads = True
+
+    @classmethod
+    def check(cls, spec: Any) -> str | None:
+        if spec.base_urls:
+            return "base_url is for engine openai; engine vllm-offline is loaded by the harness"
+        return None if spec.model_path else "engine vllm-offline needs a model_path"
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        self._engine: VLLMOffline | None = None
+
+    def start(self, ctx: EngineContext) -> dict[str, Any]:
+        spec = self.spec
+        assert spec.model_path is not None
+        self._engine = VLLMOffline(spec.model_path, spec.name, dict(spec.options), spec.gpus)
+        self._engine.load()
+        return {"model": spec.name, "kind": self.kind, "base_url": None, "base_urls": [],
+                "launch": self._engine.launch_record()}
+
+    def client(self, record: dict[str, Any], ctx: EngineContext) -> Any:
+        from harness.engines.in_process import InProcessClient
+
+        assert self._engine is not None, "start() loads the engine first"
+        return InProcessClient(self._engine, f"in-process:{self.kind}")

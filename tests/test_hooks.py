@@ -1,0 +1,151 @@
+"""User hooks (pytest_llm_*) and engines added from outside harness/: inline pytester runs on the
+in-process scripted engine, with -n 2 where a hook must also work under xdist."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from tests.conftest import answer_cases, load_report, run_inline, write_suite
+
+CASES = answer_cases([("c1", "Paris", "Paris"), ("c2", "Rome", "Rome"), ("c3", "Oslo", "Bern")])
+
+
+@pytest.fixture(params=["0", "2"], ids=["n0", "n2"])
+def workers(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def test_build_request_hook_rewrites_what_is_sent_and_cached(pytester, workers):
+    write_suite(pytester.path / "evals", "geo", CASES, gates=["accuracy == 1"])
+    pytester.makeconftest("""
+        import dataclasses
+
+        def pytest_llm_build_request(suite, case, model, request):
+            if case.id == "c3":  # correct the answer the model will give
+                return dataclasses.replace(request, prompt=[{"role": "user", "content": "ANSWER: Bern"}])
+    """)
+    result = run_inline(pytester, "evals", "-n", workers)
+    result.assert_outcomes(passed=4)
+    by_id = {c["id"]: c for c in load_report(pytester)["cases"]}
+    assert by_id["c3"]["prompt"] == [{"role": "user", "content": "ANSWER: Bern"}] and by_id["c3"]["output"] == "Bern"
+    # the cache key follows the rewritten request: without the hook, c3 is asked (and answered) again
+    (pytester.path / "conftest.py").unlink()
+    again = run_inline(pytester, "evals", "-n", workers)
+    again.assert_outcomes(passed=2, failed=2)
+    cases = load_report(pytester)["cases"]
+    assert [c["cached"] for c in cases] == [True, True, False]
+
+
+def test_case_result_hook_changes_a_score_before_the_pass_rule(pytester, workers):
+    write_suite(pytester.path / "evals" / "sub", "geo", CASES, gates=["accuracy == 1"])
+    (pytester.path / "evals" / "sub" / "conftest.py").write_text(textwrap.dedent("""
+        def pytest_llm_case_result(result, suite, case):
+            result.metadata = {**result.metadata, "seen_by_hook": True}
+            if case.id == "c3":
+                result.score, result.reason = 1.0, "accepted by a reviewer"
+    """))
+    result = run_inline(pytester, "evals", "-n", workers)
+    result.assert_outcomes(passed=4)
+    cases = load_report(pytester)["cases"]
+    assert all(c["metadata"]["seen_by_hook"] for c in cases)
+    assert cases[2]["passed"] is True and cases[2]["reason"] == "accepted by a reviewer"
+
+
+def test_suite_metrics_hook_adds_a_metric_a_gate_judges(pytester, workers):
+    write_suite(pytester.path / "evals", "geo", CASES, gates=["long_answers <= 0", "long_answers >= 1"],
+                **{"pass": "record"})
+    pytester.makeconftest("""
+        def pytest_llm_suite_metrics(suite, model, results, metrics):
+            metrics["long_answers"] = float(sum(len(r.output or "") > 4 for r in results))
+    """)
+    result = run_inline(pytester, "evals", "-n", workers)
+    result.assert_outcomes(passed=4, failed=1)
+    suite = load_report(pytester)["suites"][0]
+    assert suite["metrics"]["long_answers"] == 1.0  # "Paris" is the one answer longer than 4 characters
+    assert [g["status"] for g in suite["gates"]] == ["failed", "passed"]
+
+
+def test_write_report_hook_gets_the_record_and_the_folder(pytester):
+    write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record"})
+    pytester.makeconftest("""
+        import json
+
+        def pytest_llm_write_report(record, out_dir):
+            path = out_dir / "ids.json"
+            path.write_text(json.dumps([c["id"] for c in record["cases"]]))
+            return [path]
+    """)
+    run_inline(pytester, "evals").assert_outcomes(passed=3)
+    assert json.loads((pytester.path / "out" / "ids.json").read_text()) == ["c1", "c2", "c3"]
+
+
+def test_make_engine_hook_serves_a_kind_the_registry_lacks(pytester, workers):
+    write_suite(pytester.path / "evals", "geo", CASES, gates=["accuracy == 1"])
+    (pytester.path / "models.yaml").write_text("- {name: echo, engine: always-bern}\n")
+    pytester.makeconftest("""
+        from harness.engines.registry import Engine
+        from harness.testing.scripted import ScriptedClient
+
+        class AlwaysBern(Engine):
+            kind = "always-bern"
+
+            def client(self, record, ctx):
+                return ScriptedClient(self.spec.name, replies={"": "Bern"})
+
+        def pytest_llm_make_engine(spec):
+            return AlwaysBern(spec) if spec.engine == "always-bern" else None
+    """)
+    result = run_inline(pytester, "evals", "-n", workers)
+    result.assert_outcomes(passed=1, failed=3)  # c3 passes; c1, c2 and the gate fail
+    models = load_report(pytester)["run"]["models"]
+    assert models[0]["engine"]["kind"] == "always-bern"
+
+
+def test_an_engine_from_an_installed_entry_point_needs_no_change_in_harness(pytester, workers, monkeypatch):
+    # a package installed beside the project: its dist-info declares the engine in our entry-point group
+    site = pytester.mkdir("site")
+    (site / "reverse_engine.py").write_text(textwrap.dedent("""
+        from harness.engines.registry import Engine
+        from harness.testing.scripted import ScriptedClient, prompt_text
+
+        class ReversedClient(ScriptedClient):
+            def _reply(self, prompt):
+                reply = super()._reply(prompt)
+                reply.text = reply.text[::-1] if reply.text else reply.text
+                return reply
+
+        class ReverseEngine(Engine):
+            kind = "reverse"
+
+            def client(self, record, ctx):
+                return ReversedClient(self.spec.name)
+
+            def identity(self):
+                return {"name": self.spec.name, "engine": "reverse"}
+    """))
+    dist = site / "reverse_engine-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: reverse-engine\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[pytest_llm_harness.engines]\nreverse = reverse_engine:ReverseEngine\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", str(site))  # the xdist workers find it too
+    cases = answer_cases([("r1", "siraP", "Paris"), ("r2", "xx", "Rome")])
+    write_suite(pytester.path / "evals", "geo", cases, **{"pass": "record"})
+    (pytester.path / "models.yaml").write_text("- {name: rev, engine: reverse}\n")
+    result = run_inline(pytester, "evals", "-n", workers)
+    result.assert_outcomes(passed=2)
+    report = load_report(pytester)
+    assert [c["output"] for c in report["cases"]] == ["Paris", "xx"]
+    assert report["suites"][0]["metrics"]["accuracy"] == 0.5
+    assert report["run"]["models"][0]["engine"]["kind"] == "reverse"
+
+
+def test_an_unknown_engine_kind_is_a_usage_error_naming_the_known_ones(pytester):
+    write_suite(pytester.path / "evals", "geo", CASES)
+    (pytester.path / "models.yaml").write_text("- {name: m, engine: warp-drive}\n")
+    result = run_inline(pytester, "evals")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*models.yaml: model 'm': engine must be one of *scripted*vllm*not 'warp-drive'*"])
