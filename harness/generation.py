@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from harness.board import Board
-from harness.engines.client import AUTH_STATUS, Reply, Request
+from harness.engines.client import AUTH_STATUS, Reply
 from harness.engines.loop import submit
 
 if TYPE_CHECKING:

@@ -149,3 +149,17 @@ def test_an_unknown_engine_kind_is_a_usage_error_naming_the_known_ones(pytester)
     result = run_inline(pytester, "evals")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*models.yaml: model 'm': engine must be one of *scripted*vllm*not 'warp-drive'*"])
+
+
+def test_the_garbage_collector_is_given_back_as_it_was(pytester):
+    write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record"})
+    from tests.conftest import scripted_models
+
+    scripted_models(pytester)
+    result = pytester.runpython_c(
+        "import gc, pytest\n"
+        "gc.disable()\n"  # a user's own choice survives the run
+        "code = pytest.main(['-q', '-p', 'no:cacheprovider', '--llm-models-file', 'models.yaml', "
+        "'--llm-report-dir', 'out', '--llm-cache', 'off', 'evals'])\n"
+        "print('RESULT', int(code), gc.get_freeze_count(), gc.isenabled())\n")
+    result.stdout.fnmatch_lines(["RESULT 0 0 False"])

@@ -40,7 +40,8 @@ import unicodedata
 from typing import Any, Iterable, Mapping, Sequence
 
 from harness.results import CaseResult
-from harness.scoring.scorers import Score, Scorer, normalize, register
+from harness.scoring.base import Score, Scorer, register
+from harness.scoring.normalize import normalize
 
 __all__ = [
     "DEFAULT_REFUSAL_PHRASES", "format_compliance", "heading_lines", "is_refusal", "key_point_coverage", "match_key",

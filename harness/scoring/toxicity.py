@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Protocol, Sequence, runtime_checkable
 
 from harness.results import CaseResult
-from harness.scoring.scorers import Score, Scorer, register
+from harness.scoring.base import Score, Scorer, register
 
 DEFAULT_CLASSIFIER = "profanity-check"
 INSTALL_HINT = 'pip install "pytest-llm-harness[toxicity]" (or: pip install alt-profanity-check)'
