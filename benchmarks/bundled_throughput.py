@@ -29,8 +29,9 @@ from harness.engines.managed import free_port, stop_pid, wait_ready  # noqa: E40
 
 
 def suite_requests(evals: Path) -> list[tuple[str, dict]]:
+    from harness.collect import cases_of
     from harness.prompts import build_request
-    from harness.suite import load_cases, suite_files_in, load_suite
+    from harness.suite import load_suite, suite_files_in
 
     requests = []
     for suite_file in sorted(evals.rglob("*.yaml")):
@@ -38,7 +39,7 @@ def suite_requests(evals: Path) -> list[tuple[str, dict]]:
             continue
         suite = load_suite(suite_file)
         for dataset in suite.datasets:
-            for case in load_cases(suite, dataset):
+            for case in cases_of(suite, dataset):  # robustness copies included, as pytest sends them
                 request = build_request(suite, case, BUNDLED_MODEL_NAME)
                 requests.append(("/chat/completions" if request.api == "chat" else "/completions", request.body()))
     return requests
@@ -89,6 +90,8 @@ def main() -> None:
             if done.returncode != 0:
                 raise SystemExit(f"pytest failed ({done.returncode}):\n{done.stdout[-3000:]}")
             generation = json.loads((Path(tmp) / "report.json").read_text())["run"]["generation"]
+            if generation["requests"] != len(requests):
+                raise SystemExit(f"unequal work: pytest sent {generation['requests']} requests, bare {len(requests)}")
     finally:
         stop_pid(server.pid)
     n = len(requests)

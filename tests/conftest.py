@@ -76,5 +76,5 @@ def run_inline(pytester: pytest.Pytester, *args: str, models: str = "models.yaml
     """pytest in this process on the scripted engine (reports in out/, a cache of the test's own)."""
     if not (pytester.path / "models.yaml").exists():
         scripted_models(pytester)
-    return pytester.runpytest_inprocess("-p", "no:cacheprovider", "--llm-models-file", models, "--llm-report-dir",
-                                        "out", "--llm-cache-path", "cache.sqlite", *args)
+    return pytester.runpytest_inprocess("--llm-models-file", models, "--llm-report-dir", "out", "--llm-cache-path",
+                                        "cache.sqlite", *args)

@@ -1,5 +1,6 @@
 """Gates as collected items: listed by --co, selected by -m/-k/--lf, judged on their whole suite,
-identical with and without xdist. pytest runs in a subprocess against a real stub server process."""
+identical with and without xdist. pytest runs in this process on the scripted engine (with -n,
+its workers are real processes)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import answer_cases, load_report, write_suite
+from tests.conftest import answer_cases, load_report, run_inline, write_suite
 
 CASES = answer_cases([("c1", "Paris", "Paris"), ("c2", "Rome", "Rome"), ("c3", "Oslo", "Bern")])
 GATES = ["accuracy >= 0.5", "error_rate == 0"]
@@ -19,27 +20,24 @@ def workers(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def run(pytester: pytest.Pytester, url: str, *args: str, workers: str = "0") -> pytest.RunResult:
-    return pytester.runpytest_subprocess(
-        "-n", workers, "--llm-base-url", url, "--llm-model", "stub", "--llm-report-dir", "out",
-        "--llm-cache-path", "cache.sqlite", *args, timeout=180,
-    )
+def run(pytester: pytest.Pytester, *args: str, workers: str = "0") -> pytest.RunResult:
+    return run_inline(pytester, "-n", workers, *args)
 
 
-def test_collect_only_lists_gates_after_cases(pytester, stub_url):
+def test_collect_only_lists_gates_after_cases(pytester):
     write_suite(pytester.path / "evals", "geo", CASES, gates=GATES, **{"pass": "record"})
-    result = run(pytester, stub_url, "evals", "--co", "-q")
+    result = run(pytester, "evals", "--co", "-q")
     ids = [line for line in result.outlines if "::" in line]
     assert ids == ["evals/geo/cases.jsonl::c1", "evals/geo/cases.jsonl::c2", "evals/geo/cases.jsonl::c3",
                    "evals/geo/suite.yaml::gate[accuracy >= 0.5]", "evals/geo/suite.yaml::gate[error_rate == 0]"]
-    marked = run(pytester, stub_url, "evals", "--co", "-q", "-m", "llm_gate")
+    marked = run(pytester, "evals", "--co", "-q", "-m", "llm_gate")
     assert [line for line in marked.outlines if "::" in line] == ids[3:]
 
 
-def test_selecting_only_gates_still_judges_the_whole_suite(pytester, stub_url, workers):
+def test_selecting_only_gates_still_judges_the_whole_suite(pytester, workers):
     write_suite(pytester.path / "evals", "geo", CASES, gates=GATES, **{"pass": "record"})
     for selection in (["-m", "llm_gate"], ["-k", "gate"]):
-        result = run(pytester, stub_url, "evals", *selection, workers=workers)
+        result = run(pytester, "evals", *selection, workers=workers)
         result.assert_outcomes(passed=2)
         report = load_report(pytester)
         suite = report["suites"][0]
@@ -50,11 +48,11 @@ def test_selecting_only_gates_still_judges_the_whole_suite(pytester, stub_url, w
         assert all(c["prompt"] for c in report["cases"])
 
 
-def test_last_failed_after_a_failed_gate_reruns_the_gate_on_every_case(pytester, stub_url, workers):
+def test_last_failed_after_a_failed_gate_reruns_the_gate_on_every_case(pytester, workers):
     write_suite(pytester.path / "evals", "geo", CASES, gates=["accuracy >= 0.9"], **{"pass": "record"})
-    first = run(pytester, stub_url, "evals", workers=workers)
+    first = run(pytester, "evals", workers=workers)
     first.assert_outcomes(passed=3, failed=1)
-    rerun = run(pytester, stub_url, "evals", "--lf", workers=workers)
+    rerun = run(pytester, "evals", "--lf", workers=workers)
     rerun.assert_outcomes(failed=1)
     rerun.stdout.fnmatch_lines(["*accuracy = 0.6667, needs >= 0.9; judged 3 of 3 cases*",
                                 "*FAILED evals/geo/suite.yaml::gate[[]accuracy >= 0.9[]]*"])
@@ -62,7 +60,7 @@ def test_last_failed_after_a_failed_gate_reruns_the_gate_on_every_case(pytester,
     assert suite["cases"] == 3 and suite["gates"][0]["value"] == pytest.approx(2 / 3)
 
 
-def test_gate_values_identical_across_worker_counts_and_dist_modes(pytester, stub_url):
+def test_gate_values_identical_across_worker_counts_and_dist_modes(pytester):
     cases = answer_cases([(f"k{i}", "yes" if i % 3 else "no", "yes") for i in range(40)])
     write_suite(pytester.path / "evals", "yn", cases, gates=["accuracy >= 0.5", "accuracy.lower >= 0.4"],
                 **{"pass": "record"})
@@ -70,8 +68,7 @@ def test_gate_values_identical_across_worker_counts_and_dist_modes(pytester, stu
     seen = []
     for args in (["-n", "0"], ["-n", "2"], ["-n", "8"], ["-n", "2", "--dist", "loadfile"],
                  ["-n", "2", "--dist", "worksteal"]):
-        result = pytester.runpytest_subprocess("--llm-base-url", stub_url, "--llm-model", "stub", "--llm-report-dir",
-                                               "out", "--llm-cache-path", "cache.sqlite", "evals", *args, timeout=180)
+        result = run_inline(pytester, "evals", *args)
         result.assert_outcomes(passed=43 + 4)
         report = load_report(pytester)
         seen.append([(s["name"], _quality(s["metrics"]), s["gates"]) for s in report["suites"]])
@@ -84,7 +81,7 @@ def _quality(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not any(t in k for t in timing)}
 
 
-def test_nested_conftest_scorer_and_hooks_give_identical_metrics_with_and_without_xdist(pytester, stub_url):
+def test_nested_conftest_scorer_and_hooks_give_identical_metrics_with_and_without_xdist(pytester):
     cases = answer_cases([(f"k{i}", "Bx" if i % 3 else "Cx", "By") for i in range(9)])
     folder = write_suite(pytester.path / "evals" / "deep", "letters", cases, scorer="first_letter",
                          gates=["letter_acc >= 0.6", "twice_cases == 18"], **{"pass": "record"})
@@ -100,7 +97,7 @@ def test_nested_conftest_scorer_and_hooks_give_identical_metrics_with_and_withou
     """))
     reports = []
     for n in ("0", "2"):
-        result = run(pytester, stub_url, "evals", "--llm-cache", "off", workers=n)
+        result = run(pytester, "evals", "--llm-cache", "off", workers=n)
         result.assert_outcomes(passed=11)
         suite = load_report(pytester)["suites"][0]
         reports.append((suite["main_metric"], _quality(suite["metrics"]), suite["gates"]))
@@ -108,18 +105,18 @@ def test_nested_conftest_scorer_and_hooks_give_identical_metrics_with_and_withou
     assert reports[0][0] == "letter_acc" and reports[0][1]["letter_acc"] == pytest.approx(6 / 9)
 
 
-def test_a_crashing_hook_fails_the_gates_with_the_reason_instead_of_hanging(pytester, stub_url, workers):
+def test_a_crashing_hook_fails_the_gates_with_the_reason_instead_of_hanging(pytester, workers):
     write_suite(pytester.path / "evals", "geo", CASES, gates=["accuracy >= 0.5"], **{"pass": "record"})
     (pytester.path / "conftest.py").write_text(
         "def pytest_llm_suite_metrics(suite, model, results, metrics):\n    raise RuntimeError('metric bug')\n")
-    result = run(pytester, stub_url, "evals", workers=workers)
+    result = run(pytester, "evals", workers=workers)
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(["*suite metrics raised RuntimeError: metric bug*"])
 
 
-def test_a_failing_case_under_exitfirst_never_leaves_a_gate_waiting(pytester, stub_url):
+def test_a_failing_case_under_exitfirst_never_leaves_a_gate_waiting(pytester):
     write_suite(pytester.path / "evals", "geo", CASES, gates=["accuracy >= 0.5"])
-    result = run(pytester, stub_url, "evals", "-x", workers="2")
+    result = run(pytester, "evals", "-x", workers="2")
     assert result.ret in (1, 2)  # xdist ends a -x run as interrupted
     report = json.loads((pytester.path / "out" / "report.json").read_text())
     assert any(c["id"] == "c3" and c["passed"] is False for c in report["cases"])

@@ -1,4 +1,6 @@
-"""Plugin behaviour end to end: pytest runs in a subprocess against a real stub server process."""
+"""Plugin behaviour end to end: pytest runs in this process on the scripted engine (with -n 2 its
+workers are real processes), or, where HTTP matters (keys, concurrency, waiting for a server),
+in a subprocess against a real stub server process."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tests.conftest import answer_cases, load_report, stub_stats, write_suite
+from tests.conftest import answer_cases, load_report, run_inline, scripted_models, stub_stats, write_suite
 
 CASES = answer_cases([("c1", "Paris", "Paris"), ("c2", "Rome", "Rome"), ("c3", "Oslo", "Bern")])
 
@@ -17,8 +19,11 @@ def workers(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def run(pytester: pytest.Pytester, url: str, *args: str, workers: str = "0", model: str = "stub") -> pytest.RunResult:
+def run(pytester: pytest.Pytester, url: str, *args: str, workers: str = "0", model: str = "stub",
+        http: bool = False) -> pytest.RunResult:
     # each test gets its own response cache, so runs of one test never see another's replies
+    if not http:
+        return run_inline(pytester, "-n", workers, *args)
     return pytester.runpytest_subprocess(
         "-n", workers, "--llm-base-url", url, "--llm-model", model, "--llm-report-dir", "out",
         "--llm-cache-path", "cache.sqlite", *args, timeout=180,
@@ -180,8 +185,8 @@ def test_reports_are_written(pytester, stub_url, workers):
 
 def test_default_report_dir_and_latest(pytester, stub_url):
     write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record"})
-    result = pytester.runpytest_subprocess("--llm-base-url", stub_url, "--llm-model", "stub", "evals",
-                                           "--llm-cache", "off")
+    scripted_models(pytester)
+    result = pytester.runpytest_inprocess("--llm-models-file", "models.yaml", "evals", "--llm-cache", "off")
     assert result.ret == 0
     latest = pytester.path / "reports" / "latest"
     assert latest.is_symlink()
@@ -191,9 +196,7 @@ def test_default_report_dir_and_latest(pytester, stub_url):
 
 def test_several_models_parametrize_cases_and_suites(pytester, stub_url, workers):
     write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record", "gates": ["accuracy >= 0.5"]})
-    result = pytester.runpytest_subprocess(
-        "-n", workers, "--llm-base-url", stub_url, "--llm-model", "stub", "--llm-model", "stub-b",
-        "--llm-report-dir", "out", "--llm-cache", "off", "evals", "-v", timeout=180)
+    result = run_inline(pytester, "-n", workers, "--llm-cache", "off", "evals", "-v", models="models2.yaml")
     result.assert_outcomes(passed=8)
     result.stdout.fnmatch_lines(["*PASSED*", "*cases.jsonl::c1[[]stub-b[]]*"], consecutive=False)
     result.stdout.fnmatch_lines(["*gate[[]accuracy >= 0.5[]][[]stub[]]*"])
@@ -240,7 +243,7 @@ def test_api_key_comes_from_env_and_stays_out_of_reports(pytester, stub_url, mon
     secret = "sk-test-" + "7" * 24
     monkeypatch.setenv("LLM_TEST_KEY", secret)
     write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record"})
-    assert run(pytester, stub_url, "evals", "--llm-api-key-env", "LLM_TEST_KEY").ret == 0
+    assert run(pytester, stub_url, "evals", "--llm-api-key-env", "LLM_TEST_KEY", http=True).ret == 0
     assert hashlib.sha256(f"Bearer {secret}".encode()).hexdigest() in stub_stats(stub_url)["auth_sha256"]
     for path in (pytester.path / "out").rglob("*"):
         if path.is_file():
@@ -251,7 +254,7 @@ def test_concurrency_bound_holds_under_xdist(pytester, stub_url):
     cases = [{"id": f"s{i}", "input": f"SLEEP:40 ANSWER: x{i}", "target": f"x{i}"} for i in range(40)]
     write_suite(pytester.path / "evals", "slow", cases, **{"pass": "record"})
     before = stub_stats(stub_url)["requests"]
-    assert run(pytester, stub_url, "evals", "--llm-concurrency", "4", workers="2").ret == 0
+    assert run(pytester, stub_url, "evals", "--llm-concurrency", "4", workers="2", http=True).ret == 0
     stats = stub_stats(stub_url)
     assert stats["requests"] - before == 40  # one request per case, none sent twice
     assert stats["max_in_flight"] <= 8  # tests share the stub; this run alone keeps <= 4
@@ -317,14 +320,14 @@ def test_rejected_api_key_stops_the_run_with_one_message(pytester, monkeypatch):
         monkeypatch.setenv("LLM_TEST_KEY", "wrong-key")
         cases = answer_cases([(f"k{i}", "a", "a") for i in range(50)])
         write_suite(pytester.path / "evals", "geo", cases, **{"pass": "record"})
-        result = run(pytester, url, "evals", "--llm-api-key-env", "LLM_TEST_KEY", "--llm-concurrency", "4")
+        result = run(pytester, url, "evals", "--llm-api-key-env", "LLM_TEST_KEY", "--llm-concurrency", "4", http=True)
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         out = result.stdout.str() + result.stderr.str()
         assert out.count("refused the request (HTTP 401: invalid api key)") == 1
         assert "check the API key variable" in out
         assert stub_stats(url)["requests"] <= 4 * 3  # the first in-flight requests and their retries, not 50
         monkeypatch.setenv("LLM_TEST_KEY", "right-key")
-        assert run(pytester, url, "evals", "--llm-api-key-env", "LLM_TEST_KEY").ret == 0
+        assert run(pytester, url, "evals", "--llm-api-key-env", "LLM_TEST_KEY", http=True).ret == 0
     finally:
         server.terminate()
         server.wait(10)
@@ -364,7 +367,7 @@ def test_waits_for_a_remote_server_to_list_the_model(pytester):
     timer = threading.Timer(3.0, start_late)
     timer.start()
     try:
-        result = run(pytester, url, "evals", "--llm-wait-ready", "60", "--llm-wait-interval", "0.2")
+        result = run(pytester, url, "evals", "--llm-wait-ready", "60", "--llm-wait-interval", "0.2", http=True)
         result.assert_outcomes(passed=3)
         metrics = load_report(pytester)["suites"][0]["metrics"]
         assert metrics["error_rate"] == 0 and metrics["accuracy"] == pytest.approx(2 / 3)
@@ -374,6 +377,6 @@ def test_waits_for_a_remote_server_to_list_the_model(pytester):
             proc.terminate()
             proc.wait(10)
     gone = run(pytester, f"http://127.0.0.1:{free_port()}/v1", "evals", "--llm-wait-ready", "1",
-               "--llm-wait-interval", "0.2", "--llm-cache", "off")
+               "--llm-wait-interval", "0.2", "--llm-cache", "off", http=True)
     assert gone.ret == pytest.ExitCode.INTERNAL_ERROR
     assert "not ready after 1 s" in gone.stdout.str() + gone.stderr.str()
