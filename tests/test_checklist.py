@@ -20,7 +20,7 @@ from harness.scoring.checklist import (
     should_refuse,
 )
 from harness.scoring.scorers import get_scorer, known_scorers
-from tests.conftest import load_report, write_suite
+from tests.conftest import load_report, run_inline, write_suite
 
 TEMPLATE = ["问题诊断", "改进建议", "规范说明"]  # the writing template: diagnosis / improvements / rules
 
@@ -330,8 +330,7 @@ def test_checklist_suite_end_to_end(pytester, stub_url) -> None:
     write_suite(pytester.path / "evals", "writing", cases, extract=["json"],
                 scorer={"name": "checklist", "sections": TEMPLATE}, **{"pass": "record"},
                 gates=["key_point_coverage >= 0.5", "format_compliance >= 0.9", "refusal_accuracy >= 0.5"])
-    run = pytester.runpytest_subprocess("--llm-base-url", stub_url, "--llm-model", "stub", "--llm-report-dir",
-                                        "out", "--llm-cache", "off", "evals", timeout=120)
+    run = run_inline(pytester, "--llm-cache", "off", "evals")
     assert run.ret == 1  # the format gate fails
     report = load_report(pytester)
     by_id = {c["id"]: c for c in report["cases"]}

@@ -7,7 +7,7 @@ import json
 from harness.suite_metrics import throughput
 from harness.report.indicators import latency_indicator, throughput_indicator
 from harness.results import CaseResult
-from tests.conftest import answer_cases, write_suite
+from tests.conftest import answer_cases, run_inline, scripted_models, write_suite
 
 
 def result(sent: float, done: float, latency: float, tokens: int = 2, error: str | None = None,
@@ -42,8 +42,8 @@ def test_latency_and_throughput_gates_and_files(pytester, stub_url):
     write_suite(pytester.path / "evals", "fast", cases, gates=["latency_p99_ms <= 5000", "throughput_rps >= 1"],
                 **{"pass": "record"})
     write_suite(pytester.path / "evals", "slow", cases, gates=["throughput_rps >= 1000000"], **{"pass": "record"})
-    result = pytester.runpytest_subprocess("--llm-base-url", stub_url, "--llm-model", "stub", "--llm-concurrency",
-                                           "4", "--llm-report-dir", "out", "--llm-cache", "off", "evals", timeout=120)
+    scripted_models(pytester, delay_ms=5)  # a real wall time: no throughput of a million per second
+    result = run_inline(pytester, "--llm-concurrency", "4", "--llm-cache", "off", "evals")
     assert result.ret == 1  # the impossible throughput gate fails the run
     result.stdout.fnmatch_lines(["FAILED evals/slow/suite.yaml::gate?throughput_rps >= 1000000?*"])
     out = pytester.path / "out"
@@ -57,9 +57,7 @@ def test_latency_and_throughput_gates_and_files(pytester, stub_url):
 
 def test_several_models_get_indicator_folders_not_one_flat_file(pytester, stub_url):
     write_suite(pytester.path / "evals", "geo", answer_cases([("c1", "a", "a")]), **{"pass": "record"})
-    result = pytester.runpytest_subprocess("--llm-base-url", stub_url, "--llm-model", "stub", "--llm-model",
-                                           "stub-b", "--llm-report-dir", "out", "--llm-cache", "off", "evals",
-                                           timeout=120)
+    result = run_inline(pytester, "--llm-cache", "off", "evals", models="models2.yaml")
     assert result.ret == 0
     out = pytester.path / "out"
     assert not (out / "latency_p99.json").exists()

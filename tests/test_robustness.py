@@ -17,7 +17,7 @@ from harness.scoring.perturb import ATTACKS, perturb
 from harness.scoring.scorers import get_scorer
 from harness.suite import SuiteError, load_suite
 from harness.testing.stub_server import reply_for
-from tests.conftest import load_report, write_suite
+from tests.conftest import load_report, run_inline, write_suite
 
 PUNCT = set(string.punctuation) | set("。，、；：？！“”‘’（）《》【】…—")
 # ASCII letters, digits, CJK, spaces and punctuation: the Unicode oddities of case mapping
@@ -173,8 +173,7 @@ def test_robustness_suite_end_to_end(pytester: pytest.Pytester, stub_url: str, w
     cases = [{"id": i, "input": f"question {i}\nANSWER: {answer}", "target": target} for i, answer, target in CASES]
     write_suite(pytester.path / "evals", "qa", cases, robustness={"attacks": list(ATTACKS), "seed": 0},
                 gates=["accuracy_drop <= 0.5", "success_rate.upper <= 1"], **{"pass": "record"})
-    result = pytester.runpytest_subprocess("--llm-base-url", stub_url, "--llm-model", "stub", "--llm-report-dir",
-                                           "out", "--llm-cache", "off", "evals", "-q", *workers, timeout=120)
+    result = run_inline(pytester, "--llm-cache", "off", "evals", "-q", *workers)
     result.assert_outcomes(passed=len(CASES) * (1 + len(ATTACKS)) + 2)
     report = load_report(pytester)
     metrics = report["suites"][0]["metrics"]
@@ -195,16 +194,14 @@ def test_robustness_copies_can_be_deselected_by_marker(pytester: pytest.Pytester
     cases = [{"id": i, "input": f"ANSWER: {answer}", "target": target} for i, answer, target in CASES]
     write_suite(pytester.path / "evals", "qa", cases, robustness={"attacks": ["typos", "casing"]},
                 gates=["accuracy_drop <= 0.5", "accuracy >= 0.5"], **{"pass": "record"})
-    result = pytester.runpytest_subprocess("--llm-base-url", stub_url, "--llm-model", "stub", "--llm-cache", "off",
-                                           "--llm-report-dir", "out", "evals", "-m", "not llm_robustness", timeout=60)
+    result = run_inline(pytester, "--llm-cache", "off", "evals", "-m", "not llm_robustness")
     # the gate on the copies is deselected with them; the clean gate is judged on the clean cases that ran
     result.assert_outcomes(passed=len(CASES) + 1)
     report = json.loads((pytester.path / "out" / "report.json").read_text())
     assert [(g["expr"], g["status"]) for g in report["suites"][0]["gates"]] == [
         ("accuracy_drop <= 0.5", "skipped"), ("accuracy >= 0.5", "passed")]
     assert len(report["cases"]) == len(CASES)
-    result = pytester.runpytest_subprocess("--collect-only", "-q", "--llm-base-url", stub_url, "--llm-model", "stub",
-                                           "evals", "-k", "typos", timeout=60)
+    result = run_inline(pytester, "--collect-only", "-q", "evals", "-k", "typos")
     assert sum("~typos" in line for line in result.outlines) == len(CASES)
 
 

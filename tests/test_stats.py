@@ -12,7 +12,7 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from harness.scoring.classification import classification_intervals, classification_metrics, confusion_matrix
 from harness.scoring.stats import bootstrap_mean, draw_counts, mean_interval, percentile_interval, wilson
-from tests.conftest import write_suite
+from tests.conftest import run_inline, write_suite
 
 FAST = settings(max_examples=60, deadline=None)
 LABELS = ["pos", "neg", "neu"]
@@ -112,8 +112,7 @@ def test_a_gate_on_a_lower_bound(pytester, stub_url):
     write_suite(pytester.path / "evals", "bounds", cases, scorer={"name": "classification_f1",
                                                                   "options": {"labels": ["pos", "neg"]}},
                 gates=["accuracy >= 0.85", "accuracy.lower >= 0.85"], **{"pass": "record"})
-    result = pytester.runpytest_subprocess("--llm-base-url", stub_url, "--llm-model", "stub", "--llm-report-dir",
-                                           "out", "--llm-cache", "off", "evals", timeout=120)
+    result = run_inline(pytester, "--llm-cache", "off", "evals")
     # 0.9 clears 0.85, but its Wilson lower bound over 40 cases (0.77) does not: the noisy pass is caught
     assert result.ret == 1
     result.stdout.fnmatch_lines(["FAILED evals/bounds/suite.yaml::gate?accuracy.lower >= 0.85?*", "*1 failed*"])

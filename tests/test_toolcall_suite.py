@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import load_report, write_suite
+from tests.conftest import load_report, run_inline, write_suite
 
 
 def call(name: str, **params) -> dict:
@@ -26,8 +26,7 @@ def test_tool_call_suite_scores_openai_tool_calls_and_json_text(pytester, stub_u
     ]
     write_suite(pytester.path / "evals", "tools", cases, scorer="tool_calls", extract=["json"],
                 gates=["f1 >= 0.5", "strict_match.lower >= 0.9"], **{"pass": "record"})
-    result = pytester.runpytest_subprocess("--llm-base-url", stub_url, "--llm-model", "stub", "--llm-report-dir",
-                                           "out", "--llm-cache", "off", "evals", timeout=120)
+    result = run_inline(pytester, "--llm-cache", "off", "evals")
     assert result.ret == 1  # the lower bound of the strict match rate over 5 cases is far below 0.9
     report = load_report(pytester)
     cases_by_id = {c["id"]: c for c in report["cases"]}

@@ -21,7 +21,7 @@ from harness.scoring.toxicity import (
     known_classifiers,
     toxicity_indicator,
 )
-from tests.conftest import load_report, write_suite
+from tests.conftest import load_report, run_inline, write_suite
 
 FAST = settings(max_examples=80, deadline=None)
 CLEAN = ["Have a wonderful day, my friend.", "The meeting is scheduled for Tuesday at 10 am.",
@@ -250,8 +250,7 @@ def test_toxicity_suite_end_to_end(pytester, stub_url, workers):
               {"id": "boom", "input": "FAIL:400", "target": None}]
     write_suite(pytester.path / "evals", "tox", cases, scorer={"name": "toxicity", "threshold": 0.5},
                 gates=["toxic_ratio <= 0.5", "toxic_ratio.upper <= 0.5"], **{"pass": "record"})
-    result = pytester.runpytest_subprocess("-n", workers, "--llm-base-url", stub_url, "--llm-model", "stub",
-                                           "--llm-report-dir", "out", "--llm-cache", "off", "evals", timeout=180)
+    result = run_inline(pytester, "-n", workers, "--llm-cache", "off", "evals")
     assert result.ret == 1  # 1 toxic of 4 judged passes the first gate; the upper bound of 4 cases fails
     report = load_report(pytester)
     by_id = {c["id"]: c for c in report["cases"]}
