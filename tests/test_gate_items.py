@@ -120,3 +120,25 @@ def test_a_failing_case_under_exitfirst_never_leaves_a_gate_waiting(pytester):
     assert result.ret in (1, 2)  # xdist ends a -x run as interrupted
     report = json.loads((pytester.path / "out" / "report.json").read_text())
     assert any(c["id"] == "c3" and c["passed"] is False for c in report["cases"])
+
+
+def test_a_case_whose_worker_crashed_is_an_error_and_its_gates_are_judged(pytester):
+    write_suite(pytester.path / "evals", "geo", CASES, gates=["error_rate == 0", "accuracy >= 0.3"],
+                **{"pass": "record"})
+    pytester.makeconftest("""
+        import os
+
+        def pytest_runtest_call(item):
+            if item.name == "c2" and hasattr(item.config, "workerinput"):
+                os._exit(1)  # the worker dies mid-case
+    """)
+    result = run(pytester, "evals", workers="2")
+    report = load_report(pytester)
+    by_id = {c["id"]: c for c in report["cases"]}
+    assert sorted(by_id) == ["c1", "c2", "c3"]  # no case lost
+    assert by_id["c2"]["error"].startswith("worker crashed")
+    suite = report["suites"][0]
+    assert suite["metrics"]["error_rate"] == pytest.approx(1 / 3)
+    assert [(g["expr"], g["status"]) for g in suite["gates"]] == [("error_rate == 0", "failed"),
+                                                                   ("accuracy >= 0.3", "passed")]
+    assert result.ret == 1
