@@ -148,8 +148,9 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     return None
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # gates run after every case: in each xdist worker's queue (a subsequence of this order) no case
+    # last, after any plugin that reorders items: gates run after every case: in each xdist worker's queue (a subsequence of this order) no case
     # waits behind a gate, and without xdist the cases a gate judges have run when it starts
     gates = [item for item in items if isinstance(item, GateItem)]
     if gates:
