@@ -48,6 +48,31 @@ def relpath(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
+CATALOG_KEY = pytest.StashKey["Catalog"]()
+
+
+class Catalog:
+    """A suite's cases by dataset, read once per process: collection records what it read."""
+
+    def __init__(self) -> None:
+        self._cases: dict[tuple[int, Path], list[Case]] = {}
+
+    def record(self, suite: Suite, dataset: Path, cases: list[Case]) -> None:
+        self._cases[(id(suite), dataset)] = cases
+
+    def cases(self, suite: Suite, dataset: Path) -> list[Case]:
+        key = (id(suite), dataset)
+        if key not in self._cases:
+            self._cases[key] = cases_of(suite, dataset)
+        return self._cases[key]
+
+
+def catalog(config: pytest.Config) -> Catalog:
+    if CATALOG_KEY not in config.stash:
+        config.stash[CATALOG_KEY] = Catalog()
+    return config.stash[CATALOG_KEY]
+
+
 class CaseFailed(Exception):
     """A case that ran and did not pass its rule (or hit a model error)."""
 
@@ -100,8 +125,6 @@ class JsonlFile(pytest.File):
             _check_scorer(suite)
         except SuiteError as exc:
             raise self.CollectError(str(exc)) from exc
-        from harness.plan import catalog
-
         catalog(self.config).record(suite, self.path.resolve(), cases)
         models = _models(self.config)
         marks = [pytest.mark.llm_eval, *_suite_marks(self.config, suite)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -68,16 +68,16 @@ def parse_gpus(value: str | None) -> tuple[int, ...] | None:
 
 def resolve_models(names: list[str], base_url: str | None, api_key_env: str | None,
                    models_file: str | None, rootdir: Path, gpus: str | None = None,
-                   hook: Any = None) -> list[ModelSpec]:
+                   check: Callable[[ModelSpec], str | None] | None = None) -> list[ModelSpec]:
     """Models from `--llm-model`/`--llm-base-url` and/or a models file; the bundled model by default.
 
-    ``hook`` (a pytest hook relay) lets ``pytest_llm_make_engine`` accept engine kinds the registry lacks."""
+    ``check`` says what is wrong with an entry's engine (harness.engines.registry.spec_problem), or None."""
     key_env = api_key_env or DEFAULT_API_KEY_ENV
     default_gpus = parse_gpus(gpus)
     specs: list[ModelSpec] = []
     if models_file:
         specs.extend(_read_models_file(rootdir / models_file if not Path(models_file).is_absolute()
-                                       else Path(models_file), key_env, default_gpus, hook))
+                                       else Path(models_file), key_env, default_gpus, check))
     urls = split_urls(base_url)
     if urls and not names:
         raise ModelConfigError("--llm-base-url needs --llm-model NAME: the model name the server lists")
@@ -101,7 +101,7 @@ def resolve_models(names: list[str], base_url: str | None, api_key_env: str | No
 
 
 def _read_models_file(path: Path, key_env: str, default_gpus: tuple[int, ...] | None,
-                      hook: Any = None) -> list[ModelSpec]:
+                      check: Callable[[ModelSpec], str | None] | None = None) -> list[ModelSpec]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
@@ -109,11 +109,11 @@ def _read_models_file(path: Path, key_env: str, default_gpus: tuple[int, ...] | 
     entries = raw.get("models") if isinstance(raw, dict) else raw
     if not isinstance(entries, list):
         raise ModelConfigError(f"{path}: expected a list of models (or a mapping with 'models')")
-    return [_entry(path, index, entry, key_env, default_gpus, hook) for index, entry in enumerate(entries, 1)]
+    return [_entry(path, index, entry, key_env, default_gpus, check) for index, entry in enumerate(entries, 1)]
 
 
 def _entry(path: Path, index: int, entry: Any, key_env: str, default_gpus: tuple[int, ...] | None,
-           hook: Any = None) -> ModelSpec:
+           check: Callable[[ModelSpec], str | None] | None = None) -> ModelSpec:
     if isinstance(entry, str):
         entry = {"name": entry}
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
@@ -137,21 +137,7 @@ def _entry(path: Path, index: int, entry: Any, key_env: str, default_gpus: tuple
     spec = ModelSpec(name, urls, entry.get("api_key_env") or key_env, engine, entry.get("model_path"),
                      dict(options), tuple(str(a) for a in args),
                      tuple(int(g) for g in gpus) if gpus is not None else default_gpus)
-    problem = _engine_problem(spec, hook)
+    problem = check(spec) if check is not None else None
     if problem:
         raise ModelConfigError(f"{path}: model {name!r}: {problem}")
     return spec
-
-
-def _engine_problem(spec: ModelSpec, hook: Any) -> str | None:
-    from harness.engines.registry import engine_class, known_kinds
-
-    try:
-        cls = engine_class(spec.engine)
-    except (ImportError, TypeError) as exc:
-        return f"engine {spec.engine!r} could not be loaded: {exc}"
-    if cls is None:
-        if hook is not None and hook.pytest_llm_make_engine(spec=spec) is not None:
-            return None
-        return f"engine must be one of {', '.join(known_kinds())}, not {spec.engine!r}"
-    return cls.check(spec)

@@ -16,36 +16,11 @@ from typing import Any, Callable, Iterable
 
 import pytest
 
-from harness.collect import CaseItem, GateItem, case_item_name, cases_of, gate_item_name, relpath
+from harness.collect import CaseItem, GateItem, case_item_name, gate_item_name, relpath
 from harness.engines.client import Request
 from harness.gates import parse_gate
 from harness.results import CaseResult, SuiteResult
 from harness.suite import Case, Suite, SuiteError, suite_files_in, suite_for_dataset, suites_in
-
-CATALOG_KEY = pytest.StashKey["Catalog"]()
-
-
-class Catalog:
-    """A suite's cases by dataset, read once per process: collection records what it read."""
-
-    def __init__(self) -> None:
-        self._cases: dict[tuple[int, Path], list[Case]] = {}
-
-    def record(self, suite: Suite, dataset: Path, cases: list[Case]) -> None:
-        self._cases[(id(suite), dataset)] = cases
-
-    def cases(self, suite: Suite, dataset: Path) -> list[Case]:
-        key = (id(suite), dataset)
-        if key not in self._cases:
-            self._cases[key] = cases_of(suite, dataset)
-        return self._cases[key]
-
-
-def catalog(config: pytest.Config) -> Catalog:
-    if CATALOG_KEY not in config.stash:
-        config.stash[CATALOG_KEY] = Catalog()
-    return config.stash[CATALOG_KEY]
-
 
 @dataclass(frozen=True)
 class CaseRef:

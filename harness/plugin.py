@@ -99,12 +99,14 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[STATE_KEY] = RunState.from_workerinput(workerinput[WORKERINPUT_KEY])
         config.stash[STATE_KEY].hook = config.hook
         return
+    from harness.engines.registry import spec_problem
     from harness.models import ModelConfigError, resolve_models
 
     try:
         models = resolve_models(list(_value(config, "llm_model") or []), _value(config, "llm_base_url"),
                                 _value(config, "llm_api_key_env"), _value(config, "llm_models_file"),
-                                config.rootpath, _value(config, "llm_gpus"), config.hook)
+                                config.rootpath, _value(config, "llm_gpus"),
+                                lambda spec: spec_problem(spec, config.hook))
     except ModelConfigError as exc:
         raise pytest.UsageError(f"llm-harness: {exc}") from exc
     state = RunState.new(models, _settings(config))

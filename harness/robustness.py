@@ -26,7 +26,6 @@ from harness.scoring.perturb import ATTACKS, DEFAULT_RATE, perturb
 if TYPE_CHECKING:
     from harness.results import CaseResult
     from harness.scoring.scorers import Scorer
-    from harness.suite import Case
 
 ROBUSTNESS_KEYS = {"attacks", "seed", "rate", "metric", "templates"}
 SEPARATOR = "~"
@@ -81,7 +80,7 @@ def parse_robustness(raw: Any) -> RobustnessSpec | None:
     return RobustnessSpec(tuple(dict.fromkeys(attacks)), seed, float(rate), metric, tuple(templates))
 
 
-def perturbed_cases(spec: RobustnessSpec, cases: Sequence[Case]) -> list[Case]:
+def perturbed_cases(spec: RobustnessSpec, cases: Sequence[Any]) -> list[Any]:
     """One perturbed copy of every case per attack, in case order."""
     out = []
     for case in cases:

@@ -22,7 +22,8 @@ import pytest
 from harness.board import Board
 from harness.cache import cache_key
 from harness.engines.client import Reply
-from harness.plan import CaseRef, Plan, SuiteRun, Task, catalog, make_plan, refs_from_ids, refs_from_items
+from harness.collect import catalog
+from harness.plan import CaseRef, Plan, SuiteRun, Task, make_plan, refs_from_ids, refs_from_items
 from harness.results import CaseResult, SuiteResult
 from harness.run import RunState
 from harness.suite import Suite

@@ -181,7 +181,7 @@ def load_suite(path: Path) -> Suite:
     api = raw.get("api", "chat")
     if api not in API_MODES:
         raise fail("api", f"'api' must be one of {', '.join(API_MODES)}, not {api!r}")
-    from harness.prompts import CHAT_TEMPLATES
+    from harness.templates import CHAT_TEMPLATES
 
     chat_template = raw.get("chat_template", "raw")
     if api == "completion" and chat_template not in CHAT_TEMPLATES:
@@ -300,7 +300,7 @@ def _resolve_files(options: Any, base: Path) -> Any:
 def _check_templates(path: Path, text: str, prompt: PromptSpec) -> None:
     import jinja2
 
-    from harness.prompts import jinja_env
+    from harness.templates import jinja_env
 
     for key, source in (("system", prompt.system), ("template", prompt.template)):
         if source is None:

@@ -127,6 +127,20 @@ def engine_class(kind: str) -> type[Engine] | None:
     return cls
 
 
+def spec_problem(spec: ModelSpec, hook: Any = None) -> str | None:
+    """What is wrong with a models-file entry's engine, or None; a kind only a
+    ``pytest_llm_make_engine`` hook serves is accepted when the hook makes it."""
+    try:
+        cls = engine_class(spec.engine)
+    except (ImportError, TypeError) as exc:
+        return f"engine {spec.engine!r} could not be loaded: {exc}"
+    if cls is None:
+        if hook is not None and hook.pytest_llm_make_engine(spec=spec) is not None:
+            return None
+        return f"engine must be one of {', '.join(known_kinds())}, not {spec.engine!r}"
+    return cls.check(spec)
+
+
 def make_engine(spec: ModelSpec, hook: Any = None) -> Engine:
     """The engine serving ``spec``: a ``pytest_llm_make_engine`` hook's, else the registry's."""
     if hook is not None:

@@ -1,1 +1,5 @@
-"""Extraction, per-case scorers and suite metrics: pure functions, no I/O."""
+"""Extraction, per-case scorers and suite metrics: pure functions, no I/O.
+
+Importing the package registers the built-in scorers (each registers when its module loads)."""
+
+from harness.scoring import checklist, scorers, toxicity  # noqa: F401

@@ -1,7 +1,7 @@
 """The scorer interface and registry: :class:`Scorer`, :class:`Score`, ``@harness.scorer``.
 
 The built-in scorers live in :mod:`harness.scoring.scorers`, :mod:`~harness.scoring.checklist`
-and :mod:`~harness.scoring.toxicity`; they register when first looked up.
+and :mod:`~harness.scoring.toxicity`; importing :mod:`harness.scoring` registers them.
 """
 
 from __future__ import annotations
@@ -98,18 +98,12 @@ def as_score(value: Any) -> Score:
     raise TypeError(f"a scorer must return a float, a bool or a Score, not {type(value).__name__}")
 
 
-def _builtins() -> None:
-    import harness.scoring.scorers  # noqa: F401 - registers the built-in scorers (and checklist, toxicity)
-
-
 def get_scorer(name: str, options: dict[str, Any] | None = None) -> Scorer:
     """An instance of a registered scorer; ValueError names the known ones."""
-    _builtins()
     if name not in _REGISTRY:
         raise ValueError(f"unknown scorer {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](**(options or {}))
 
 
 def known_scorers() -> list[str]:
-    _builtins()
     return sorted(_REGISTRY)

@@ -320,6 +320,3 @@ def _tool_micro_intervals(labels: list[Any], preds: list[Any], negative: bool) -
                       "f1": intervals["tool_f1_micro"]})
     return intervals
 
-
-# built-in scorers defined in their own modules register on import
-from harness.scoring import checklist, toxicity  # noqa: E402,F401
