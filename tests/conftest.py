@@ -9,9 +9,18 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy  # noqa: F401 - loaded before any pytester test: pytester drops modules first imported during a
-import pytest  # test, and numpy's C core cannot be imported twice in one process
+# Loaded before any pytester test: pytester drops the modules first imported during a test, so a
+# module that an in-process run loads first would be imported again later, with new classes
+# (jinja2.UndefinedError would no longer match) or not at all (numpy's C core refuses twice).
+import jinja2  # noqa: F401
+import numpy  # noqa: F401
+import pytest
 import yaml
+
+import harness.case_scoring  # noqa: F401
+import harness.prompts  # noqa: F401
+import harness.session  # noqa: F401
+import harness.suite_metrics  # noqa: F401
 
 from harness.engines.managed import free_port, model_listed
 
