@@ -75,7 +75,7 @@ class Plan:
     pulled: list[Task]  # the cases only gates need: scored by the controller
     runs: list[SuiteRun]
     run_of: dict[str, SuiteRun]  # case or gate node id -> its suite run
-    refs: dict[str, CaseRef]  # every planned case by node id
+    by_id: dict[str, Task]  # every planned case by node id
 
 
 def refs_from_items(items: Iterable[pytest.Item], root: Path) -> tuple[list[CaseRef], list[GateRef]]:
@@ -162,7 +162,7 @@ def make_plan(cases: list[CaseRef], gates: list[GateRef], root: Path, models: li
                 pulled_refs.append(ref)
     tasks = [_task(ref, build) for ref in [*cases, *pulled_refs]]
     pulled = tasks[len(cases):]
-    return Plan(tasks, pulled, list(runs.values()), run_of, {t.nodeid: t.ref for t in tasks})
+    return Plan(tasks, pulled, list(runs.values()), run_of, {t.nodeid: t for t in tasks})
 
 
 def _task(ref: CaseRef, build: Callable[[CaseRef], Any]) -> Task:

@@ -90,7 +90,7 @@ class EvalSession:
         raw = getattr(report, "llm_case", None)
         if raw is not None and report.when == "call":
             self._add(CaseResult.from_dict(raw))
-        elif report.failed and report.nodeid in self.plan.refs:
+        elif report.failed and report.nodeid in self.plan.by_id:
             # a case item that ended without a result (a crashed worker, an internal error): an error, never lost
             self._add(self._lost(report))
         if report.failed and report.when in ("call", "???"):
@@ -294,13 +294,13 @@ class EvalSession:
         run = self.plan.run_of[nodeid]
         pulled = {t.nodeid for t in self.plan.pulled}
         for missing in sorted(run.missing - pulled):
-            ref = self.plan.refs[missing]
+            ref = self.plan.by_id[missing].ref
             reply = self.state.planned_reply(missing)
             self._add(score_reply(ref.suite, ref.case, ref.model, ref.nodeid, ref.dataset, reply, self._hook(ref.suite)))
 
     def _lost(self, report: pytest.TestReport) -> CaseResult:
         assert self.plan is not None
-        ref = self.plan.refs[report.nodeid]
+        ref = self.plan.by_id[report.nodeid].ref
         lines = str(report.longrepr or "").strip().splitlines()
         reason = lines[-1] if lines else "no result"
         if report.when == "???":
@@ -329,14 +329,9 @@ class EvalSession:
             self._conclude(run)
 
     def _prompt(self, nodeid: str) -> Any:
-        task = self._tasks().get(nodeid)
-        return task.request.prompt if task is not None and task.request is not None else None
-
-    def _tasks(self) -> dict[str, Task]:
         assert self.plan is not None
-        if not hasattr(self, "_task_index"):
-            self._task_index = {t.nodeid: t for t in self.plan.tasks}
-        return self._task_index
+        task = self.plan.by_id.get(nodeid)
+        return task.request.prompt if task is not None and task.request is not None else None
 
     def _conclude(self, run: SuiteRun, stopped: str | None = None) -> None:
         """Metrics of one suite on one model, its gates held to them, their verdicts posted."""

@@ -21,7 +21,7 @@ import re
 import time
 from typing import Any
 
-from harness.engines.client import RETRYABLE_STATUS, Reply, Request
+from harness.engines.client import RETRYABLE_STATUS, Reply, Request, _finish
 from harness.engines.registry import Engine, EngineContext
 from harness.testing.stub_server import reply_for
 
@@ -80,12 +80,6 @@ class ScriptedClient:
 
     async def close(self) -> None:
         pass
-
-
-def _finish(reply: Reply) -> Reply:
-    if not reply.text and not reply.tool_calls:
-        reply.error = "empty reply" if reply.text == "" else "empty reply (content null)"
-    return reply
 
 
 class ScriptedEngine(Engine):
