@@ -130,9 +130,19 @@ class JsonlFile(pytest.File):
         marks = [pytest.mark.llm_eval, *_suite_marks(self.config, suite)]
         attacked = [*marks, pytest.mark.llm_robustness]
         multi = len(models) > 1
-        return [CaseItem.from_parent(self, name=case_item_name(case.id, model, multi), suite=suite, case=case,
-                                     model=model, marks=attacked if case.attack else marks)
+        return [CaseItem.from_parent(self, **_child(self, case_item_name(case.id, model, multi)), suite=suite,
+                                     case=case, model=model, marks=attacked if case.attack else marks)
                 for case in cases for model in models]
+
+
+def _child(parent: pytest.Collector, name: str) -> dict[str, str]:
+    """Name and node id of an item under ``parent``.
+
+    The id is spelled out so that pytest parses it exactly as it parses ids read back from its cache:
+    pytest 9.2 otherwise keeps a bracketed name (``gate[f1 >= 0.8]``) whole for a live item but splits
+    it into name and params for a cached id, and ``--lf`` then never matches the item.
+    """
+    return {"name": name, "nodeid": f"{parent.nodeid}::{name}"}
 
 
 class SuiteFile(pytest.File):
@@ -158,7 +168,7 @@ class SuiteFile(pytest.File):
                 # a gate on the perturbed copies is selected and deselected with them
                 gate_marks = [*marks, pytest.mark.llm_robustness] if (
                     suite.robustness is not None and is_robustness_metric(gate.metric)) else marks
-                items.extend(GateItem.from_parent(self, name=gate_item_name(gate.expr, model, multi), suite=suite,
+                items.extend(GateItem.from_parent(self, **_child(self, gate_item_name(gate.expr, model, multi)), suite=suite,
                                                   expr=gate.expr, model=model, marks=gate_marks)
                              for model in models)
         return items
