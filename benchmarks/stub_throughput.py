@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -87,13 +88,27 @@ def environment(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def timed(argv: list[str], cwd: Path, **env: str) -> float:
+class Timing:
+    """Wall and CPU seconds of one command, and the epoch time it exited."""
+
+    def __init__(self, wall: float, cpu: float, ended_at: float) -> None:
+        self.wall, self.cpu, self.ended_at = wall, cpu, ended_at
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(argv: list[str], cwd: Path, **env: str) -> Timing:
+    cpu_before = _children_cpu()
     started = time.perf_counter()
     done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=environment(**env))
     elapsed = time.perf_counter() - started
+    ended_at = time.time()
     if done.returncode != 0:
         raise SystemExit(f"{argv[:4]} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return elapsed
+    return Timing(elapsed, _children_cpu() - cpu_before, ended_at)
 
 
 def stub_call(url: str, path: str, method: str = "GET") -> dict:
@@ -112,30 +127,45 @@ def pytest_argv(evals: Path, url: str, concurrency: int, workers: str, out: Path
             "--llm-concurrency", str(concurrency), "--llm-cache", "off", "--llm-report-dir", str(out / "report")]
 
 
+def commands_for(root: Path, url: str, cases: int, concurrency: int, workers: list[str]) -> list[tuple[str, list[str]]]:
+    evals = write_suite(root, cases)
+    commands: list[tuple[str, list[str]]] = [
+        (name, [sys.executable, "-c", script, url, str(cases), str(concurrency)])
+        for script, name in ((BARE_OPENAI, "bare openai.AsyncOpenAI"), (BARE_AIOHTTP, "bare aiohttp"))]
+    commands += [(f"pytest-llm-harness -n {n}", pytest_argv(evals, url, concurrency, n, root)) for n in workers]
+    return commands
+
+
 def bench(url: str, cases: int, concurrency: int, workers: list[str], repeat: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as tmp_one:
         root = Path(tmp)
-        evals = write_suite(root, cases)
-        commands: list[tuple[str, list[str]]] = [
-            (name, [sys.executable, "-c", script, url, str(cases), str(concurrency)])
-            for script, name in ((BARE_OPENAI, "bare openai.AsyncOpenAI"), (BARE_AIOHTTP, "bare aiohttp"))]
-        commands += [(f"pytest-llm-harness -n {n}", pytest_argv(evals, url, concurrency, n, root)) for n in workers]
-        walls: dict[str, list[float]] = {name: [] for name, _ in commands}
+        commands = commands_for(root, url, cases, concurrency, workers)
+        # the same commands on one case: what start-up costs, to subtract from the CPU figure
+        startup = dict(commands_for(Path(tmp_one), url, 1, concurrency, workers))
+        runs: dict[str, list[Timing]] = {name: [] for name, _ in commands}
+        startup_cpu: dict[str, list[float]] = {name: [] for name, _ in commands}
+        after_last: dict[str, list[float]] = {name: [] for name, _ in commands}
         notes: dict[str, str] = {name: "" for name, _ in commands}
         for _ in range(repeat):
             for name, argv in commands:
+                startup_cpu[name].append(timed(startup[name], Path(tmp_one)).cpu)
                 stub_call(url, "/stats/reset", "POST")
-                walls[name].append(timed(argv, root, LLM_BENCH_ITEM_TIMES=str(root / "items.json")))
+                timing = timed(argv, root, LLM_BENCH_ITEM_TIMES=str(root / "items.json"))
+                runs[name].append(timing)
+                stats = stub_call(url, "/stats")
+                after_last[name].append(timing.ended_at - stats["last_reply_at"])
                 if name.startswith("pytest"):
-                    peak = stub_call(url, "/stats")["max_in_flight"]
-                    notes[name] = (f"max in flight {peak} (limit {concurrency}); "
+                    notes[name] = (f"max in flight {stats['max_in_flight']} (limit {concurrency}); "
                                    f"item median {item_median_ms(root / 'items.json'):.2f} ms")
-    base = statistics.median(walls[commands[0][0]])
+    base = statistics.median(t.wall for t in runs[commands[0][0]])
     print(f"\ncases={cases} concurrency={concurrency} (median of {repeat})")
-    print(f"{'run':28} {'wall s':>8} {'req/s':>8} {'vs openai':>10}  notes")
+    print(f"{'run':28} {'wall s':>8} {'req/s':>8} {'vs openai':>10} {'after last s':>13} {'CPU-s/1k':>9}  notes")
     for name, _ in commands:
-        wall = statistics.median(walls[name])
-        print(f"{name:28} {wall:8.2f} {cases / wall:8.1f} {base / wall:10.2f}  {notes[name]}")
+        wall = statistics.median(t.wall for t in runs[name])
+        extra_cpu = statistics.median(t.cpu for t in runs[name]) - statistics.median(startup_cpu[name])
+        per_1k = extra_cpu / max(cases - 1, 1) * 1000
+        print(f"{name:28} {wall:8.2f} {cases / wall:8.1f} {base / wall:10.2f} "
+              f"{statistics.median(after_last[name]):13.2f} {per_1k:9.2f}  {notes[name]}")
     sys.stdout.flush()
 
 
@@ -144,7 +174,7 @@ def collect(cases: int) -> None:
         root = Path(tmp)
         evals = write_suite(root, cases)
         wall = timed([sys.executable, "-m", "pytest", str(evals), "--collect-only", "-q", "-p", "no:cacheprovider",
-                      "-p", "harness.plugin", "--llm-base-url", "http://127.0.0.1:9/v1", "--llm-model", "stub"], root)
+                      "-p", "harness.plugin", "--llm-base-url", "http://127.0.0.1:9/v1", "--llm-model", "stub"], root).wall
     print(f"\ncollect-only of a {cases}-case suite: {wall:.2f} s wall (interpreter start included)")
 
 

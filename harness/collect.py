@@ -7,6 +7,7 @@ the verdicts the run's controller judged over every case of their suite.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Iterable
@@ -44,6 +45,7 @@ def suite_cases(suite: Suite) -> list[tuple[Path, Case]]:
     return [(dataset, case) for dataset in suite.datasets for case in cases_of(suite, dataset)]
 
 
+@functools.lru_cache(maxsize=1024)  # called per case with a handful of distinct datasets
 def relpath(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 

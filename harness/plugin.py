@@ -152,8 +152,9 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # last, after any plugin that reorders items: gates run after every case: in each xdist worker's queue (a subsequence of this order) no case
-    # waits behind a gate, and without xdist the cases a gate judges have run when it starts
+    # last, after any plugin that reorders items, gates go after every case: in each xdist worker's
+    # queue (a subsequence of this order) no case waits behind a gate, and without xdist the cases
+    # a gate judges have run when it starts
     gates = [item for item in items if isinstance(item, GateItem)]
     if gates:
         items[:] = [item for item in items if not isinstance(item, GateItem)] + gates
@@ -168,6 +169,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+@pytest.hookimpl(trylast=True)  # unfreeze after pytest's own end-of-run gc.collect(), which then skips the items
 def pytest_unconfigure(config: pytest.Config) -> None:
     import gc
 

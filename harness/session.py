@@ -201,6 +201,7 @@ class EvalSession:
     def _send(self, pending: list[Task], board: Board) -> None:
         from harness.engines.managed import EngineStartError
         from harness.generation import Generation, GenerationAborted
+        from harness.report import warm_writers
 
         settings = self.state.settings
         models = list(dict.fromkeys(t.model for t in pending))
@@ -214,6 +215,7 @@ class EvalSession:
         self._say(f"llm-harness: sending {len(pending)} requests to {', '.join(models)}, "
                   f"at most {settings.concurrency} in flight")
         self._generation.start()
+        warm_writers()  # while the model answers, not after its last reply
         try:
             self._generation.wait_first()
         except GenerationAborted as exc:

@@ -182,6 +182,11 @@ def test_json_round_trips(report: dict, tmp_path: Path) -> None:
     assert json.loads(text) == original
     assert "只回答数字" in text  # ensure_ascii=False
     assert list(json.loads(text)) == ["schema", "version", "run", "suites", "cases"]
+    # one line per case, each a whole JSON object: grep and jq -c friendly
+    lines = text.splitlines()
+    start = lines.index('  "cases": [')
+    case_lines = lines[start + 1:start + 1 + len(original["cases"])]
+    assert [json.loads(line.strip().rstrip(",")) for line in case_lines] == original["cases"]
 
 
 def test_details_layout(report: dict, tmp_path: Path) -> None:

@@ -3,6 +3,8 @@ plus a confusion_<suite>[_<model>].png heatmap per confusion matrix."""
 
 from __future__ import annotations
 
+import importlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,25 @@ from harness.report.xlsx import write_xlsx
 
 __all__ = [
     "write_reports", "write_json", "write_details", "write_indicators", "write_markdown", "write_xlsx",
-    "write_confusion_png", "write_confusion_pngs",
+    "write_confusion_png", "write_confusion_pngs", "warm_writers",
 ]  # fmt: skip
+
+# what the writers import lazily and what costs most to import (openpyxl: ~0.15 s)
+_HEAVY_IMPORTS = ("openpyxl",)
+
+
+def warm_writers() -> None:
+    """Import the writers' heavy libraries on a daemon thread, while requests are in flight,
+    so that writing the reports after the last reply does not wait for the import."""
+
+    def load() -> None:
+        for name in _HEAVY_IMPORTS:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the writer reports a missing library itself
+                pass
+
+    threading.Thread(target=load, name="llm-harness-warm-writers", daemon=True).start()
 
 
 def write_reports(report: dict[str, Any], out_dir: Path) -> list[Path]:

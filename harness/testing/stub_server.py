@@ -15,7 +15,8 @@ the prompt inject faults:
 apart, usage in the last chunk. ``--fail-first N --fail-status S`` answers S to the first N
 requests the server gets, whatever they ask (a burst). ``--api-key`` makes every request
 without that bearer key a 401. ``--delay-ms`` delays every answer. Every request is counted;
-``GET /stats`` returns the counts, the maximum in flight and the Authorization headers seen
+``GET /stats`` returns the counts, the maximum in flight, when the last reply went out
+(``last_reply_at``, epoch seconds) and the Authorization headers seen
 (hashed, so a test can check a key arrived without the key being stored); ``POST /stats/reset``
 zeroes them.
 
@@ -55,6 +56,7 @@ class Stub:
         self.requests = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.last_reply_at = 0.0
         self.auth: set[str] = set()
 
     def app(self) -> web.Application:
@@ -71,7 +73,7 @@ class Stub:
 
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response({"requests": self.requests, "max_in_flight": self.max_in_flight,
-                                  "auth_sha256": sorted(self.auth)})
+                                  "last_reply_at": self.last_reply_at, "auth_sha256": sorted(self.auth)})
 
     async def reset(self, request: web.Request) -> web.Response:
         self.requests = self.max_in_flight = 0
@@ -158,6 +160,7 @@ class Stub:
             return web.json_response(payload)
         finally:
             self.in_flight -= 1
+            self.last_reply_at = time.time()
 
 
     async def _stream(self, request: web.Request, chat: bool, model: Any, words: list[str],
