@@ -89,6 +89,9 @@ class SqliteBoard:
         self.owner_pid = owner_pid
         self.reason: str | None = None
         self._db = open_wal(path)
+        # one connection, used by the controller's threads (generation, gate-only scoring, main):
+        # sqlite3 lets a second thread open a transaction inside the first's, and then raises
+        self._lock = threading.RLock()
         self._db.execute("CREATE TABLE IF NOT EXISTS replies (nodeid TEXT PRIMARY KEY, reply TEXT NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS planned (nodeid TEXT PRIMARY KEY)")
         self._db.execute("CREATE TABLE IF NOT EXISTS finished (reason TEXT)")
@@ -96,30 +99,33 @@ class SqliteBoard:
 
     def plan(self, nodeids: Iterable[str]) -> None:
         """Record which items the controller will generate, so items know to wait for them."""
-        with self._db:
+        with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR IGNORE INTO planned VALUES (?)", ((n,) for n in nodeids))
 
     def is_planned(self, nodeid: str) -> bool:
-        return self._db.execute("SELECT 1 FROM planned WHERE nodeid=?", (nodeid,)).fetchone() is not None
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM planned WHERE nodeid=?", (nodeid,)).fetchone() is not None
 
     def put_many(self, replies: Iterable[tuple[str, dict[str, Any]]]) -> None:
-        with self._db:
+        with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR REPLACE INTO replies VALUES (?, ?)",
                                  ((n, json.dumps(r)) for n, r in replies))
 
     def finish(self, reason: str | None = None) -> None:
-        with self._db:
+        with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.execute("INSERT INTO finished VALUES (?)", (reason,))
 
     def get(self, nodeid: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT reply FROM replies WHERE nodeid=?", (nodeid,)).fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT reply FROM replies WHERE nodeid=?", (nodeid,)).fetchone()
         return json.loads(row[0]) if row else None
 
     def _finished(self) -> bool:
-        row = self._db.execute("SELECT reason FROM finished LIMIT 1").fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT reason FROM finished LIMIT 1").fetchone()
         if row is not None:
             self.reason = row[0]
             return True
@@ -139,7 +145,7 @@ class SqliteBoard:
             delay = min(delay * 2, 0.05)
 
     def put_verdicts(self, verdicts: Iterable[tuple[str, dict[str, Any]]]) -> None:
-        with self._db:
+        with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?, ?)",
                                  ((n, json.dumps(v)) for n, v in verdicts))
@@ -148,7 +154,8 @@ class SqliteBoard:
         """A gate's verdict, polled until the controller has judged its suite; None if the controller died."""
         delay = 0.005
         while True:
-            row = self._db.execute("SELECT verdict FROM verdicts WHERE nodeid=?", (nodeid,)).fetchone()
+            with self._lock:
+                row = self._db.execute("SELECT verdict FROM verdicts WHERE nodeid=?", (nodeid,)).fetchone()
             if row is not None:
                 return json.loads(row[0])
             if self.owner_pid is not None and not pid_alive(self.owner_pid):
@@ -157,5 +164,6 @@ class SqliteBoard:
             delay = min(delay * 2, 0.05)
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 

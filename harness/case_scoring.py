@@ -7,9 +7,13 @@ from typing import Any
 
 from harness.gates import parse_gate
 from harness.results import CaseResult
+from harness.scoring.base import ScorerUnavailable
 from harness.scoring.extract import ExtractionError, run_pipeline
 from harness.scoring.scorers import Scorer, get_scorer
 from harness.suite import Case, Suite
+
+
+TRUNCATED_ERROR = "reply cut off at max_tokens (finish_reason=length)"
 
 
 @lru_cache(maxsize=None)
@@ -19,8 +23,9 @@ def scorer_for(suite: Suite) -> Scorer:
 
 def score_reply(suite: Suite, case: Case, model: str, nodeid: str, dataset: str, reply: dict[str, Any],
                 hook: Any = None) -> CaseResult:
-    """Score one reply; a model error, unusable output or a crashing scorer becomes a recorded
-    reason, never an exception. ``hook`` (a pytest hook relay) calls ``pytest_llm_case_result``.
+    """Score one reply; a model error or a scorer that raises (or cannot be built) is the case's
+    error, unusable output a score of 0 with its reason; never an exception. ``hook`` (a pytest
+    hook relay) calls ``pytest_llm_case_result``.
 
     The prompt is left out: the controller, which built the request, fills it in."""
     result = CaseResult(
@@ -30,12 +35,17 @@ def score_reply(suite: Suite, case: Case, model: str, nodeid: str, dataset: str,
         metadata=case.metadata, error=reply.get("error"), cached=bool(reply.get("cached")),
         attempts=reply.get("attempts"), ttft_ms=reply.get("ttft_ms"), tpot_ms=reply.get("tpot_ms"),
         sent_at=reply.get("sent_at"), done_at=reply.get("done_at"), tool_calls=reply.get("tool_calls"),
-        attack=case.attack,
+        attack=case.attack, truncated=bool(reply.get("truncated") or reply.get("finish_reason") == "length"),
     )
+    if result.truncated and result.error is None and suite.truncated == "error":
+        # applied when scoring, not sending: the cached reply stays valid whatever the suite says
+        result.error = TRUNCATED_ERROR
     try:
         _score(suite, case, result)
-    except Exception as exc:  # a scorer bug scores 0 with its reason; the run goes on
-        result.score, result.reason = 0.0, f"scorer raised {type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001
+        # a scorer that raises did not judge the case: an error (error_rate counts it), not a wrong answer
+        result.score, result.error = 0.0, _scorer_error(exc)
+        result.reason = result.error
     if hook is not None:
         hook.pytest_llm_case_result(result=result, suite=suite, case=case)
     # record-only suites leave `passed` unset: their gates alone judge
@@ -46,10 +56,20 @@ def score_reply(suite: Suite, case: Case, model: str, nodeid: str, dataset: str,
     return result
 
 
+def _scorer_error(exc: Exception) -> str:
+    if isinstance(exc, ScorerUnavailable):
+        return str(exc)
+    return f"scorer raised {type(exc).__name__}: {exc}"
+
+
 def _score(suite: Suite, case: Case, result: CaseResult) -> None:
     if result.error:
         result.score, result.reason = 0.0, f"model error: {result.error}"
         return
+    try:
+        scorer = scorer_for(suite)
+    except Exception as exc:
+        raise ScorerUnavailable(f"scorer {suite.scorer!r} cannot be built: {type(exc).__name__}: {exc}") from exc
     if result.tool_calls and not result.output:
         # a reply made of tool calls: they are the prediction, there is no text to extract from
         result.extracted = result.tool_calls
@@ -60,5 +80,5 @@ def _score(suite: Suite, case: Case, result: CaseResult) -> None:
             result.extracted = ""
             result.score, result.reason = 0.0, f"extraction failed: {exc}"
             return
-    scored = scorer_for(suite).score(result.extracted, case.target, case)
+    scored = scorer.score(result.extracted, case.target, case)
     result.score, result.reason, result.data = float(scored.value), scored.reason, dict(scored.data)

@@ -7,8 +7,10 @@ the verdicts the run's controller judged over every case of their suite.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -16,7 +18,8 @@ import pytest
 
 from harness.results import CaseResult, GateResult
 from harness.scoring.scorers import get_scorer
-from harness.suite import Case, Suite, SuiteError, load_cases, suite_files_in, suite_for_dataset, suites_in
+from harness.suite import (Case, Suite, SuiteError, load_cases, suite_files_in, suite_for_dataset, suites_in,
+                           under_suite)
 
 
 def model_suffix(model: str, multi_model: bool) -> str:
@@ -87,8 +90,15 @@ class GateFailed(Exception):
     """A gate whose metric missed its threshold."""
 
 
-def is_suite_dataset(file_path: Path) -> bool:
-    return file_path.suffix == ".jsonl" and bool(suite_files_in(file_path.parent))
+def is_suite_dataset(file_path: Path, top: Path | None = None) -> bool:
+    """A JSONL file in a suite's folder or below it (whether a suite lists it, its collector finds out)."""
+    return file_path.suffix == ".jsonl" and under_suite(file_path, top)
+
+
+def collection_top(config: pytest.Config) -> Path:
+    """The highest folder a dataset's suite file is looked for in: the rootdir, or the folder pytest
+    was started in when that lies higher."""
+    return Path(os.path.commonpath([config.rootpath, config.invocation_params.dir]))
 
 
 def is_suite_file(file_path: Path) -> bool:
@@ -96,10 +106,33 @@ def is_suite_file(file_path: Path) -> bool:
 
 
 def _check_scorer(suite: Suite) -> None:
+    """A scorer that cannot be built fails its suite here: otherwise every case would be an error."""
     try:
         get_scorer(suite.scorer, suite.scorer_options)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError) as exc:  # bad options, unknown names, imports not allowed
         raise SuiteError(suite.path, None, str(exc)) from exc
+    except Exception as exc:  # a plug-in's own failure (a model that did not load), reported with its suite
+        raise SuiteError(suite.path, None, f"scorer {suite.scorer!r} cannot be built: "
+                                           f"{type(exc).__name__}: {exc}") from exc
+
+
+def _check_prompts(suite: Suite, cases: list[Case], keep: bool) -> None:
+    """Render every case now: a template that cannot render one (an undefined variable, a type
+    error, the sandbox refusing) is a collection error naming the suite, the line and the problem,
+    not a case sent without a prompt. With ``keep``, the requests reuse what was rendered."""
+    from harness.prompts import render, render_problem
+
+    failed: list[tuple[Case, Exception]] = []
+    for case in cases:
+        try:
+            render(suite, case, keep)
+        except Exception as exc:  # noqa: BLE001 - any template failure is the suite's, reported below
+            failed.append((case, exc))
+    if failed:
+        case, exc = failed[0]
+        more = f" ({len(failed)} of {len(cases)} cases fail to render)" if len(failed) > 1 else ""
+        raise SuiteError(case.dataset, case.line, f"suite {suite.path}: case {case.id!r}: "
+                                                  f"{render_problem(exc)}{more}")
 
 
 def _models(config: pytest.Config) -> list[str]:
@@ -120,11 +153,13 @@ class JsonlFile(pytest.File):
 
     def collect(self) -> Iterable[pytest.Item]:
         try:
-            suite = suite_for_dataset(self.path)
+            suite = suite_for_dataset(self.path, collection_top(self.config))
             if suite is None:
                 return []
-            cases = cases_of(suite, self.path.resolve())
+            cases = catalog(self.config).cases(suite, self.path.resolve())  # read once, if its suite file read it first
             _check_scorer(suite)
+            # an xdist worker builds no requests: it checks without keeping 100,000 prompts
+            _check_prompts(suite, cases, keep=not hasattr(self.config, "workerinput"))
         except SuiteError as exc:
             raise self.CollectError(str(exc)) from exc
         catalog(self.config).record(suite, self.path.resolve(), cases)
@@ -158,6 +193,7 @@ class SuiteFile(pytest.File):
             suites = [s for s in suites_in(self.path.parent) if s.path == self.path.resolve()]
             for suite in suites:
                 _check_scorer(suite)
+                _check_datasets(self.config, suite)
         except SuiteError as exc:
             raise self.CollectError(str(exc)) from exc
         models = _models(self.config)
@@ -174,6 +210,28 @@ class SuiteFile(pytest.File):
                                                   expr=gate.expr, model=model, marks=gate_marks)
                              for model in models)
         return items
+
+
+def _check_datasets(config: pytest.Config, suite: Suite) -> None:
+    """Every dataset of the suite loads (read once: the catalog keeps its cases for its own collector),
+    and lies where pytest collects: gates never judge data that failed to load or never became items."""
+    patterns = config.getini("norecursedirs")
+    for dataset in suite.datasets:
+        for part in dataset.parent.relative_to(suite.path.parent).parts:
+            pattern = next((p for p in patterns if fnmatch.fnmatch(part, p)), None)
+            if pattern is not None:
+                where = dataset.relative_to(suite.path.parent).as_posix()
+                raise SuiteError(suite.path, None, f"dataset {where} lies in folder {part!r}, which pytest does "
+                                 f"not collect (norecursedirs {pattern!r}): move it, or change norecursedirs")
+        catalog(config).cases(suite, dataset)
+
+
+class MisplacedFolder(pytest.Directory):
+    """A folder named as a suite file is (a container's bind mount of a missing file makes one): a
+    collection error, where its suite would otherwise vanish without a word."""
+
+    def collect(self) -> Iterable[pytest.Item | pytest.Collector]:
+        raise self.CollectError(f"{self.path}: a folder where a suite file should be: a suite file is a YAML file")
 
 
 class CaseItem(pytest.Item):

@@ -1,4 +1,8 @@
-"""The versioned report envelope (what report.json holds), built from a finished run."""
+"""The versioned report envelope (what report.json holds), built from a finished run.
+
+Every report format derives from the envelope, so secrets are masked here once: credentials
+and secret query values in URLs (the command line, engine records, messages) and the models'
+API keys."""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.metadata import dataset_metadata, environment, git_state, model_metadata
+from harness.metadata import dataset_metadata, environment, git_state, model_metadata, model_secrets
+from harness.redact import redact_data, redact_text
 from harness.results import REPORT_SCHEMA, SCHEMA_VERSION, CaseResult, SuiteResult
 from harness.run import RunState
 from harness.suite import Suite
@@ -26,6 +31,7 @@ class RunRecord:
     results: list[CaseResult]
     suite_results: list[SuiteResult]
     generation: dict[str, Any]
+    reconciliation: dict[str, Any] | None = None  # planned cases against recorded results
 
 
 def build_envelope(record: RunRecord, args: list[str], workers: int,
@@ -36,10 +42,14 @@ def build_envelope(record: RunRecord, args: list[str], workers: int,
     commit, dirty = git_state(record.root)
     suites = record.suites
     used_models = {r.model for r in record.results}
+    sent = {r.model for r in record.results if not r.cached}
     engines = state.started_engines()
     for spec in state.models:  # a remote server answered from the cache alone still gets its record
-        if spec.name in used_models and spec.name not in engines and not state.engine_of(spec.name).loads:
-            engines[spec.name] = state.engine(spec.name)
+        if spec.name in used_models - sent and spec.name not in engines and not state.engine_of(spec.name).loads:
+            try:
+                engines[spec.name] = state.engine(spec.name)
+            except Exception:  # noqa: BLE001 - a server gone by now costs the report its record, not the report
+                pass
     engines.update({engine["model"]: engine for engine in managed_engines})
     run: dict[str, Any] = {
         "id": state.run_id,
@@ -60,14 +70,24 @@ def build_envelope(record: RunRecord, args: list[str], workers: int,
                        **record.generation},
         "datasets": dataset_metadata(suites, record.root),
         "suites_config": [s.config_dict() for s in suites],
+        "reconciliation": record.reconciliation or {},
     }
+    secrets = [secret for spec in state.models for secret in model_secrets(spec)]
     return {
         "schema": REPORT_SCHEMA,
         "version": SCHEMA_VERSION,
-        "run": run,
-        "suites": [s.to_dict() for s in record.suite_results],
-        "cases": [r.to_dict() for r in record.results],
+        "run": redact_data(run, secrets),
+        "suites": redact_data([s.to_dict() for s in record.suite_results], secrets),
+        "cases": [_redact_case(r.to_dict(), secrets) for r in record.results],
     }
+
+
+def _redact_case(case: dict[str, Any], secrets: list[str]) -> dict[str, Any]:
+    """A case's messages may quote a URL (a connection error); its prompt and output are the data's own."""
+    for key in ("error", "reason"):
+        if case.get(key):
+            case[key] = redact_text(case[key], secrets)
+    return case
 
 
 def report_dir(root: Path, option: str | None, ini: str, run_id: str) -> tuple[Path, bool]:

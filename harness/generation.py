@@ -5,12 +5,16 @@ Requests go out in collection order through the process's request loop, at most
 Replies are posted to the run's board as they arrive, so the item of the first case runs
 while later requests are still in flight. A request that failed transiently (timeout, 429,
 5xx, connection error, cut-off body) is held back and sent once more after the main pass
-(the seeds' two-step practice) before its case is marked as an error.
+(the seeds' two-step practice) before its case is marked as an error. The request's deadline
+(``--llm-deadline``) is a budget over all its passes: a re-send gets only what the earlier
+passes left, and none when they spent it. A client that raises fails that one case, with the
+reason, never the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -18,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from harness.board import Board
 from harness.engines.client import AUTH_STATUS, Reply
 from harness.engines.loop import submit
+from harness.redact import redact_url
 
 if TYPE_CHECKING:
     from harness.plan import Task
@@ -52,6 +57,7 @@ class Generation:
         self.last_done: float | None = None
         self.aborted: str | None = None
         self._posted: list[Posted] = []
+        self._spent: dict[str, float] = {}  # node id -> seconds its earlier passes took (held tasks only)
         self._flush_handle: asyncio.TimerHandle | None = None
         self._first = threading.Event()
         self._started = threading.Event()
@@ -153,12 +159,30 @@ class Generation:
         for task in pending:
             if self.aborted:
                 return
-            client = self.clients[task.model]
             if self.first_sent is None:
                 self.first_sent = time.time()
-            reply = await client.send(task.request)
+            reply = await self._send(task)
             if not self._settle(task, reply, held, final):
                 return
+
+    async def _send(self, task: Task) -> Reply:
+        """One task's request, within what is left of its deadline; a client's exception becomes its error."""
+        client = self.clients[task.model]
+        request = task.request
+        deadline_s = getattr(client, "deadline_s", None)
+        spent = self._spent.get(task.nodeid)
+        if spent is not None and deadline_s:
+            request = dataclasses.replace(request, deadline_at=time.monotonic() + deadline_s - spent)
+        begun = time.monotonic()
+        try:
+            reply = await client.send(request)
+        except Exception as exc:  # noqa: BLE001 - one request's failure, not the run's
+            reply = Reply(None, f"client error: {type(exc).__name__}: {exc}", (time.monotonic() - begun) * 1000)
+        if reply.error is not None and reply.transient:
+            self._spent[task.nodeid] = (spent or 0.0) + time.monotonic() - begun
+            if deadline_s and self._spent[task.nodeid] >= deadline_s - 0.01:
+                reply.transient = False  # nothing left for a later pass
+        return reply
 
     async def _batch(self, tasks: list[Task], held: list[tuple[Task, Reply]], final: bool) -> None:
         client = self.clients[tasks[0].model]
@@ -176,7 +200,7 @@ class Generation:
         """Post a final reply or hold a transient failure for the next pass; False stops the run."""
         if reply.status in AUTH_STATUS and not self.succeeded:
             # wrong key on the first requests: every other request would fail the same way
-            self.aborted = (f"{task.model} at {self.clients[task.model].base_url} refused the request "
+            self.aborted = (f"{task.model} at {redact_url(self.clients[task.model].base_url)} refused the request "
                             f"({reply.error}); check the API key variable (--llm-api-key-env)")
             return False
         if reply.error is not None and reply.transient and not final:

@@ -1,13 +1,15 @@
-"""Run metadata for reproducibility: code, environment, models, data."""
+"""Run metadata for reproducibility: code, environment, models, data (secrets redacted)."""
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from harness.redact import key_secrets, redact_data, url_secrets
 from harness.suite import Suite, file_digest
 
 
@@ -32,14 +34,22 @@ def git_state(root: Path) -> tuple[str | None, bool | None]:
     return commit, dirty if commit else None
 
 
+def model_secrets(spec: Any) -> list[str]:
+    """What must never be written down for a model: its URLs' credentials and its API key."""
+    key_env = getattr(spec, "api_key_env", None)
+    return ([secret for url in getattr(spec, "base_urls", ()) for secret in url_secrets(url)]
+            + key_secrets(os.environ.get(key_env) if key_env else None))
+
+
 def model_metadata(spec: Any, kind: Any, engine: dict[str, Any] | None) -> dict[str, Any]:
-    """A model's entry in report.json: its source (from its engine kind) and the engine's record."""
+    """A model's entry in report.json: its source (from its engine kind) and the engine's record,
+    with credentials in URLs, secret query values and the API key masked."""
     entry: dict[str, Any] = {"name": spec.name, **kind.metadata(engine), "engine": None}
     if engine is not None:
         entry["engine"] = {k: engine.get(k) for k in ("kind", "base_url", "base_urls", "launch", "ready_s")}
         if engine.get("log"):
             entry["engine"]["log"] = Path(engine["log"]).name
-    return entry
+    return redact_data(entry, model_secrets(spec))
 
 
 def dataset_metadata(suites: list[Suite], root: Path) -> list[dict[str, Any]]:

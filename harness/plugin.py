@@ -12,10 +12,11 @@ from typing import Any, Generator
 
 import pytest
 
-from harness.collect import GateItem, JsonlFile, SuiteFile, is_suite_dataset, is_suite_file
+from harness.collect import CaseItem, GateItem, JsonlFile, SuiteFile, is_suite_dataset, is_suite_file
 from harness.run import STATE_KEY, WORKERINPUT_KEY, RunState, Settings, run_state
 
 GC_KEY = pytest.StashKey[bool]()
+REPORTED_KEY = pytest.StashKey[bool]()  # an item's run protocol made at least one report
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,6 +52,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     option("cache-path", "response cache file (default: ~/.cache/pytest-llm-harness/responses.sqlite)")
     option("report-dir", "write reports to this folder (default: reports/<run id>, with reports/latest)")
     parser.addini("llm_reports", "base folder of run reports", default="reports")
+    parser.addini("llm_allow_imports", "module prefixes a suite file may import (classifier: 'pkg.mod:attr') "
+                  "besides the project's own modules under the rootdir", type="args", default=[])
 
 
 def _value(config: pytest.Config, name: str) -> Any:
@@ -94,6 +97,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "llm_gate: a quality gate judged on a whole suite")
     config.addinivalue_line("markers", "llm_robustness: a perturbed copy of an eval case, or a gate on the "
                             "copies (robustness suites)")
+    from harness.scoring.imports import configure as configure_imports
+
+    configure_imports(config)  # every process (xdist workers too): what a suite file may import
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and WORKERINPUT_KEY in workerinput:
         config.stash[STATE_KEY] = RunState.from_workerinput(workerinput[WORKERINPUT_KEY])
@@ -143,11 +149,22 @@ def pytest_collection(session: pytest.Session) -> Generator[None, Any, Any]:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    if is_suite_dataset(file_path):
+    from harness.collect import collection_top
+
+    # a dataset may lie below its suite's folder (data/cases.jsonl): suites are looked for upwards
+    if is_suite_dataset(file_path, collection_top(parent.config)):
         return JsonlFile.from_parent(parent, path=file_path)
     if file_path.suffix in (".yaml", ".yml") and is_suite_file(file_path):
         return SuiteFile.from_parent(parent, path=file_path)
     return None
+
+
+def pytest_collect_directory(path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    from harness.collect import MisplacedFolder
+    from harness.suite import is_suite_file_name
+
+    # a folder named suite.yaml would otherwise be entered as a plain folder, its suite gone without a word
+    return MisplacedFolder.from_parent(parent, path=path) if is_suite_file_name(path) else None
 
 
 @pytest.hookimpl(trylast=True)
@@ -160,12 +177,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         items[:] = [item for item in items if not isinstance(item, GateItem)] + gates
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
+    outcome = yield
+    if isinstance(item, CaseItem) and REPORTED_KEY not in item.stash:
+        # another plugin ran the item without pytest's protocol and reported nothing: say so, rather
+        # than leave its suite's gates waiting for a case that will never come
+        report = pytest.TestReport(item.nodeid, item.location, {}, "failed",
+                                   "no result: another plugin replaced this item's run protocol and reported nothing",
+                                   "call")
+        item.ihook.pytest_runtest_logreport(report=report)
+    return outcome
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
     report = yield
+    item.stash[REPORTED_KEY] = True
     result = getattr(item, "case_result", None)
     if call.when == "call" and result is not None:
         report.llm_case = result.to_dict()
+    if isinstance(item, (CaseItem, GateItem)) and isinstance(report.longrepr, str):
+        from harness.textsafe import visible
+
+        # the failure text quotes model output: its escape sequences must not reach the terminal
+        report.longrepr = visible(report.longrepr)
     return report
 
 

@@ -3,15 +3,55 @@
 from __future__ import annotations
 
 import json
+import weakref
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from harness.engines.client import Request
-from harness.templates import CHAT_TEMPLATES, Messages, template
+from harness.templates import CHAT_TEMPLATES, Messages, jinja_env, template
 
 if TYPE_CHECKING:
     from harness.suite import Case, Suite
 
 DEFAULT_MAX_TOKENS = 256
+_PART_NOTE = "while rendering "
+
+# what each case rendered to, by case: collection renders every case once to check it, and the
+# request built later reuses that (a case's prompt is rendered once per process)
+_RENDERED: weakref.WeakKeyDictionary[Case, tuple[Suite, Messages | str]] = weakref.WeakKeyDictionary()
+
+
+def _render(source: str, context: dict[str, Any], part: str) -> str:
+    """One template of the suite file over one case; an error carries a note naming ``part``.
+
+    Case values are only ever context, never template source: data is not rendered."""
+    try:
+        return template(source).render(context)
+    except Exception as exc:
+        exc.add_note(_PART_NOTE + part)
+        raise
+
+
+@lru_cache(maxsize=256)
+def _reads_only(source: str, given: frozenset[str]) -> bool:
+    """Whether a template reads no variable but ``given``: then its text is the same for every case."""
+    from jinja2 import meta
+
+    return meta.find_undeclared_variables(jinja_env().parse(source)) <= given
+
+
+# texts of a suite's templates that read nothing of the case (a fixed system prompt, few-shot
+# examples over their own fields), by suite and part: rendered once per suite, not once per case
+_SHARED: weakref.WeakKeyDictionary[Suite, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def _render_part(suite: Suite, source: str, context: dict[str, Any], part: str, given: frozenset[str]) -> str:
+    if not _reads_only(source, given):
+        return _render(source, context, part)
+    shared = _SHARED.setdefault(suite, {})
+    if part not in shared:
+        shared[part] = _render(source, context, part)
+    return shared[part]
 
 
 def render_messages(suite: Suite, case: Case) -> Messages:
@@ -25,26 +65,51 @@ def render_messages(suite: Suite, case: Case) -> Messages:
     }
     messages: Messages = []
     if suite.prompt.system:
-        messages.append({"role": "system", "content": template(suite.prompt.system).render(context)})
-    for shot in suite.prompt.few_shot:
+        messages.append({"role": "system", "content": _render_part(suite, suite.prompt.system, context,
+                                                                    "prompt.system", frozenset())})
+    for number, shot in enumerate(suite.prompt.few_shot):
         # each example is one exchange: the template over the example's input, then its output
         reply = shot.get("output", "")
-        messages.append({"role": "user", "content": template(suite.prompt.template).render({**context, **shot})})
+        messages.append({"role": "user", "content": _render_part(
+            suite, suite.prompt.template, {**context, **shot}, f"prompt.template for prompt.few_shot[{number}]",
+            frozenset(shot))})
         messages.append({"role": "assistant",
                          "content": reply if isinstance(reply, str) else json.dumps(reply, ensure_ascii=False)})
     if isinstance(case.input, list):
         messages.extend({"role": m["role"], "content": str(m["content"])} for m in case.input)
     else:
-        messages.append({"role": "user", "content": template(suite.prompt.template).render(context)})
+        messages.append({"role": "user", "content": _render(suite.prompt.template, context, "prompt.template")})
     return messages
 
 
-def render(suite: Suite, case: Case) -> Messages | str:
-    """What is sent: messages in chat mode, a prompt string in completion mode."""
+def render(suite: Suite, case: Case, keep: bool = True) -> Messages | str:
+    """What is sent: messages in chat mode, a prompt string in completion mode.
+
+    Kept for the case's lifetime unless ``keep`` is false, and then returned as it is: collection
+    renders every case to check it, and the request built later in the same process reuses it.
+    An xdist worker, which builds no requests, checks without keeping."""
+    kept = _RENDERED.get(case)
+    if kept is not None and kept[0] is suite:
+        return kept[1]
     messages = render_messages(suite, case)
-    if suite.api == "chat":
-        return messages
-    return CHAT_TEMPLATES[suite.chat_template](messages)
+    prompt = messages if suite.api == "chat" else CHAT_TEMPLATES[suite.chat_template](messages)
+    if keep:
+        _RENDERED[case] = (suite, prompt)
+    return prompt
+
+
+def render_problem(exc: BaseException) -> str:
+    """Why a case could not be rendered, for a collection error: the template part and the problem."""
+    import jinja2
+
+    parts = [note.removeprefix(_PART_NOTE) for note in getattr(exc, "__notes__", ()) if note.startswith(_PART_NOTE)]
+    if isinstance(exc, jinja2.UndefinedError):
+        problem = f"undefined variable: {exc}"
+    elif isinstance(exc, jinja2.exceptions.SecurityError):
+        problem = f"blocked by the template sandbox: {exc}"
+    else:
+        problem = f"{type(exc).__name__}: {exc}"
+    return f"{parts[0] if parts else 'the prompt'} cannot render this case: {problem}"
 
 
 def build_request(suite: Suite, case: Case, model: str, stream: bool = False, hook: Any = None) -> Request:

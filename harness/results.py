@@ -40,6 +40,7 @@ class CaseResult:
     sent_at: float | None = None  # epoch seconds: first attempt sent
     done_at: float | None = None  # epoch seconds: final answer received
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI-style tool calls of a chat reply
+    truncated: bool = False  # the reply was cut off at max_tokens (finish_reason "length")
     attack: str | None = None  # robustness copies: the perturbation of the input
     metadata: dict[str, Any] = field(default_factory=dict)
     # scorer-specific values that suite aggregation needs (e.g. predicted label)

@@ -22,7 +22,7 @@ from harness.engines.limiter import AdaptiveLimit
 from harness.engines.loop import run_sync
 from harness.engines.registry import Engine, EngineContext, make_engine
 from harness.models import ModelSpec
-from harness.cache import ResponseCache
+from harness.cache import ResponseCache, cache_warner
 
 STATE_KEY = pytest.StashKey["RunState"]()
 WORKERINPUT_KEY = "llm_harness"
@@ -114,7 +114,7 @@ class RunState:
 
             path = Path(self.settings.cache_path) if self.settings.cache_path else \
                 default_cache_root() / "responses.sqlite"
-            self._cache = ResponseCache(path, self.settings.cache_mode)
+            self._cache = ResponseCache(path, self.settings.cache_mode, warn=cache_warner(self.hook))
         return self._cache
 
     def context(self) -> EngineContext:

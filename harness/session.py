@@ -45,6 +45,11 @@ class EvalSession:
         self.generation_stats: dict[str, Any] = {}
         self.suite_results: list[SuiteResult] = []
         self.report_path: Path | None = None
+        self._report_failures: list[str] = []
+        self._stopped: str | None = None
+        self.unaccounted: list[str] = []
+        self.skipped: list[str] = []
+        self.reconciliation: dict[str, Any] = {}
         self._board: Board | None = None
         self._generation: Any = None
         self._keys: dict[str, tuple[str, str]] = {}  # node id -> (cache key, model)
@@ -90,9 +95,13 @@ class EvalSession:
         raw = getattr(report, "llm_case", None)
         if raw is not None and report.when == "call":
             self._add(CaseResult.from_dict(raw))
+            # the terminal reporter keeps every report to the end: it need not keep the case twice
+            del report.llm_case
         elif report.failed and report.nodeid in self.plan.by_id:
             # a case item that ended without a result (a crashed worker, an internal error): an error, never lost
             self._add(self._lost(report))
+        elif report.skipped and report.when in ("setup", "call") and report.nodeid in self.plan.run_of:
+            self._skip(report.nodeid)
         if report.failed and report.when in ("call", "???"):
             self._failures += 1
             maxfail = self.config.getoption("maxfail", 0) or 0
@@ -122,15 +131,18 @@ class EvalSession:
         if not results:
             return
         from harness.envelope import RunRecord, build_envelope, point_latest, report_dir
-        from harness.report import write_reports
+        from harness.report import ReportsIncomplete, write_reports
 
         out, is_run_dir = report_dir(self.root, self.config.getoption("llm_report_dir"),
                                      self.config.getini("llm_reports"), self.state.run_id)
         workers = int(getattr(self.config.option, "numprocesses", 0) or 0) if self.xdist else 0
         record = RunRecord(self.state, self.started_at, self.root, self.suites(), results, self.suite_results,
-                           self.generation_stats)
+                           self.generation_stats, self.reconciliation)
         envelope = build_envelope(record, list(self.config.invocation_params.args), workers, engines)
-        write_reports(envelope, out)
+        try:
+            write_reports(envelope, out)
+        except ReportsIncomplete as exc:
+            self._report_failures = exc.failures
         self.config.hook.pytest_llm_write_report(record=envelope, out_dir=out)
         for engine in engines:
             if engine.get("log") and Path(engine["log"]).exists():
@@ -149,6 +161,13 @@ class EvalSession:
             terminalreporter.write_line(line)
         if self.report_path is not None:
             terminalreporter.write_line(f"reports: {self.report_path}")
+        if self.unaccounted:
+            terminalreporter.write_line(
+                f"llm-harness: {len(self.unaccounted)} planned case(s) have no result, recorded as errors "
+                f"({self._stopped or 'no result reached the controller'}): {', '.join(self.unaccounted[:5])}"
+                + (" ..." if len(self.unaccounted) > 5 else ""), red=not self._stopped, bold=not self._stopped)
+        for failure in self._report_failures:
+            terminalreporter.write_line(f"llm-harness: {failure}", red=True, bold=True)
 
     # -- planning and generation ----------------------------------------------------------------
     def _hook(self, suite: Suite) -> Any:
@@ -301,12 +320,15 @@ class EvalSession:
             self._add(score_reply(ref.suite, ref.case, ref.model, ref.nodeid, ref.dataset, reply, self._hook(ref.suite)))
 
     def _lost(self, report: pytest.TestReport) -> CaseResult:
-        assert self.plan is not None
-        ref = self.plan.by_id[report.nodeid].ref
         lines = str(report.longrepr or "").strip().splitlines()
         reason = lines[-1] if lines else "no result"
         if report.when == "???":
             reason = f"worker crashed: {reason}"
+        return self._error_result(report.nodeid, reason)
+
+    def _error_result(self, nodeid: str, reason: str) -> CaseResult:
+        assert self.plan is not None
+        ref = self.plan.by_id[nodeid].ref
         return CaseResult(ref.suite.name, ref.case.id, ref.model, ref.nodeid, ref.dataset, ref.case.line, None,
                           ref.case.target, score=0.0, passed=False if ref.suite.pass_rule else None,
                           reason=reason, error=reason, metadata=ref.case.metadata, attack=ref.case.attack)
@@ -324,6 +346,22 @@ class EvalSession:
                 result.prompt = self._prompt(result.nodeid)
             run.results[result.nodeid] = result
             run.missing.discard(result.nodeid)
+            ready = bool(run.gates) and not run.missing and run.result is None
+            if ready:
+                run.result = _PENDING
+        if ready:
+            self._conclude(run)
+
+    def _skip(self, nodeid: str) -> None:
+        """A case item skipped (a skip mark, pytest.skip in a hook): left out of its suite like a
+        deselected case, so its gates are judged on the cases that ran."""
+        assert self.plan is not None
+        run = self.plan.run_of[nodeid]
+        with self._lock:
+            if nodeid in run.results or nodeid not in run.missing:
+                return
+            run.missing.discard(nodeid)
+            self.skipped.append(nodeid)
             ready = bool(run.gates) and not run.missing and run.result is None
             if ready:
                 run.result = _PENDING
@@ -364,6 +402,7 @@ class EvalSession:
         """The run stops before some suites are complete: their gates skip, so no worker waits forever."""
         if self.plan is None:
             return
+        self._stopped = self._stopped or why
         with self._lock:
             runs = [run for run in self.plan.runs if run.gates and run.result is None]
             for run in runs:
@@ -374,15 +413,38 @@ class EvalSession:
     def _conclude_rest(self) -> None:
         """At the end: suites without selected gates (or stopped early) get their metrics too."""
         assert self.plan is not None
+        if not self._stopped:
+            # nothing stopped the run, so a case without a result is lost: an error its gates see
+            self._reconcile()
         for run in self.plan.runs:
             if run.result is None and (run.results or run.gates):
                 if run.gates and run.missing:
-                    self._conclude(run, stopped="the run ended before every case ran")
+                    self._conclude(run, stopped=self._stopped or "the run ended before every case ran")
                 else:
                     self._conclude(run)
+        if self._stopped:
+            # a stopped run's metrics cover the cases that ran; the rest are listed as not run
+            self._reconcile()
         models = {name: index for index, name in enumerate(self.state.model_names)}
         concluded = [run.result for run in self.plan.runs if run.result is not None and run.result is not _PENDING]
         self.suite_results = sorted(concluded, key=lambda r: (r.name, models.get(r.model, 0)))
+
+    def _reconcile(self) -> None:
+        """Planned cases against recorded results: a case with no result is recorded as an error
+        saying why (never dropped), and listed for the terminal and report.json."""
+        assert self.plan is not None
+        why = self._stopped or "no result reached the controller"
+        recorded = sum(len(run.results) for run in self.plan.runs)
+        for run in self.plan.runs:
+            with self._lock:
+                missing = sorted(run.missing)
+                run.missing.clear()
+            for nodeid in missing:
+                run.results.setdefault(nodeid, self._error_result(nodeid, f"not run: {why}"))
+            self.unaccounted.extend(missing)
+        self.reconciliation = {"planned": recorded + len(self.unaccounted), "recorded": recorded,
+                               "not_run": len(self.unaccounted), "skipped": len(self.skipped), "stopped": self._stopped,
+                               "not_run_ids": self.unaccounted[:100]}
 
     def _ordered(self, results: Iterable[CaseResult]) -> list[CaseResult]:
         # reports list cases in data order, whichever worker finished first

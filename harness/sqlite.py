@@ -1,15 +1,55 @@
-"""SQLite as the harness uses it: WAL mode, so several processes read while one writes."""
+"""SQLite as the harness uses it: WAL mode, so several processes read while one writes.
+
+The databases hold prompts and replies: folders the harness creates for them are 0700 and a
+database file it creates is 0600, as are SQLite's side files (-wal, -shm, -journal), which SQLite
+creates with the mode of their database file.
+"""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 
 
 def open_wal(path: Path) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit) with WAL journaling."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_parents(path)
+    _create_private(path)
     db = sqlite3.connect(str(path), timeout=60, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+    except BaseException:
+        db.close()
+        raise
     return db
+
+
+def private_parents(path: Path) -> None:
+    """Create the missing folders above path as 0700; folders that exist are left as they are."""
+    missing = []
+    for folder in Path(path).parents:
+        if folder.exists():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue  # made by another process in the meantime
+        os.chmod(folder, DIR_MODE)  # mkdir's mode passes through the umask
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 before SQLite does, so that it and its side files are private."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+    except FileExistsError:
+        return
+    os.close(fd)
+    os.chmod(path, FILE_MODE)

@@ -5,12 +5,16 @@ Every problem in user input raises :class:`SuiteError`, which names the file and
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import hashlib
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -18,13 +22,18 @@ from harness.robustness import RobustnessSpec, parse_robustness
 
 SUITE_FILE_NAMES = ("suite.yaml", "suite.yml")
 SUITE_FILE_GLOBS = ("*.suite.yaml", "*.suite.yml")
+GLOB_CHARS = frozenset("*?[")
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 API_MODES = ("chat", "completion")
 GENERATION_KEYS = ("max_tokens", "temperature", "top_p", "stop", "seed")
 SUITE_KEYS = {
     "name", "description", "dataset", "datasets", "fields", "prompt", "api", "chat_template",
-    "generation", "extract", "scorer", "pass", "gates", "markers", "extra_body", "robustness",
+    "generation", "extract", "scorer", "pass", "gates", "markers", "extra_body", "robustness", "truncated",
 }
 LINE_ID = "@line"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_DATASET_ENTRIES: dict[Path, tuple[str, ...]] = {}  # suite file -> its dataset entries, to see a glob's matches change
+_GENERATIONS: dict[Path, int] = {}  # folder -> how often its suites were reloaded for that reason
 
 
 class SuiteError(Exception):
@@ -79,6 +88,7 @@ class Suite:
     markers: tuple[str, ...]
     extra_body: dict[str, Any] = field(default_factory=dict)
     robustness: RobustnessSpec | None = None
+    truncated: str = "record"  # a reply cut off at max_tokens: "record" it, or make it an "error"
 
     def config_dict(self) -> dict[str, Any]:
         """The suite's settings as they appear in report metadata."""
@@ -95,6 +105,7 @@ class Suite:
             "pass": self.pass_rule or "record",
             "gates": list(self.gates),
             "robustness": self.robustness.config_dict() if self.robustness else None,
+            "truncated": self.truncated,
         }
 
 
@@ -138,18 +149,13 @@ def load_suite(path: Path) -> Suite:
         raise SuiteError(path, None, "missing 'dataset': the JSONL file(s) this suite runs")
     data_key = "datasets" if "datasets" in raw else "dataset"  # the key whose line errors name
     data_list = [data] if isinstance(data, str) else data
-    if not isinstance(data_list, list) or not all(isinstance(d, str) for d in data_list):
-        raise fail(data_key, "'dataset' must be a file name or a list of file names")
-    datasets = []
-    for entry in data_list:
-        dataset = (path.parent / entry).resolve()
-        if dataset.suffix != ".jsonl":
-            raise fail(data_key, f"dataset {entry!r} must be a .jsonl file")
-        if dataset.parent != path.parent.resolve():
-            raise fail(data_key, f"dataset {entry!r} must lie beside the suite file")
-        if not dataset.is_file():
-            raise fail(data_key, f"dataset {entry!r} not found")
-        datasets.append(dataset)
+    if not isinstance(data_list, list) or not data_list or not all(isinstance(d, str) for d in data_list):
+        raise fail(data_key, "'dataset' must be a file name, a glob or a list of them")
+    try:
+        datasets = resolve_datasets(path.parent, data_list)
+    except ValueError as exc:
+        raise fail(data_key, str(exc)) from exc
+    _DATASET_ENTRIES[path.resolve()] = tuple(data_list)
 
     fields = {"id": "id", "input": "input", "target": "target", "metadata": "metadata"}
     mapped = raw.get("fields") or {}
@@ -258,6 +264,9 @@ def load_suite(path: Path) -> Suite:
         robustness = parse_robustness(raw.get("robustness"))
     except ValueError as exc:
         raise fail("robustness", str(exc)) from exc
+    truncated = raw.get("truncated", "record")
+    if truncated not in ("record", "error"):
+        raise fail("truncated", f"'truncated' must be record or error, not {truncated!r}")
 
     return Suite(
         name=name.strip(),
@@ -276,6 +285,7 @@ def load_suite(path: Path) -> Suite:
         markers=tuple(str(m) for m in markers),
         extra_body=dict(extra_body),
         robustness=robustness,
+        truncated=truncated,
     )
 
 
@@ -311,81 +321,226 @@ def _check_templates(path: Path, text: str, prompt: PromptSpec) -> None:
             raise SuiteError(path, _line_of(text, "prompt"), f"prompt.{key}: template error: {exc.message}") from exc
 
 
-def suite_files_in(directory: Path) -> list[Path]:
-    found = [directory / n for n in SUITE_FILE_NAMES if (directory / n).is_file()]
+def resolve_datasets(folder: Path, entries: list[str] | tuple[str, ...]) -> tuple[Path, ...]:
+    """The JSONL files a suite's dataset entries name: paths or globs relative to the suite's folder,
+    each glob's matches sorted, a file named twice kept once. Raises ValueError saying what is wrong."""
+    root = folder.resolve()
+    found: dict[Path, None] = {}
+    for entry in entries:
+        for dataset in _expand_dataset(root, entry):
+            found.setdefault(dataset, None)
+    return tuple(found)
+
+
+def _expand_dataset(root: Path, entry: str) -> list[Path]:
+    if not Path(entry).name.endswith(".jsonl"):
+        raise ValueError(f"dataset {entry!r} must be a .jsonl file, or a glob of them such as 'data/*.jsonl'")
+    if not GLOB_CHARS.intersection(entry):
+        return [_dataset_in(root, repr(entry), root / entry)]
+    # glob.glob, not Path.glob: as in a shell, a wildcard does not match hidden files and folders
+    # (.ipynb_checkpoints, .cache), which pytest does not collect either
+    matches = sorted(glob.glob(entry, root_dir=root, recursive=True))
+    if not matches:
+        raise ValueError(f"dataset glob {entry!r} matches no file in {root}")
+    return [_dataset_in(root, f"{entry!r} (match {match!r})", root / match) for match in matches]
+
+
+def _dataset_in(root: Path, label: str, candidate: Path) -> Path:
+    """One dataset, resolved; it must be a file in the suite's folder or below it."""
+    dataset = candidate.resolve()
+    if not dataset.is_relative_to(root):
+        link = " is a link to a file that" if Path(os.path.normpath(candidate)).is_relative_to(root) else ""
+        raise ValueError(f"dataset {label}{link} lies outside the suite folder {root}: "
+                         "a suite's data lies in its folder or below it")
+    if dataset.is_dir():
+        raise ValueError(f"dataset {label} is a directory, not a JSONL file")
+    if not dataset.is_file():
+        raise ValueError(f"dataset {label} not found")
+    return dataset
+
+
+def _globs_current(suite: Suite) -> bool:
+    """Whether the suite's dataset globs still match the files it was loaded with."""
+    entries = _DATASET_ENTRIES.get(suite.path, ())
+    if not any(GLOB_CHARS.intersection(entry) for entry in entries):
+        return True
+    try:
+        return resolve_datasets(suite.path.parent, entries) == suite.datasets
+    except ValueError:
+        return False
+
+
+def is_suite_file_name(path: Path) -> bool:
+    """Whether a path is named as a suite file is (suite.yaml, x.suite.yml, ...)."""
+    return path.name in SUITE_FILE_NAMES or any(fnmatch.fnmatchcase(path.name, p) for p in SUITE_FILE_GLOBS)
+
+
+def _suite_named(directory: Path) -> list[Path]:
+    """The entries of a folder named as suite files are, whatever they are (a folder named suite.yaml too)."""
+    found = [directory / n for n in SUITE_FILE_NAMES if (directory / n).exists()]
     for pattern in SUITE_FILE_GLOBS:
         found.extend(sorted(directory.glob(pattern)))
     return found
 
 
+def suite_files_in(directory: Path) -> list[Path]:
+    return [path for path in _suite_named(directory) if path.is_file()]
+
+
+def _levels(folder: Path, top: Path | None) -> list[Path]:
+    """folder and the folders above it, up to top (every one when top is None or not above folder)."""
+    levels = [folder, *folder.parents]
+    top = top.resolve() if top is not None else None
+    if top is not None and folder.is_relative_to(top):
+        return levels[:len(folder.relative_to(top).parts) + 1]
+    return levels
+
+
+def under_suite(file_path: Path, top: Path | None = None) -> bool:
+    """Whether a suite file (or a folder named as one) lies in the file's folder or above it, up to top."""
+    return any(_suite_named(level) for level in _levels(file_path.resolve().parent, top))
+
+
 @lru_cache(maxsize=None)
-def _suites_in(directory: Path, stamp: tuple[tuple[str, float], ...]) -> tuple[Suite, ...]:
-    return tuple(load_suite(Path(p)) for p, _ in stamp)
+def _suites_in(directory: Path, stamp: tuple[tuple[str, int, int], ...], generation: int) -> tuple[Suite, ...]:
+    return tuple(load_suite(Path(p)) for p, _, _ in stamp)
 
 
 def suites_in(directory: Path) -> tuple[Suite, ...]:
-    """All suites defined in one directory (cached until a suite file changes)."""
-    files = suite_files_in(directory)
-    stamp = tuple((str(p), p.stat().st_mtime) for p in files)
-    return _suites_in(directory.resolve(), stamp)
+    """All suites defined in one directory: the same objects until a suite file changes or a dataset
+    glob matches other files (collection and the run's plan match suites by identity)."""
+    directory = directory.resolve()
+    stamp = tuple((str(p), st.st_mtime_ns, st.st_size) for p in suite_files_in(directory) for st in [p.stat()])
+    suites = _suites_in(directory, stamp, _GENERATIONS.get(directory, 0))
+    if not all(_globs_current(suite) for suite in suites):
+        _GENERATIONS[directory] = _GENERATIONS.get(directory, 0) + 1
+        suites = _suites_in(directory, stamp, _GENERATIONS[directory])
+    return suites
 
 
-def suite_for_dataset(dataset: Path) -> Suite | None:
-    """The suite that lists this JSONL file, or None when no suite claims it."""
+def suite_for_dataset(dataset: Path, top: Path | None = None) -> Suite | None:
+    """The suite that lists this JSONL file, from its folder or a folder above it up to top; None when
+    no suite claims it. Raises when several do, or when none does and a suite file above is broken
+    (that suite may be the file's own)."""
     dataset = dataset.resolve()
-    owners = [s for s in suites_in(dataset.parent) if dataset in s.datasets]
+    owners: list[Suite] = []
+    problems: list[SuiteError] = []
+    for level in _levels(dataset.parent, top):
+        problems.extend(SuiteError(named, None, "a folder where a suite file should be: a suite file is a YAML file")
+                        for named in _suite_named(level) if named.is_dir())
+        try:
+            owners.extend(suite for suite in suites_in(level) if dataset in suite.datasets)
+        except SuiteError as exc:
+            problems.append(exc)
     if len(owners) > 1:
         raise SuiteError(dataset, None, f"claimed by several suites: {', '.join(str(s.path) for s in owners)}")
+    if not owners and problems:
+        raise problems[0]
     return owners[0] if owners else None
 
 
 def load_cases(suite: Suite, dataset: Path) -> list[Case]:
-    """Read one dataset of a suite; every bad line raises a SuiteError naming it."""
+    """Read one dataset of a suite; every bad line raises a SuiteError naming it.
+
+    UTF-8, one JSON object a line; a byte order mark, CRLF line ends and blank lines are accepted."""
     cases: list[Case] = []
     seen: dict[str, int] = {}
-    f = suite.fields
+    for number, record in _records(dataset):
+        cases.append(_case(suite, dataset, number, record, seen))
+    if not cases:
+        raise SuiteError(dataset, None, "no cases: the dataset holds no JSON line (a suite runs at least one case)")
+    return cases
+
+
+def _records(dataset: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, JSON object) of every non-blank line of a JSONL file."""
     try:
-        handle = dataset.open(encoding="utf-8")
+        handle = dataset.open("rb")
     except OSError as exc:
         raise SuiteError(dataset, None, f"cannot read dataset: {exc}") from exc
+    offset = 0
+    number = 0
     with handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
+        while True:
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SuiteError(dataset, number, f"malformed JSON: {exc.msg} (column {exc.colno})") from exc
-            if not isinstance(record, dict):
-                raise SuiteError(dataset, number, "each line must be a JSON object")
-            if f["id"] == LINE_ID:
-                case_id = str(number)
-            elif f["id"] not in record:
-                raise SuiteError(dataset, number, f"missing id field {f['id']!r}")
-            else:
-                case_id = record[f["id"]]
-                if not isinstance(case_id, (str, int)) or isinstance(case_id, bool) or str(case_id).strip() == "":
-                    raise SuiteError(dataset, number, f"id {case_id!r} must be a non-empty string or an integer")
-                case_id = str(case_id)
-            if case_id in seen:
-                raise SuiteError(dataset, number, f"duplicate id {case_id!r} (first on line {seen[case_id]})")
-            seen[case_id] = number
-            if f["input"] not in record:
-                raise SuiteError(dataset, number, f"missing input field {f['input']!r}")
-            value = record[f["input"]]
-            if not isinstance(value, (str, list)):
-                raise SuiteError(dataset, number, "input must be a string or a list of chat messages")
-            if isinstance(value, list) and not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in value
-            ):
-                raise SuiteError(dataset, number, "a messages input must be a list of {role, content} objects")
-            if f["target"] not in record:
-                raise SuiteError(dataset, number, f"missing target field {f['target']!r}")
-            metadata = record.get(f["metadata"]) or {}
-            if not isinstance(metadata, dict):
-                raise SuiteError(dataset, number, "metadata must be a JSON object")
-            cases.append(Case(case_id, value, record[f["target"]], metadata, record, dataset, number))
-    return cases
+                raw = handle.readline()
+            except OSError as exc:
+                raise SuiteError(dataset, number + 1, f"cannot read dataset: {exc}") from exc
+            if not raw:
+                return
+            number += 1
+            text = _decode(dataset, number, offset, raw)
+            offset += len(raw)
+            if text.strip(" \t\r\n"):
+                yield number, _parse(dataset, number, text)
+
+
+def _decode(dataset: Path, number: int, offset: int, raw: bytes) -> str:
+    """One line as text; a BOM at its start (the file's, or a concatenated file's) is dropped."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        hint = ""
+        if number == 1 and raw.startswith(UTF16_BOMS):
+            hint = "; the file is UTF-16 (it starts with a UTF-16 byte order mark): save it as UTF-8"
+        raise SuiteError(dataset, number, f"not UTF-8: byte 0x{raw[exc.start]:02x} at byte offset "
+                                          f"{offset + exc.start} of the file (byte {exc.start + 1} of the line)"
+                                          f"{hint}") from exc
+    return text.removeprefix("\ufeff")
+
+
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false",
+               type(None): "null"}
+
+
+def _parse(dataset: Path, number: int, text: str) -> dict[str, Any]:
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SuiteError(dataset, number, f"malformed JSON: {exc.msg} (column {exc.colno})") from exc
+    except ValueError as exc:  # an integer of over 4300 digits
+        raise SuiteError(dataset, number, f"malformed JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise SuiteError(dataset, number, "malformed JSON: arrays or objects nested too deeply") from exc
+    if not isinstance(record, dict):
+        raise SuiteError(dataset, number, f"each line must be a JSON object, not {_JSON_TYPES[type(record)]}")
+    return record
+
+
+def _case(suite: Suite, dataset: Path, number: int, record: dict[str, Any], seen: dict[str, int]) -> Case:
+    """One JSON object as a case of the suite; ``seen``: the ids so far and their lines."""
+    f = suite.fields
+    if f["id"] == LINE_ID:
+        case_id = str(number)
+    elif f["id"] not in record:
+        raise SuiteError(dataset, number, f"missing id field {f['id']!r}")
+    else:
+        case_id = record[f["id"]]
+        if not isinstance(case_id, (str, int)) or isinstance(case_id, bool) or str(case_id).strip() == "":
+            raise SuiteError(dataset, number, f"id {case_id!r} must be a non-empty string or an integer")
+        case_id = str(case_id)
+        if _SURROGATE.search(case_id):
+            # valid JSON, but no UTF-8 text (terminal, JUnit XML, reports) can hold it: the id names them all
+            shown = case_id.encode("utf-8", "backslashreplace").decode()
+            raise SuiteError(dataset, number, f"id '{shown}' holds a lone UTF-16 surrogate escape, which is not text")
+    if case_id in seen:
+        raise SuiteError(dataset, number, f"duplicate id {case_id!r} (first on line {seen[case_id]})")
+    seen[case_id] = number
+    if f["input"] not in record:
+        raise SuiteError(dataset, number, f"missing input field {f['input']!r}")
+    value = record[f["input"]]
+    if not isinstance(value, (str, list)):
+        raise SuiteError(dataset, number, "input must be a string or a list of chat messages")
+    if isinstance(value, list) and not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in value
+    ):
+        raise SuiteError(dataset, number, "a messages input must be a list of {role, content} objects")
+    if f["target"] not in record:
+        raise SuiteError(dataset, number, f"missing target field {f['target']!r}")
+    metadata = record.get(f["metadata"]) or {}
+    if not isinstance(metadata, dict):
+        raise SuiteError(dataset, number, "metadata must be a JSON object")
+    return Case(case_id, value, record[f["target"]], metadata, record, dataset, number)
 
 
 def file_digest(path: Path) -> tuple[str, int]:

@@ -50,6 +50,9 @@ def _operational(results: Sequence[CaseResult]) -> dict[str, float | None]:
         **throughput(results),
     }
     with_interval(metrics, "error_rate", wilson(errors, n))
+    truncated = sum(r.truncated for r in results)  # replies cut off at max_tokens
+    metrics["truncated_rate"] = truncated / n if n else None
+    with_interval(metrics, "truncated_rate", wilson(truncated, n))
     return metrics
 
 
@@ -101,6 +104,22 @@ def throughput(results: Sequence[CaseResult]) -> dict[str, float | None]:
     return metrics
 
 
+def by_dataset(suite: Suite, main: str, clean: Sequence[CaseResult],
+               metrics: dict[str, float | None]) -> list[dict[str, Any]]:
+    """One row per source file of a suite's clean cases, in data order: its cases, errors and main
+    metric with its interval. A suite of one file reuses its own figures (``metrics``)."""
+    groups: dict[str, list[CaseResult]] = {}
+    for result in clean:
+        groups.setdefault(result.dataset, []).append(result)
+    rows = []
+    for dataset, part in groups.items():
+        figures = metrics if len(groups) == 1 else _metrics(suite, part)[1]
+        rows.append({"dataset": dataset, "cases": len(part), "errors": sum(r.error is not None for r in part),
+                     "metric": main, "value": figures.get(main), "lower": figures.get(f"{main}.lower"),
+                     "upper": figures.get(f"{main}.upper")})
+    return rows
+
+
 NOT_SELECTED = "gate not selected (-k/-m/--lf): not judged"
 
 
@@ -125,5 +144,6 @@ def suite_result(suite: Suite, model: str, results: Sequence[CaseResult], total_
     scorer = _scorer(suite)
     clean = [r for r in results if r.attack is None]  # tables, like quality metrics, are the clean cases
     tables = scorer.tables(clean) if scorer is not None and hasattr(scorer, "tables") else {}
+    tables = {**tables, "by_dataset": by_dataset(suite, main, clean, metrics)}
     subset = len(results) < total_cases
     return SuiteResult(suite.name, model, main, metrics, gates, len(results), total_cases, subset, tables)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.results import SuiteResult
+from harness.textsafe import visible
 
 
 def _fmt(value: Any) -> str:
@@ -33,6 +34,7 @@ def summary_rows(results: list[SuiteResult]) -> list[list[str]]:
 
 
 def render_table(rows: list[list[str]]) -> list[str]:
+    rows = [[visible(cell, keep_newlines=False) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

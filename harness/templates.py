@@ -1,4 +1,4 @@
-"""Jinja templates and the chat formats a completion prompt can take (raw, chatml, qwen, r1, gemma)."""
+"""Jinja templates (sandboxed) and the chat formats a completion prompt can take (raw, chatml, qwen, r1, gemma)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,25 @@ Messages = list[dict[str, str]]
 
 @lru_cache(maxsize=1)
 def jinja_env() -> Any:
-    import jinja2
+    """The one environment of every template the harness renders.
 
-    # StrictUndefined: a typo in a template field is an error, not an empty string
-    return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    Sandboxed: suite files come from others, and a plain environment lets a template reach
+    Python internals (``cycler.__init__.__globals__.os``) and run commands; the immutable sandbox
+    also keeps a template from changing the case data it reads. StrictUndefined: a typo in a
+    template field is an error, not an empty string."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 
 @lru_cache(maxsize=256)
 def template(source: str) -> Any:
-    return jinja_env().from_string(source)
+    compiled = jinja_env().from_string(source)
+    # every render copies the template's globals into its context: flat, not the ChainMap jinja
+    # keeps, that copy is half the cost of rendering a short prompt (collection renders every case)
+    compiled.globals = dict(compiled.globals)
+    return compiled
 
 
 def _turns(messages: Messages, open_tag: Callable[[str], str], close: str, reply: str) -> str:

@@ -86,7 +86,8 @@ def test_every_fault_ends_scored_or_errored_with_its_reason(pytester, workers):
     assert cases["flaky"]["attempts"] == 3 and cases["burst5xx"]["attempts"] == 3
     assert "content null" in cases["null"]["error"] and cases["empty"]["error"] == "empty reply"
     assert cases["bad_request"]["error"].startswith("HTTP 422") and cases["bad_request"]["attempts"] == 1
-    assert cases["down"]["error"].startswith("HTTP 500") and cases["down"]["attempts"] == 3
+    # the second pass has only what the first left of the 2.5 s deadline: its backoff may end it early
+    assert cases["down"]["error"].startswith("HTTP 500") and 1 <= cases["down"]["attempts"] <= 3
     assert "timeout" in cases["hang"]["error"] and "deadline of 2.5 s" in cases["hang"]["error"]
     for name in ("null", "empty", "bad_request", "down", "hang"):
         assert cases[name]["score"] == 0.0 and cases[name]["reason"].startswith("model error")

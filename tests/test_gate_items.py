@@ -142,3 +142,58 @@ def test_a_case_whose_worker_crashed_is_an_error_and_its_gates_are_judged(pytest
     assert [(g["expr"], g["status"]) for g in suite["gates"]] == [("error_rate == 0", "failed"),
                                                                    ("accuracy >= 0.3", "passed")]
     assert result.ret == 1
+
+
+def test_a_case_that_never_reports_is_an_error_not_a_wait(pytester, workers):
+    write_suite(pytester.path / "evals", "geo", CASES, gates=["error_rate == 0"], **{"pass": "record"})
+    pytester.makeconftest("""
+        import pytest
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_runtest_protocol(item, nextitem):
+            if item.name == "c2":
+                return True  # swallowed: this item never reports
+    """)
+    result = run(pytester, "evals", workers=workers)
+    report = load_report(pytester)
+    by_id = {c["id"]: c for c in report["cases"]}
+    assert sorted(by_id) == ["c1", "c2", "c3"]  # not lost, and its gate did not wait for it
+    assert by_id["c2"]["error"].startswith("no result: another plugin replaced this item's run protocol")
+    assert report["suites"][0]["gates"][0]["status"] == "failed"
+    result.assert_outcomes(passed=2, failed=2)
+    assert result.ret == 1
+
+
+def test_a_skipped_case_leaves_its_suite_and_the_gates_judge_the_rest(pytester, workers):
+    write_suite(pytester.path / "evals", "geo", CASES, gates=["accuracy == 1"], **{"pass": "record"})
+    pytester.makeconftest("""
+        import pytest
+
+        def pytest_collection_modifyitems(items):
+            for item in items:
+                if item.name == "c3":
+                    item.add_marker(pytest.mark.skip(reason="known bad label"))
+    """)
+    result = run(pytester, "evals", workers=workers)
+    result.assert_outcomes(passed=3, skipped=1)
+    suite = load_report(pytester)["suites"][0]
+    assert suite["cases"] == 2 and suite["subset"] is True
+    assert suite["gates"][0]["status"] == "passed"
+
+
+def test_cases_a_stopped_run_never_ran_are_listed_as_not_run(pytester):
+    cases = answer_cases([("c1", "Oslo", "Bern"), ("c2", "Rome", "Rome"), ("c3", "Paris", "Paris")])
+    write_suite(pytester.path / "evals", "geo", cases, gates=["accuracy >= 0.5"])
+    result = run(pytester, "evals", "-x")
+    result.assert_outcomes(failed=1)
+    report = load_report(pytester)
+    by_id = {c["id"]: c for c in report["cases"]}
+    assert sorted(by_id) == ["c1", "c2", "c3"]
+    assert by_id["c2"]["error"] == "not run: the run stopped after 1 failure(s) (-x/--maxfail)"
+    suite = report["suites"][0]
+    assert suite["cases"] == 1 and suite["gates"][0]["status"] == "skipped"  # metrics over what ran
+    result.stdout.fnmatch_lines(["*2 planned case(s) have no result, recorded as errors (the run stopped*"])
+    assert report["run"]["reconciliation"] == {
+        "planned": 3, "recorded": 1, "not_run": 2, "skipped": 0, "not_run_ids": [
+            "evals/geo/cases.jsonl::c2", "evals/geo/cases.jsonl::c3"],
+        "stopped": "the run stopped after 1 failure(s) (-x/--maxfail)"}

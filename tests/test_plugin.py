@@ -333,7 +333,7 @@ def test_rejected_api_key_stops_the_run_with_one_message(pytester, monkeypatch):
         server.wait(10)
 
 
-def test_a_crashing_scorer_scores_zero_with_its_reason(pytester, stub_url):
+def test_a_crashing_scorer_makes_its_case_an_error_with_the_reason(pytester, stub_url):
     write_suite(pytester.path / "evals", "geo", CASES, scorer="fragile", **{"pass": "score >= 1"})
     (pytester.path / "evals" / "conftest.py").write_text(
         "import harness\n\n"
@@ -346,6 +346,7 @@ def test_a_crashing_scorer_scores_zero_with_its_reason(pytester, stub_url):
     result.assert_outcomes(passed=2, failed=1)
     case = next(c for c in load_report(pytester)["cases"] if c["id"] == "c3")
     assert case["score"] == 0.0 and case["reason"] == "scorer raised KeyError: 'no rule for Oslo'"
+    assert case["error"] == case["reason"]  # not judged: counted in error_rate, not as a wrong answer
 
 
 def test_waits_for_a_remote_server_to_list_the_model(pytester):

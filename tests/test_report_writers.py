@@ -321,7 +321,7 @@ def test_xlsx_sheets_and_content(report: dict, tmp_path: Path) -> None:
     assert len(col["output"][1]) <= MAX_CELL_CHARS and col["output"][1].startswith("xxx")
     assert col["output"][2] == "=1+1"  # text, not a formula
     assert wb["sentiment@qwen2.5-0.5b"]["D4"].data_type == "s"
-    assert _rows(wb["sentiment@gemma-3-270m"])[3][3] == "ok"  # control chars stripped
+    assert _rows(wb["sentiment@gemma-3-270m"])[3][3] == "ok\\x07\\x1b"  # control chars shown as escapes
     math_row = dict(zip(CASE_COLUMNS, _rows(wb["math@gemma-3-270m"])[1]))
     assert json.loads(math_row["target"]) == {"answer": 4, "unit": None}
     assert json.loads(math_row["prompt"])[0]["content"] == "只回答数字"

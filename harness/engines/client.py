@@ -1,9 +1,11 @@
 """The async OpenAI-compatible client: one code path for the bundled server, vLLM, SGLang and APIs.
 
-``send`` never raises for a model-side failure: a timeout, an HTTP error or an empty reply
-comes back as a :class:`Reply` with ``error`` set, so one bad case never stops a run. The
-client owns retries (exponential backoff with full jitter, ``Retry-After`` honoured), a total
-deadline per request, the spread over several base URLs (replicas) and, through an
+``send`` never raises for a model-side failure: a timeout, an HTTP error, an empty reply or a
+body of an unexpected shape comes back as a :class:`Reply` with ``error`` set, so one bad case
+never stops a run. Every 200 body goes through :func:`parse_reply`, the one place that reads
+what a server sent. The client owns retries (exponential backoff with full jitter,
+``Retry-After`` honoured up to ``max_retry_after_s``), a total deadline per request, the spread
+over several base URLs (replicas, each with its own credentials) and, through an
 :class:`~harness.engines.limiter.AdaptiveLimit`, the run's in-flight ceiling.
 """
 
@@ -12,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from harness.engines.limiter import AdaptiveLimit
+from harness.redact import basic_auth, key_secrets, redact_text, split_credentials, url_secrets
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 AUTH_STATUS = {401, 403}
@@ -33,6 +37,9 @@ class Request:
     params: dict[str, Any] = field(default_factory=dict)  # max_tokens, temperature, top_p, stop, seed
     extra_body: dict[str, Any] = field(default_factory=dict)
     stream: bool = False  # how it is sent, not what is asked: not part of body() or the cache key
+    # time.monotonic() by which the request must be done: a re-send in a later pass gets only what
+    # its earlier passes left of the deadline. How it is sent, not what is asked (not in body()).
+    deadline_at: float | None = None
 
     def body(self) -> dict[str, Any]:
         key = "messages" if self.api == "chat" else "prompt"
@@ -64,14 +71,25 @@ class Reply:
     ttft_ms: float | None = None  # streaming only: time to the first content token
     tpot_ms: float | None = None  # streaming only: (latency - TTFT) / (output tokens - 1)
     tool_calls: list[dict[str, Any]] | None = None
-    replica: str | None = None  # the base URL that answered
+    replica: str | None = None  # the base URL that answered (without credentials)
+    truncated: bool = False  # cut off at max_tokens (finish_reason "length")
+
+    def __post_init__(self) -> None:
+        # every engine reports a cut-off the OpenAI way; deriving it here covers them all
+        if self.finish_reason == "length":
+            self.truncated = True
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
 class OpenAICompatClient:
-    """Async client for `/v1/chat/completions` and `/v1/completions` on one or several base URLs."""
+    """Async client for `/v1/chat/completions` and `/v1/completions` on one or several base URLs.
+
+    A base URL may carry credentials (``http://user:pw@host/v1``): they are taken out of the URL
+    and sent as that replica's Basic ``Authorization`` header, in place of the API key's bearer
+    header (the URL names them for that server). A query (``?api-version=...``) stays on every
+    request. Error messages never show the credentials or secret query values."""
 
     def __init__(self, base_url: str | Sequence[str], api_key: str | None = None, timeout_s: float = 300.0,
                  retries: int = 2, backoff_s: float = 0.5, backoff_cap_s: float = 8.0,
@@ -80,7 +98,16 @@ class OpenAICompatClient:
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls:
             raise ValueError("a client needs at least one base URL")
-        self.base_urls = [url.rstrip("/") for url in urls]
+        self.base_urls: list[str] = []
+        self._auth: dict[str, str] = {}  # base URL -> its own Authorization header (URL credentials)
+        secrets = key_secrets(api_key)
+        for raw in urls:
+            url, credentials = split_credentials(raw.rstrip("/"))
+            self.base_urls.append(url)
+            secrets += url_secrets(raw)
+            if credentials is not None:
+                self._auth[url] = basic_auth(*credentials)
+        self._secrets = secrets
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -119,33 +146,59 @@ class OpenAICompatClient:
         order = [url for url in self.base_urls[start:] + self.base_urls[:start] if url != avoid]
         return min(order, key=self._in_flight.__getitem__)
 
+    def _deadline(self, request: Request) -> float:
+        """The time.monotonic() by which this send must end: its own deadline or what earlier passes left."""
+        own = time.monotonic() + self.deadline_s if self.deadline_s else math.inf
+        return min(own, request.deadline_at) if request.deadline_at is not None else own
+
     async def send(self, request: Request) -> Reply:
         """Send with retries on transient failures, within the deadline; errors are returned, not raised."""
         sent_at = time.time()
         started = time.perf_counter()
-        deadline = started + self.deadline_s if self.deadline_s else float("inf")
+        deadline = self._deadline(request)
         attempt = 0
         failed_at: str | None = None
         while True:
             attempt += 1
-            timeout = min(self.timeout_s, deadline - time.perf_counter())
-            reply, retry, advised = await self._limited_attempt(request, started, max(timeout, 0.001), failed_at)
+            timeout = min(self.timeout_s, deadline - time.monotonic())
+            try:
+                reply, retry, advised = await self._limited_attempt(request, started, max(timeout, 0.001), failed_at)
+            except Exception as exc:  # noqa: BLE001 - a case the client did not foresee fails this request only
+                reply = Reply(None, f"client error: {type(exc).__name__}: {exc}",
+                              (time.perf_counter() - started) * 1000)
+                retry, advised = False, None
             failed_at = reply.replica
             reply.attempts, reply.sent_at, reply.done_at = attempt, sent_at, time.time()
+            if reply.error is not None:
+                reply.error = redact_text(reply.error, self._secrets)
             reply.transient = reply.error is not None and retry
             if not retry:
                 return reply
+            if advised is not None and advised > self.max_retry_after_s:
+                # waiting an hour would hold the case (and the run's end) hostage: fail it now, with the reason
+                reply.error = (f"{reply.error}; server asked to retry after {advised:g} s, "
+                               f"above the {self.max_retry_after_s:g} s limit")
+                reply.transient = False
+                return reply
+            if time.monotonic() >= deadline - 0.01:
+                return self._out_of_time(reply, attempt)
+            if attempt > self.retries:
+                return reply
             if advised is not None:
-                wait = min(advised, self.max_retry_after_s)
+                wait = advised
             else:
                 # full jitter: spread retries of many concurrent failures apart
                 wait = random.uniform(0, min(self.backoff_cap_s, self.backoff_s * 2 ** (attempt - 1)))
-            if time.perf_counter() + wait >= deadline - 0.01:
-                reply.error = f"{reply.error} (deadline of {self.deadline_s:g} s reached after {attempt} attempts)"
-                return reply
-            if attempt > self.retries:
-                return reply
+            if time.monotonic() + wait >= deadline - 0.01:
+                return self._out_of_time(reply, attempt)
             await asyncio.sleep(wait)
+
+    def _out_of_time(self, reply: Reply, attempt: int) -> Reply:
+        """The deadline is spent: this reply is final, a later pass would have no time left either."""
+        limit = f"{self.deadline_s:g} s" if self.deadline_s else "the request"
+        reply.error = f"{reply.error} (deadline of {limit} reached after {attempt} attempts)"
+        reply.transient = False
+        return reply
 
     async def _limited_attempt(self, request: Request, started: float, timeout: float,
                                avoid: str | None) -> tuple[Reply, bool, float | None]:
@@ -168,37 +221,87 @@ class OpenAICompatClient:
         """One try: the reply, whether to retry, and the wait the server asked for (Retry-After)."""
         import aiohttp
 
-        path = "/chat/completions" if request.api == "chat" else "/completions"
         session = await self._http()
 
-        def failed(reason: str) -> Reply:
-            return Reply(None, reason, (time.perf_counter() - started) * 1000)
+        def elapsed_ms() -> float:
+            return (time.perf_counter() - started) * 1000
 
+        def failed(reason: str) -> Reply:
+            return Reply(None, reason, elapsed_ms())
+
+        data = json.dumps(request.wire_body())
+        headers = {"Authorization": self._auth[url]} if url in self._auth else None
+        stream = False
+        arrivals: list[float] = []
         try:
-            async with session.post(url + path, data=json.dumps(request.wire_body()),
+            async with session.post(endpoint(url, request.api), data=data, headers=headers,
                                     timeout=aiohttp.ClientTimeout(total=timeout)) as response:
                 if response.status != 200:
                     raw = await response.read()
                     reply = failed(f"HTTP {response.status}: {_error_message(raw)}")
                     reply.status = response.status
                     return reply, response.status in RETRYABLE_STATUS, _retry_after(response.headers)
-                if response.content_type == "text/event-stream":
-                    return await _read_stream(response, request, started)
-                raw = await response.read()
+                stream = response.content_type == "text/event-stream"
+                raw = await (_read_events(response, started, arrivals) if stream else response.read())
         except asyncio.TimeoutError:
             return failed(f"timeout after {timeout:g} s"), True, None
         except aiohttp.ClientError as exc:
             return failed(f"connection error: {type(exc).__name__}: {exc}"), True, None
-        try:
-            payload = json.loads(raw)
-            choice = payload["choices"][0]
-            message = choice["message"] if request.api == "chat" else {"content": choice["text"]}
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            # a cut-off or garbled body is the transport's fault more often than the model's
-            return failed(f"malformed response: {type(exc).__name__}: {raw[:200]!r}"), True, None
-        return _finish(Reply(message.get("content"), None, (time.perf_counter() - started) * 1000,
-                             (payload.get("usage") or {}).get("completion_tokens"), choice.get("finish_reason"),
-                             status=200, tool_calls=message.get("tool_calls") or None)), False, None
+        except ValueError as exc:  # aiohttp: a stream line longer than its buffer
+            return failed(f"unreadable stream: {exc}"), True, None
+        reply = parse_reply(request.api, raw, stream=stream, latency_ms=elapsed_ms(), arrivals=arrivals)
+        return reply, reply.transient, None
+
+
+def endpoint(base_url: str, api: str) -> str:
+    """The URL of an API's endpoint under a base URL."""
+    return join_path(base_url, "/chat/completions" if api == "chat" else "/completions")
+
+
+def join_path(base_url: str, path: str) -> str:
+    """``path`` after the base URL's own path, before its query (``?api-version=...`` stays last)."""
+    head, sep, query = base_url.partition("?")
+    return head.rstrip("/") + path + sep + query
+
+
+async def _read_events(response: Any, started: float, arrivals: list[float]) -> bytes:
+    """A server-sent event stream's lines up to ``data: [DONE]``, each line's arrival (ms) in ``arrivals``."""
+    lines: list[bytes] = []
+    async for line in response.content:
+        lines.append(line)
+        arrivals.append((time.perf_counter() - started) * 1000)
+        if line.strip() == b"data: [DONE]":
+            break  # do not wait for the server to close the connection
+    return b"".join(lines)
+
+
+# -- the one boundary between a server's 200 body and the harness ------------------------------------------
+
+class MalformedReply(ValueError):
+    """A well-formed body of a shape the harness cannot read; the message says where."""
+
+
+class _Cut(ValueError):
+    """A body that is not JSON, or a stream that stopped early: more often the transport's fault."""
+
+
+def parse_reply(api: str, raw: bytes, *, stream: bool = False, latency_ms: float = 0.0,
+                arrivals: Sequence[float] | None = None) -> Reply:
+    """A 200 body (JSON, or server-sent events when ``stream``) as a :class:`Reply`; never raises.
+
+    A body cut short (not JSON, a stream without its end) is ``transient``: a retry may get it
+    whole. A complete body of the wrong shape is an error with the reason (``malformed reply:
+    usage is not an object (string)``) and is not retried: the same request would get the same
+    body. ``arrivals``: when each line of a stream arrived (ms after sending), for TTFT and TPOT."""
+    try:
+        reply = _stream_reply(api, raw, latency_ms, arrivals) if stream else _body_reply(api, raw, latency_ms)
+    except _Cut as exc:
+        return Reply(None, str(exc), latency_ms, status=200, transient=True)
+    except MalformedReply as exc:
+        return Reply(None, f"malformed reply: {exc}", latency_ms, status=200)
+    except Exception as exc:  # noqa: BLE001 - a shape no rule foresaw ends here too, never past this boundary
+        return Reply(None, f"malformed reply: {type(exc).__name__}: {exc}", latency_ms, status=200)
+    return _finish(reply)
 
 
 def _finish(reply: Reply) -> Reply:
@@ -208,73 +311,221 @@ def _finish(reply: Reply) -> Reply:
     return reply
 
 
-async def _read_stream(response: Any, request: Request, started: float) -> tuple[Reply, bool, float | None]:
-    """Server-sent events: text deltas joined, TTFT at the first content, usage from the last chunk."""
+def _body_reply(api: str, raw: bytes, latency_ms: float) -> Reply:
+    try:
+        payload = json.loads(raw)
+    except ValueError as exc:
+        raise _Cut(f"incomplete reply: body is not JSON: {raw[:200]!r}") from exc
+    body = _object(payload, "body")
+    if body.get("choices") is None and "error" in body:
+        raise MalformedReply(f"no choices, an error instead: {_error_text(body['error'])}")
+    choices = _array(body.get("choices"), "choices")
+    if not choices:
+        raise MalformedReply("choices is empty")
+    choice = _object(choices[0], "choices[0]")
+    tool_calls = None
+    if api == "chat":
+        message = _object(choice.get("message"), "message")
+        text = _content(message.get("content"), "message.content")
+        tool_calls = _tool_calls(message.get("tool_calls"), "message.tool_calls")
+    else:
+        text = _string(choice.get("text"), "text")
+    return Reply(text, None, latency_ms, _completion_tokens(body.get("usage")),
+                 _string(choice.get("finish_reason"), "finish_reason"), status=200, tool_calls=tool_calls)
+
+
+def _stream_reply(api: str, raw: bytes, latency_ms: float, arrivals: Sequence[float] | None) -> Reply:
+    """Server-sent events: text deltas joined, TTFT at the first content, usage from the chunk that has it."""
     parts: list[str] = []
     ttft: float | None = None
-    usage: dict[str, Any] = {}
+    tokens: int | None = None
     finish: str | None = None
-    tool_calls: dict[int, dict[str, Any]] = {}
+    calls: dict[int, dict[str, Any]] = {}
     chunks = 0
     done = False
-    async for raw_line in response.content:
-        line = raw_line.strip()
+    for number, line in enumerate(raw.split(b"\n")):
+        line = line.strip()
         if not line.startswith(b"data:"):
-            continue
+            continue  # comments, `event:` and blank lines
         data = line[5:].strip()
         if data == b"[DONE]":
             done = True
             break
         try:
             event = json.loads(data)
-        except ValueError:
-            return Reply(None, f"malformed stream event: {data[:200]!r}",
-                         (time.perf_counter() - started) * 1000), True, None
-        usage = event.get("usage") or usage
-        for choice in event.get("choices") or []:
-            delta = (choice.get("delta") or {}) if request.api == "chat" else {"content": choice.get("text")}
-            text = delta.get("content")
+        except ValueError as exc:
+            raise _Cut(f"incomplete reply: stream event is not JSON: {data[:200]!r}") from exc
+        event = _object(event, "stream event")
+        if event.get("choices") is None and "error" in event:
+            raise MalformedReply(f"stream error: {_error_text(event['error'])}")
+        if event.get("usage") is not None:
+            counted = _completion_tokens(event["usage"])
+            tokens = counted if counted is not None else tokens
+        choices = event.get("choices")
+        for index, choice in enumerate(_array([] if choices is None else choices, "choices")):
+            choice = _object(choice, f"choices[{index}]")
+            if api == "chat":
+                delta = choice.get("delta")
+                delta = {} if delta is None else _object(delta, "delta")
+                text = _content(delta.get("content"), "delta.content")
+                _merge_call_deltas(calls, delta.get("tool_calls"))
+            else:
+                text = _string(choice.get("text"), "text")
             if text:
                 if ttft is None:
-                    ttft = (time.perf_counter() - started) * 1000
+                    ttft = arrivals[number] if arrivals is not None and number < len(arrivals) else None
                 parts.append(text)
                 chunks += 1
-            for call in delta.get("tool_calls") or []:
-                slot = tool_calls.setdefault(call.get("index", 0), {"type": "function", "function": {}})
-                slot.update({k: v for k, v in call.items() if k in ("id", "type")})
-                fn = call.get("function") or {}
-                if fn.get("name"):
-                    slot["function"]["name"] = fn["name"]
-                slot["function"]["arguments"] = slot["function"].get("arguments", "") + (fn.get("arguments") or "")
-            finish = choice.get("finish_reason") or finish
-    latency = (time.perf_counter() - started) * 1000
+            finish = _string(choice.get("finish_reason"), "finish_reason") or finish
     if not done and finish is None:
-        return Reply(None, "stream ended before [DONE]", latency), True, None
-    tokens = usage.get("completion_tokens") if usage else None
+        raise _Cut("incomplete reply: stream ended before [DONE]")
+    tool_calls = [_tool_call(calls[i], f"tool_calls[{i}]") for i in sorted(calls)] or None
+    reply = Reply("".join(parts), None, latency_ms, tokens, finish, status=200, ttft_ms=ttft, tool_calls=tool_calls)
     count = tokens if tokens is not None else chunks
-    reply = Reply("".join(parts), None, latency, tokens, finish, status=200, ttft_ms=ttft,
-                  tool_calls=[tool_calls[i] for i in sorted(tool_calls)] or None)
-    if ttft is not None and count and count > 1:
-        reply.tpot_ms = (latency - ttft) / (count - 1)
-    return _finish(reply), False, None
+    if ttft is not None and count > 1:
+        reply.tpot_ms = (latency_ms - ttft) / (count - 1)
+    return reply
 
+
+def _kind(value: Any) -> str:
+    """A value's JSON type name, for reasons."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise MalformedReply(f"{where} is not an object ({_kind(value)})")
+    return value
+
+
+def _array(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise MalformedReply(f"{where} is not a list ({_kind(value)})")
+    return value
+
+
+def _string(value: Any, where: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise MalformedReply(f"{where} is not a string ({_kind(value)})")
+    return value
+
+
+def _content(value: Any, where: str) -> str | None:
+    """Message content: a string, null, or a list of content parts whose text parts are joined."""
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise MalformedReply(f"{where} is not a string ({_kind(value)})")
+    texts = []
+    for index, part in enumerate(value):
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        part = _object(part, f"{where}[{index}]")
+        if part.get("type", "text") in ("text", "output_text"):
+            texts.append(_string(part.get("text"), f"{where}[{index}].text") or "")
+        # other parts (reasoning, images) are not the answer
+    return "".join(texts)
+
+
+def _tool_calls(value: Any, where: str) -> list[dict[str, Any]] | None:
+    if value is None:
+        return None
+    calls = [_tool_call(call, f"{where}[{index}]") for index, call in enumerate(_array(value, where))]
+    return calls or None
+
+
+def _tool_call(value: Any, where: str) -> dict[str, Any]:
+    """An OpenAI tool call with a string name and string arguments (an object is JSON-encoded)."""
+    call = _object(value, where)
+    function = _object(call.get("function"), f"{where}.function")
+    name = _string(function.get("name"), f"{where}.function.name")
+    if not name:
+        raise MalformedReply(f"{where}.function.name is missing")
+    arguments = function.get("arguments")
+    if isinstance(arguments, (dict, list)):  # some servers send the object itself
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    arguments = _string(arguments, f"{where}.function.arguments") or ""
+    clean = {key: call[key] for key in ("id", "type") if isinstance(call.get(key), str)}
+    return {**clean, "type": clean.get("type", "function"), "function": {"name": name, "arguments": arguments}}
+
+
+def _merge_call_deltas(calls: dict[int, dict[str, Any]], deltas: Any) -> None:
+    """Streamed tool calls arrive in pieces keyed by ``index``: name once, arguments in fragments."""
+    if deltas is None:
+        return
+    for number, delta in enumerate(_array(deltas, "delta.tool_calls")):
+        where = f"delta.tool_calls[{number}]"
+        delta = _object(delta, where)
+        index = delta.get("index", 0)
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise MalformedReply(f"{where}.index is not an integer ({_kind(index)})")
+        slot = calls.setdefault(index, {"type": "function", "function": {}})
+        for key in ("id", "type"):
+            if delta.get(key) is not None:
+                slot[key] = _string(delta[key], f"{where}.{key}")
+        function = delta.get("function")
+        function = {} if function is None else _object(function, f"{where}.function")
+        name = _string(function.get("name"), f"{where}.function.name")
+        if name:
+            slot["function"]["name"] = name
+        fragment = _string(function.get("arguments"), f"{where}.function.arguments") or ""
+        slot["function"]["arguments"] = slot["function"].get("arguments", "") + fragment
+
+
+def _completion_tokens(usage: Any) -> int | None:
+    if usage is None:
+        return None
+    tokens = _object(usage, "usage").get("completion_tokens")
+    if tokens is None:
+        return None
+    if isinstance(tokens, float) and tokens.is_integer():
+        tokens = int(tokens)
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise MalformedReply(f"usage.completion_tokens is not a count ({_kind(tokens)} {str(tokens)[:20]})")
+    return tokens
+
+
+def _error_text(error: Any) -> str:
+    message = error.get("message", error) if isinstance(error, dict) else error
+    return str(message)[:300]
+
+
+# -- non-200 answers ------------------------------------------------------------------------------------------
 
 def _retry_after(headers: Any) -> float | None:
-    """Seconds the server asked us to wait: `retry-after-ms`, else a numeric `Retry-After`."""
+    """Seconds the server asked us to wait: `retry-after-ms`, else `Retry-After` (seconds or an HTTP date)."""
     for name, scale in (("retry-after-ms", 0.001), ("Retry-After", 1.0)):
         value = headers.get(name)
-        if value is not None:
-            try:
-                return max(0.0, float(value) * scale)
-            except ValueError:
-                continue  # an HTTP date: fall back to our own backoff
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            seconds = _seconds_until(value) if scale == 1.0 else None
+        if seconds is not None and math.isfinite(seconds):
+            return max(0.0, seconds)
     return None
+
+
+def _seconds_until(http_date: str) -> float | None:
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return parsedate_to_datetime(http_date).timestamp() - time.time()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def _error_message(raw: bytes) -> str:
     try:
         body = json.loads(raw)
-        error = body.get("error", body)
-        return str(error.get("message", error) if isinstance(error, dict) else error)[:300]
-    except (ValueError, AttributeError):
+    except ValueError:
         return raw[:300].decode("utf-8", "replace")
+    return _error_text(body.get("error", body) if isinstance(body, dict) else body)

@@ -3,7 +3,11 @@
 Additive increase, multiplicative decrease (TCP's rule): each 429 halves the limit (at most
 once per ``cooldown_s``, so one burst of 429s counts once), each success adds ``1/limit``, so
 the limit climbs back by one request per window of successful requests. The ceiling is
-``--llm-concurrency`` and is never exceeded. All methods run on the request loop.
+``--llm-concurrency`` and is never exceeded. The floor is ``max(1, ceiling // 8)`` by default:
+three halvings from the ceiling, enough to take the pressure off a server that throttles,
+while a server that 429s everything (a quota spent, a long ``Retry-After``) cannot starve the
+run down to one request at a time; its 429s are retried with back-off or failed by the client.
+All methods run on the request loop.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ class Slot:
 
 
 class AdaptiveLimit:
-    def __init__(self, maximum: int, cooldown_s: float = 1.0) -> None:
+    def __init__(self, maximum: int, cooldown_s: float = 1.0, floor: int | None = None) -> None:
         self.maximum = max(1, maximum)
+        self.floor = min(self.maximum, max(1, self.maximum // 8 if floor is None else floor))
         self.limit = float(self.maximum)
         self.cooldown_s = cooldown_s
         self.in_flight = 0
@@ -38,7 +43,7 @@ class AdaptiveLimit:
 
     @property
     def allowed(self) -> int:
-        return max(1, int(self.limit))
+        return max(self.floor, int(self.limit))
 
     async def acquire(self) -> None:
         while self.in_flight >= self.allowed:
@@ -59,7 +64,7 @@ class AdaptiveLimit:
             now = time.monotonic()
             if now - self._last_cut >= self.cooldown_s:
                 self._last_cut = now
-                self.limit = max(1.0, self.limit / 2)
+                self.limit = max(float(self.floor), self.limit / 2)
                 self.lowest_limit = min(self.lowest_limit, self.allowed)
                 self.throttles += 1
         else:
@@ -81,5 +86,5 @@ class AdaptiveLimit:
             self.release(slot.throttled)
 
     def stats(self) -> dict[str, int]:
-        return {"limit": self.maximum, "lowest_limit": self.lowest_limit, "throttled": self.throttles,
-                "peak_in_flight": self.peak_in_flight}
+        return {"limit": self.maximum, "floor": self.floor, "lowest_limit": self.lowest_limit,
+                "throttled": self.throttles, "peak_in_flight": self.peak_in_flight}

@@ -52,7 +52,8 @@ class Engine:
     ``start`` makes the engine reachable and returns its record (kept in report.json: at least
     ``model``, ``kind``, ``base_url``, ``base_urls``, ``launch``); ``client`` returns an object with
     ``async send(Request) -> Reply`` and ``async close()``; ``identity`` is what makes two replies
-    interchangeable in the response cache; ``metadata`` is the model's source for the report;
+    interchangeable in the response cache; ``metadata`` is the model's source for the report (secrets
+    in URLs masked);
     ``stop`` ends what ``start`` began in this process. ``in_process`` engines load into the
     controller and are never started by an xdist worker."""
 
@@ -85,7 +86,10 @@ class Engine:
                 "revision": self.spec.options.get("revision")}
 
     def metadata(self, record: dict[str, Any] | None) -> dict[str, Any]:
-        return {"source": self.spec.model_path or self.spec.base_url, "weights_sha256": None}
+        from harness.redact import redact_url
+
+        source = self.spec.model_path or self.spec.base_url
+        return {"source": redact_url(source) if source else source, "weights_sha256": None}
 
     def stop(self, record: dict[str, Any]) -> None:
         from harness.engines.managed import pid_alive, stop_pid

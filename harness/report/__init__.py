@@ -6,9 +6,10 @@ from __future__ import annotations
 import importlib
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from harness.report.details import write_details
+from harness.report.files import private_dir
 from harness.report.heatmap import write_confusion_png, write_confusion_pngs
 from harness.report.indicators import write_indicators
 from harness.report.json_report import write_json
@@ -17,7 +18,7 @@ from harness.report.xlsx import write_xlsx
 
 __all__ = [
     "write_reports", "write_json", "write_details", "write_indicators", "write_markdown", "write_xlsx",
-    "write_confusion_png", "write_confusion_pngs", "warm_writers",
+    "write_confusion_png", "write_confusion_pngs", "warm_writers", "ReportsIncomplete",
 ]  # fmt: skip
 
 # what the writers import lazily and what costs most to import (openpyxl: ~0.15 s)
@@ -38,19 +39,37 @@ def warm_writers() -> None:
     threading.Thread(target=load, name="llm-harness-warm-writers", daemon=True).start()
 
 
-def write_reports(report: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Write every format into out_dir (created if missing); return the paths written.
+class ReportsIncomplete(Exception):
+    """Some formats could not be written; the others were. ``paths``: written; ``failures``: why not."""
 
-    report.json goes first: should a later writer fail, the raw results are kept. The
-    heatmaps go before report.md and report.xlsx, which link and embed them.
+    def __init__(self, paths: list[Path], failures: list[str]) -> None:
+        super().__init__("; ".join(failures))
+        self.paths, self.failures = paths, failures
+
+
+def write_reports(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Write every format into out_dir (created 0700 if missing); return the paths written.
+
+    One failing writer never stops the others: when any failed, ReportsIncomplete is raised
+    after all have run, naming each failure.
+
+    report.json goes first. The heatmaps go before report.md and report.xlsx, which link and
+    embed them.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return [
-        write_json(report, out_dir),
-        *write_details(report, out_dir),
-        *write_indicators(report, out_dir),
-        *write_confusion_pngs(report, out_dir),
-        write_markdown(report, out_dir),
-        write_xlsx(report, out_dir),
+    out_dir = private_dir(Path(out_dir))
+    writers: list[tuple[str, Callable[[dict[str, Any], Path], Any]]] = [
+        ("report.json", write_json), ("details", write_details), ("indicators", write_indicators),
+        ("heatmaps", write_confusion_pngs), ("report.md", write_markdown), ("report.xlsx", write_xlsx),
     ]
+    paths: list[Path] = []
+    failures: list[str] = []
+    for name, writer in writers:
+        try:
+            written = writer(report, out_dir)
+        except Exception as exc:  # noqa: BLE001 - reported to the user, the other formats still written
+            failures.append(f"{name} not written: {type(exc).__name__}: {exc}")
+            continue
+        paths.extend(written if isinstance(written, list) else [written])
+    if failures:
+        raise ReportsIncomplete(paths, failures)
+    return paths

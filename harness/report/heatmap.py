@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from harness.report.details import safe_filename
+from harness.report.files import write_atomic
+from harness.textsafe import visible
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -65,10 +67,8 @@ def write_confusion_pngs(report: dict[str, Any], out_dir: Path) -> list[Path]:
 
 def write_confusion_png(labels: Sequence[Any], matrix: Sequence[Sequence[int]], title: str, path: Path) -> Path:
     """A heatmap of matrix (rows: target, columns: predicted), coloured by each row's shares."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    confusion_figure(labels, matrix, title).savefig(path, format="png")
-    return path
+    figure = confusion_figure(labels, matrix, title)
+    return write_atomic(Path(path), lambda tmp: figure.savefig(tmp, format="png"))
 
 
 def confusion_figure(labels: Sequence[Any], matrix: Sequence[Sequence[int]], title: str) -> Figure:
@@ -77,7 +77,7 @@ def confusion_figure(labels: Sequence[Any], matrix: Sequence[Sequence[int]], tit
     from matplotlib.figure import Figure
 
     n = len(labels)
-    names = [_short(str(label)) for label in labels]
+    names = [_plain(_short(str(label))) for label in labels]
     shares = _row_shares(matrix)
     side = min(max(0.45 * n + 3.0, 5.0), 22.0)
     fig = Figure(figsize=(side + 1.2, side), dpi=100, layout="constrained")
@@ -92,7 +92,7 @@ def confusion_figure(labels: Sequence[Any], matrix: Sequence[Sequence[int]], tit
     ax.set_yticks(range(n), names, fontsize=font)
     ax.set_xlabel("predicted")
     ax.set_ylabel("target")
-    ax.set_title(title)
+    ax.set_title(_plain(title))
     if n <= MAX_ANNOTATED:
         for i, row in enumerate(matrix):
             for j, count in enumerate(row):
@@ -109,6 +109,11 @@ def _row_shares(matrix: Sequence[Sequence[int]]) -> list[list[float]]:
         total = sum(row)
         out.append([v / total if total else 0.0 for v in row])
     return out
+
+
+def _plain(text: str) -> str:
+    # labels are model output: "$" would start matplotlib's mathtext (and fail the drawing)
+    return visible(text, keep_newlines=False).replace("$", r"\$")
 
 
 def _short(label: str) -> str:

@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from harness.report.files import private_dir, write_text
 from harness.scoring.metrics import percentile
 
 LATENCY = "latency_p99.json"
@@ -54,10 +55,10 @@ def _slug(name: str) -> str:
 
 
 def _write(folder: Path, cases: Sequence[dict[str, Any]], concurrency: int | None) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder)
     paths = [folder / LATENCY, folder / THROUGHPUT]
-    paths[0].write_text(json.dumps(latency_indicator(cases), indent=2) + "\n", encoding="utf-8")
-    paths[1].write_text(json.dumps(throughput_indicator(cases, concurrency), indent=2) + "\n", encoding="utf-8")
+    write_text(paths[0], json.dumps(latency_indicator(cases), indent=2) + "\n")
+    write_text(paths[1], json.dumps(throughput_indicator(cases, concurrency), indent=2) + "\n")
     return paths
 
 
@@ -119,10 +120,10 @@ def _write_per_suite(suites: list[dict[str, Any]], out_dir: Path, filename: str,
     paths = []
     for suite in chosen:
         folder = out_dir / "indicators" / _slug(str(suite["model"])) / _slug(str(suite["name"]))
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)
         paths.append(folder / filename)
-        paths[-1].write_text(json.dumps(build(suite), indent=2) + "\n", encoding="utf-8")
+        write_text(paths[-1], json.dumps(build(suite), indent=2) + "\n")
     if len(chosen) == 1:
         paths.append(out_dir / filename)
-        paths[-1].write_text(json.dumps(build(chosen[0]), indent=2) + "\n", encoding="utf-8")
+        write_text(paths[-1], json.dumps(build(chosen[0]), indent=2) + "\n")
     return paths

@@ -9,7 +9,9 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from harness.report.files import write_text
 from harness.report.heatmap import confusion_pngs
+from harness.textsafe import visible
 
 FILENAME = "report.md"
 WORST_CASES = 10
@@ -20,11 +22,8 @@ _STATS = ("precision", "recall", "f1")
 
 def write_markdown(report: dict[str, Any], out_dir: Path) -> Path:
     """Render the envelope as Markdown and write it; return the path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / FILENAME
-    path.write_text(render_markdown(report), encoding="utf-8", newline="\n")
-    return path
+    # the harness's own Markdown has no control characters: every one left came from a model or a dataset
+    return write_text(Path(out_dir) / FILENAME, visible(render_markdown(report)))
 
 
 def render_markdown(report: dict[str, Any]) -> str:

@@ -19,8 +19,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from harness.report.files import private_dir, write_atomic
 from harness.report.heatmap import confusion_pngs, confusion_table
 from harness.report.markdown import is_bad, tool_table_rows
+from harness.textsafe import has_unsafe, visible
 
 if TYPE_CHECKING:
     from openpyxl import Workbook
@@ -58,8 +60,7 @@ def write_xlsx(report: dict[str, Any], out_dir: Path) -> Path:
     """Write summary, gates, per-suite, table and bad-case sheets; return the path."""
     from openpyxl import Workbook
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = private_dir(Path(out_dir))
     suites: list[dict[str, Any]] = report.get("suites") or []
     cases: list[dict[str, Any]] = report.get("cases") or []
 
@@ -86,9 +87,7 @@ def write_xlsx(report: dict[str, Any], out_dir: Path) -> Path:
         [[c.get("suite"), *(c.get(k) for k in CASE_COLUMNS)] for c in bad],
     )
 
-    path = out_dir / FILENAME
-    wb.save(path)
-    return path
+    return write_atomic(out_dir / FILENAME, wb.save)
 
 
 def sheet_title(raw: str, taken: set[str]) -> str:
@@ -119,7 +118,8 @@ def _cleaner(illegal: re.Pattern[str]) -> Callable[[Any], Any]:
             return value if math.isfinite(value) else str(value)
         if not isinstance(value, str):
             value = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-        value = illegal.sub("", value)
+        # controls and lone surrogates written as escapes (Excel refuses some, lxml the surrogates)
+        value = illegal.sub("", visible(value)) if has_unsafe(value) else value
         if len(value) > MAX_CELL_CHARS:
             value = value[: MAX_CELL_CHARS - len(TRUNCATION_MARK)] + TRUNCATION_MARK
         return value

@@ -22,6 +22,11 @@ class Score:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+class ScorerUnavailable(RuntimeError):
+    """A scorer that cannot judge any case (say, its classifier did not load): each case it is
+    asked to score becomes an error with this reason, never a score of 0."""
+
+
 class Scorer:
     """Base class: override ``score``; override ``aggregate`` for metrics beyond the mean."""
 

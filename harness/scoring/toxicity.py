@@ -12,6 +12,9 @@ text is toxic (0..1); see :class:`ToxicityClassifier`. Built-ins, chosen by name
   in scripts written with spaces (English...) match as whole words, CJK terms as substrings.
 - ``"package.module:attr"``: your own, as a class or factory (``classifier_options`` are its
   keyword arguments) returning an object with ``scores``, or a function ``texts -> list[float]``.
+  The module must be part of the project under test (under the rootdir) or allowed by the ini key
+  ``llm_allow_imports``; see :mod:`harness.scoring.imports`.
+- a name an installed package registers under the ``pytest_llm_harness.classifiers`` entry-point group.
 
 In a suite file::
 
@@ -29,7 +32,10 @@ extraction) has no toxicity and is left out. :func:`toxicity_indicator` turns th
 seed's ``toxicity.json`` record.
 
 Classifiers are built once per process and name + options (heavy imports happen on first
-use, never at import of this module), and a text seen before is not classified again.
+use, never at import of this module), and a text seen before is not classified again. What can
+be checked without loading a model (name, options, import policy, files, packages) is checked
+at collection; a classifier that then fails to load makes every case an error
+(:class:`~harness.scoring.base.ScorerUnavailable`), never a score of 0.
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Protocol, Sequence, runtime_checkable
 
 from harness.results import CaseResult
-from harness.scoring.base import Score, Scorer, register
+from harness.scoring.base import Score, Scorer, ScorerUnavailable, register
+from harness.scoring.imports import CLASSIFIER_ENTRY_POINTS, current_policy
 
 DEFAULT_CLASSIFIER = "profanity-check"
 INSTALL_HINT = 'pip install "pytest-llm-harness[toxicity]" (or: pip install alt-profanity-check)'
@@ -171,7 +178,14 @@ _BUILTINS: dict[str, Callable[..., ToxicityClassifier]] = {
 
 
 def known_classifiers() -> list[str]:
-    return sorted(_BUILTINS)
+    """Built-in classifier names and those installed packages register as entry points."""
+    return sorted({*_BUILTINS, *_entry_points()})
+
+
+def _entry_points() -> dict[str, Any]:
+    from importlib import metadata
+
+    return {ep.name: ep for ep in metadata.entry_points(group=CLASSIFIER_ENTRY_POINTS)}
 
 
 def _require(module: str, message: str) -> None:
@@ -179,7 +193,7 @@ def _require(module: str, message: str) -> None:
         raise ToxicityConfigError(message)
 
 
-# ---------------------------------------------------------------------------- plug-ins by import path
+# ---------------------------------------------------------------------------- plug-ins: entry points, import paths
 
 class _FunctionClassifier:
     def __init__(self, function: Callable[..., Any], options: dict[str, Any]) -> None:
@@ -190,43 +204,94 @@ class _FunctionClassifier:
 
 
 def _resolve(path: str) -> Any:
+    """The object an import path names; its module must be one the import policy allows
+    (:mod:`harness.scoring.imports`): a suite file must not make the harness import just anything."""
+    what = f"toxicity classifier {path!r}"
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
-        raise ToxicityConfigError(f"toxicity classifier {path!r}: an import path is 'package.module:attr'")
+        raise ToxicityConfigError(f"{what}: an import path is 'package.module:attr'")
+    policy = current_policy()
+    policy.check(module_name, what)  # before the import: importing runs the module
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ToxicityConfigError(f"toxicity classifier {path!r}: cannot import {module_name!r}: {exc}") from exc
+        raise ToxicityConfigError(f"{what}: cannot import {module_name!r}: {exc}") from exc
     for part in attr.split("."):
+        if part.startswith("__"):
+            raise ToxicityConfigError(f"{what}: {part!r} is not a public attribute")
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise ToxicityConfigError(f"toxicity classifier {path!r}: {module_name!r} has no {attr!r}") from None
+            raise ToxicityConfigError(f"{what}: {module_name!r} has no {attr!r}") from None
+        if inspect.ismodule(obj):  # an allowed module's `import os` does not open the way to os
+            policy.check(obj.__name__, what)
     return obj
 
 
-def _from_import_path(path: str, options: dict[str, Any]) -> ToxicityClassifier:
-    obj = _resolve(path)
+def _bind_problem(obj: Any, args: tuple[Any, ...], options: dict[str, Any]) -> str | None:
+    try:
+        inspect.signature(obj).bind(*args, **options)
+    except TypeError as exc:
+        return str(exc)
+    except ValueError:  # no signature to read (some built-ins): it will tell when called
+        return None
+    return None
+
+
+def _plugin(what: str, obj: Any, options: dict[str, Any]) -> str:
+    """How a plug-in object becomes a classifier, checked without calling it: "class", "instance",
+    "factory" (called with the options) or "function" (called with the texts and the options)."""
     if inspect.isclass(obj):
-        built = obj(**options)
-    elif hasattr(obj, "scores"):
+        problem = _bind_problem(obj, (), options)
+        if problem:
+            raise ToxicityConfigError(f"{what}: bad classifier_options: {problem}")
+        return "class"
+    if hasattr(obj, "scores"):
         if options:
-            raise ToxicityConfigError(f"toxicity classifier {path!r} is an instance: it takes no options")
-        built = obj
-    elif callable(obj):
+            raise ToxicityConfigError(f"{what} is an instance: it takes no options")
+        return "instance"
+    if callable(obj):
         try:
             inspect.signature(obj).bind(**options)
+            return "factory"
         except (TypeError, ValueError):
-            # it needs more than the options: the texts, so it is the classifier itself
-            return _FunctionClassifier(obj, options)
-        built = obj(**options)  # a factory
-    else:
-        raise ToxicityConfigError(f"toxicity classifier {path!r} is a {type(obj).__name__}, not a classifier")
+            pass
+        # it needs more than the options: the texts, so it is the classifier itself
+        problem = _bind_problem(obj, ([],), options)
+        if problem:
+            raise ToxicityConfigError(f"{what}: bad classifier_options: {problem}")
+        return "function"
+    raise ToxicityConfigError(f"{what} is a {type(obj).__name__}, not a classifier")
+
+
+def _checked_import(path: str, options: dict[str, Any]) -> tuple[str, Any]:
+    """An import path's object and kind, allowed by the import policy, its options checked."""
+    what = f"toxicity classifier {path!r}"
+    obj = _resolve(path)
+    kind = _plugin(what, obj, options)
+    current_policy().check_origin(obj, what)  # `mymod:Popen` re-exported from subprocess is not mymod's
+    return kind, obj
+
+
+def _from_plugin(what: str, kind: str, obj: Any, options: dict[str, Any]) -> ToxicityClassifier:
+    if kind == "function":
+        return _FunctionClassifier(obj, options)
+    built = obj if kind == "instance" else obj(**options)
     if hasattr(built, "scores"):
         return built
     if callable(built):
         return _FunctionClassifier(built, {})
-    raise ToxicityConfigError(f"toxicity classifier {path!r} built a {type(built).__name__} without .scores()")
+    raise ToxicityConfigError(f"{what} built a {type(built).__name__} without .scores()")
+
+
+def _from_import_path(path: str, options: dict[str, Any]) -> ToxicityClassifier:
+    return _from_plugin(f"toxicity classifier {path!r}", *_checked_import(path, options), options)
+
+
+def _from_entry_point(name: str, options: dict[str, Any]) -> ToxicityClassifier:
+    obj = _entry_points()[name].load()  # registered by an installed package: trusted as installed
+    what = f"toxicity classifier {name!r} (entry point)"
+    return _from_plugin(what, _plugin(what, obj, options), obj, options)
 
 
 # ---------------------------------------------------------------------------- building, cached
@@ -266,7 +331,7 @@ def _spec(name: str, options: dict[str, Any] | None) -> tuple[str, _Options]:
         raise ToxicityConfigError(f"toxicity classifier must be a name, not {name!r}")
     if options is not None and not isinstance(options, dict):
         raise ToxicityConfigError(f"toxicity classifier {name!r}: classifier_options must be a mapping")
-    if name not in _BUILTINS and ":" not in name:
+    if name not in _BUILTINS and ":" not in name and name not in _entry_points():
         raise ToxicityConfigError(f"unknown toxicity classifier {name!r}; known: {', '.join(known_classifiers())}, "
                                   "or an import path 'package.module:attr'")
     return name, _Options(options or {})
@@ -277,28 +342,55 @@ def get_classifier(name: str = DEFAULT_CLASSIFIER, options: dict[str, Any] | Non
     return _build(*_spec(name, options))
 
 
-@lru_cache(maxsize=None)
+# classifiers that failed to load, with why: every case would try again (a model load each) and fail alike
+_FAILED: dict[tuple[str, _Options], str] = {}
+
+
 def _build(name: str, frozen: _Options) -> ToxicityClassifier:
+    """Build once per process; a classifier that fails to load raises ScorerUnavailable, then and
+    on every later call, without trying again."""
+    failed = _FAILED.get((name, frozen))
+    if failed is not None:
+        raise ScorerUnavailable(failed)
+    try:
+        return _build_once(name, frozen)
+    except ToxicityConfigError:
+        raise
+    except Exception as exc:
+        _FAILED[(name, frozen)] = f"toxicity classifier {name!r} did not load: {type(exc).__name__}: {exc}"
+        raise ScorerUnavailable(_FAILED[(name, frozen)]) from exc
+
+
+@lru_cache(maxsize=None)
+def _build_once(name: str, frozen: _Options) -> ToxicityClassifier:
     options = dict(frozen.value)
     if name in _BUILTINS:
         try:
             return _BUILTINS[name](**options)
         except TypeError as exc:
             raise ToxicityConfigError(f"toxicity classifier {name!r}: bad classifier_options: {exc}") from exc
-    return _from_import_path(name, options)
+    if ":" in name:
+        return _from_import_path(name, options)
+    return _from_entry_point(name, options)
 
 
 def check_classifier(name: str, options: dict[str, Any] | None = None) -> None:
-    """Cheap checks done when a suite is collected, without the heavy imports of building."""
+    """The checks done when a suite is collected, without the heavy imports of building: the name,
+    the options against the constructor, the import policy, the files and packages it needs."""
     spec = _spec(name, options)
+    values = spec[1].value
+    if name in _BUILTINS:
+        problem = _bind_problem(_BUILTINS[name], (), values)
+        if problem:
+            raise ToxicityConfigError(f"toxicity classifier {name!r}: bad classifier_options: {problem}")
     if name == "profanity-check":
         _require("profanity_check", f"toxicity classifier 'profanity-check' needs alt-profanity-check: {INSTALL_HINT}")
     elif name == "detoxify":
-        DetoxifyClassifier.check(**spec[1].value)
+        DetoxifyClassifier.check(**values)
     elif name == "wordlist":
         _build(*spec)  # cheap, and a bad terms file is best reported now
-    else:
-        _resolve(name)
+    elif ":" in name:
+        _checked_import(name, values)
 
 
 @lru_cache(maxsize=4096)

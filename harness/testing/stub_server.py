@@ -10,6 +10,10 @@ the prompt inject faults:
 - ``TRUNCATE:<n>`` cuts the JSON body in half on the first n attempts
 - ``RESET:<n>`` drops the connection without an answer on the first n attempts
 - ``TOOL:<name>:<json arguments>`` answers a tool call (content null)
+- ``THROTTLE:<s>`` answers 429 with ``Retry-After: <s>`` to every attempt
+- ``FINISH:<reason>`` sets ``finish_reason`` (``FINISH:length``: a reply cut off at max_tokens)
+- ``SHAPE:<name>`` answers 200 with a body of an odd shape (see :data:`SHAPES` and
+  :data:`STREAM_SHAPES`), e.g. ``SHAPE:usage_string`` (``usage`` is a string); an unknown name is a 400
 
 ``stream: true`` in a request gives server-sent events, one word a chunk, ``--token-delay-ms``
 apart, usage in the last chunk. ``--fail-first N --fail-status S`` answers S to the first N
@@ -31,11 +35,53 @@ import hashlib
 import json
 import re
 import time
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 
 _ANSWER = re.compile(r"ANSWER:\s*(.*)")
+
+# SHAPE:<name> on a plain request: the new body from the well-formed one (``body``, its first
+# ``choice``, and ``holder[key]``, the reply's text: message.content for chat, choice.text for completion)
+Shape = Callable[[dict[str, Any], dict[str, Any], dict[str, Any], str], Any]
+
+
+def _edit(change: Callable[[dict[str, Any], dict[str, Any], dict[str, Any], str], Any]) -> Shape:
+    """A shape that changes the body in place."""
+    def apply(body: dict[str, Any], choice: dict[str, Any], holder: dict[str, Any], key: str) -> Any:
+        change(body, choice, holder, key)
+        return body
+    return apply
+
+
+SHAPES: dict[str, Shape] = {
+    "body_list": lambda body, choice, holder, key: [body],
+    "body_string": lambda body, choice, holder, key: "ok",
+    "body_null": lambda body, choice, holder, key: None,
+    "error_200": lambda body, choice, holder, key: {"error": {"message": "overloaded, in a 200"}},
+    "choices_object": _edit(lambda body, choice, holder, key: body.update(choices=choice)),
+    "choices_empty": _edit(lambda body, choice, holder, key: body.update(choices=[])),
+    "choice_string": _edit(lambda body, choice, holder, key: body.update(choices=["hello"])),
+    # chat: the message is a string; completion: the text is a list
+    "message_string": _edit(lambda body, choice, holder, key: choice.update(
+        {"message": "hello"} if key == "content" else {"text": ["hello"]})),
+    "content_number": _edit(lambda body, choice, holder, key: holder.update({key: 42})),
+    "content_object": _edit(lambda body, choice, holder, key: holder.update({key: {"text": holder[key]}})),
+    # a list of content parts is a valid chat reply: its text parts are the answer
+    "content_parts": _edit(lambda body, choice, holder, key: holder.update(
+        {key: [{"type": "text", "text": holder[key]}] if key == "content" else holder[key]})),
+    "tool_calls_object": _edit(lambda body, choice, holder, key: holder.update(tool_calls={"name": "f"})),
+    "tool_call_name_number": _edit(lambda body, choice, holder, key: holder.update(
+        tool_calls=[{"type": "function", "function": {"name": 7, "arguments": "{}"}}])),
+    "finish_number": _edit(lambda body, choice, holder, key: choice.update(finish_reason=3)),
+    "usage_string": _edit(lambda body, choice, holder, key: body.update(usage="12 tokens")),
+    "usage_list": _edit(lambda body, choice, holder, key: body.update(usage=[1, 2])),
+    "tokens_string": _edit(lambda body, choice, holder, key: body["usage"].update(completion_tokens="3")),
+    "tokens_negative": _edit(lambda body, choice, holder, key: body["usage"].update(completion_tokens=-1)),
+}
+
+# SHAPE:<name> on a streamed request: each content event changed, or the stream cut
+STREAM_SHAPES = ("event_list", "delta_string", "choices_object", "usage_string", "content_parts", "cut")
 
 
 def reply_for(prompt: str) -> str:
@@ -119,6 +165,10 @@ class Stub:
                 found = re.search(directive, prompt)
                 return found if found and attempt <= int(found.group(1)) else None
 
+            throttle = re.search(r"THROTTLE:(\d+)", prompt)
+            if throttle:
+                return web.json_response({"error": {"message": "quota exceeded"}}, status=429,
+                                         headers={"Retry-After": throttle.group(1)})
             if first(r"FLAKY:(\d+)"):
                 return web.json_response({"error": {"message": "slow down"}}, status=429,
                                          headers={"retry-after-ms": "200"})
@@ -143,9 +193,15 @@ class Stub:
             words = (text or "").split()
             usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(words),
                      "total_tokens": len(prompt.split()) + len(words)}
+            finish = re.search(r"FINISH:(\w+)", prompt)
+            finish_reason = finish.group(1) if finish else "tool_calls" if tool_calls else "stop"
+            shape = re.search(r"SHAPE:(\w+)", prompt)
+            if shape and shape.group(1) not in (STREAM_SHAPES if body.get("stream") else SHAPES):
+                return web.json_response({"error": {"message": f"unknown SHAPE {shape.group(1)}"}}, status=400)
             if body.get("stream"):
-                return await self._stream(request, chat, model, words, usage)
-            choice: dict[str, Any] = {"index": 0, "finish_reason": "tool_calls" if tool_calls else "stop"}
+                return await self._stream(request, chat, model, words, usage, finish_reason,
+                                          shape.group(1) if shape else None)
+            choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason}
             if chat:
                 choice["message"] = {"role": "assistant", "content": text}
                 if tool_calls:
@@ -157,6 +213,9 @@ class Stub:
             if first(r"TRUNCATE:(\d+)"):
                 raw = json.dumps(payload)
                 return web.Response(body=raw[:len(raw) // 2].encode(), content_type="application/json")
+            if shape:
+                holder = choice["message"] if chat else choice
+                return web.json_response(SHAPES[shape.group(1)](payload, choice, holder, "content" if chat else "text"))
             return web.json_response(payload)
         finally:
             self.in_flight -= 1
@@ -164,12 +223,21 @@ class Stub:
 
 
     async def _stream(self, request: web.Request, chat: bool, model: Any, words: list[str],
-                      usage: dict[str, int]) -> web.StreamResponse:
+                      usage: dict[str, int], finish_reason: str = "stop",
+                      shape: str | None = None) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
 
         async def event(payload: dict[str, Any]) -> None:
-            await response.write(f"data: {json.dumps(payload)}\n\n".encode())
+            await response.write(f"data: {json.dumps(_stream_shaped(shape, payload, chat))}\n\n".encode())
+
+        if shape == "cut":  # one event, then half of the next, then the connection ends
+            piece = {"index": 0, "delta": {"content": "cut"}} if chat else {"index": 0, "text": "cut"}
+            await event({"choices": [piece]})
+            line = f"data: {json.dumps({'choices': [piece]})}\n\n".encode()
+            await response.write(line[:len(line) // 2])
+            await response.write_eof()
+            return response
 
         base = {"id": f"stub-{self.requests}", "object": "chat.completion.chunk" if chat else "text_completion",
                 "model": model}
@@ -180,11 +248,31 @@ class Stub:
             choice = {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
             await event({**base, "choices": [{**choice, "finish_reason": None}]})
         end = {"index": 0, "delta": {}} if chat else {"index": 0, "text": ""}
-        await event({**base, "choices": [{**end, "finish_reason": "stop"}]})
+        await event({**base, "choices": [{**end, "finish_reason": finish_reason}]})
         await event({**base, "choices": [], "usage": usage})
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+def _stream_shaped(shape: str | None, event: dict[str, Any], chat: bool) -> Any:
+    """A streamed event changed by ``SHAPE:<name>`` (only events with content, and the usage event)."""
+    choices = event.get("choices") or []
+    content = choices[0].get("delta", {}).get("content") if chat and choices else \
+        choices[0].get("text") if choices else None
+    if shape == "usage_string" and "usage" in event:
+        return {**event, "usage": "12 tokens"}
+    if not content:
+        return event
+    if shape == "event_list":
+        return [event]
+    if shape == "choices_object":
+        return {**event, "choices": choices[0]}
+    if shape == "delta_string":
+        return {**event, "choices": [{**choices[0], "delta": content, "text": 5}]}
+    if shape == "content_parts" and chat:
+        return {**event, "choices": [{**choices[0], "delta": {"content": [{"type": "text", "text": content}]}}]}
+    return event
 
 
 def main() -> None:

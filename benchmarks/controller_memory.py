@@ -1,0 +1,110 @@
+"""Memory of a large run: peak RSS of the pytest controller and of each xdist worker.
+
+Runs an N-case suite against a 0 ms stub (concurrency 256, ``-n 2`` by default) for each N
+given, samples the resident set of the controller and its worker processes every 100 ms from
+/proc, and prints the peaks, the growth per case between the smallest and each larger N
+(what one more case costs), and whether report.json holds every case.
+
+    python benchmarks/controller_memory.py --cases 10000 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stub_throughput import environment, pytest_argv, write_suite  # noqa: E402
+
+from harness.engines.managed import free_port, model_listed  # noqa: E402
+
+PAGE_KB = 4
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KB
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def peaks(proc: subprocess.Popen[bytes]) -> tuple[int, dict[int, int]]:
+    """Peak RSS (KB) of the process and of each child, sampled until it exits."""
+    controller, workers = 0, {}
+    while proc.poll() is None:
+        controller = max(controller, rss_kb(proc.pid))
+        for child in children(proc.pid):
+            workers[child] = max(workers.get(child, 0), rss_kb(child))
+        time.sleep(0.1)
+    return controller, workers
+
+
+def run(url: str, cases: int, workers: str, concurrency: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        evals = write_suite(root, cases)
+        argv = pytest_argv(evals, url, concurrency, workers, root)
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=root, env=environment(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        stderr: list[bytes] = []
+        reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read() if proc.stderr else b""))
+        reader.start()
+        controller, worker_peaks = peaks(proc)
+        reader.join()
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise SystemExit(f"pytest failed ({proc.returncode}): {b''.join(stderr).decode()[-2000:]}")
+        report = json.loads((root / "report" / "report.json").read_text(encoding="utf-8"))
+        recorded = len(report["cases"])
+    return {"cases": cases, "wall_s": wall, "controller_mb": controller / 1024,
+            "worker_mb": max(worker_peaks.values(), default=0) / 1024, "recorded": recorded}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--workers", default="2")
+    parser.add_argument("--concurrency", type=int, default=256)
+    args = parser.parse_args()
+
+    port = free_port()
+    stub = subprocess.Popen([sys.executable, "-m", "harness.testing.stub_server", "--port", str(port),
+                             "--models", "stub", "--delay-ms", "0"], env=environment())
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        while not model_listed(url, "stub"):
+            time.sleep(0.1)
+        rows = [run(url, n, args.workers, args.concurrency) for n in sorted(args.cases)]
+    finally:
+        stub.terminate()
+        stub.wait(10)
+    base = rows[0]
+    print(f"-n {args.workers}, concurrency {args.concurrency}, 0 ms stub")
+    print(f"{'cases':>9} {'wall s':>8} {'controller MB':>14} {'worker MB':>10} {'KB/case ctrl':>13} "
+          f"{'KB/case worker':>15} {'in report':>10}")
+    for row in rows:
+        extra = row["cases"] - base["cases"]
+        per_ctrl = (row["controller_mb"] - base["controller_mb"]) * 1024 / extra if extra else float("nan")
+        per_worker = (row["worker_mb"] - base["worker_mb"]) * 1024 / extra if extra else float("nan")
+        print(f"{row['cases']:>9} {row['wall_s']:>8.1f} {row['controller_mb']:>14.1f} {row['worker_mb']:>10.1f} "
+              f"{per_ctrl:>13.2f} {per_worker:>15.2f} {row['recorded']:>10}")
+
+
+if __name__ == "__main__":
+    main()
