@@ -300,9 +300,10 @@ def test_a_corrupt_cache_is_moved_aside_and_the_run_goes_on(pytester: pytest.Pyt
     (pytester.path / "cache.sqlite-wal").write_bytes(b"stale log")
     result = run_inline(pytester, "evals")
     assert result.ret == 0, _output(result)
-    result.assert_outcomes(passed=4, warnings=1)
-    assert "the response cache cache.sqlite is corrupt (file is not a database): moved to " \
-           "cache.sqlite.corrupt-" in _output(result)
+    result.assert_outcomes(passed=4)
+    # said once (other warnings, such as pytest's on already-imported plugins, depend on the environment)
+    assert _output(result).count("the response cache cache.sqlite is corrupt (file is not a database): moved to "
+                                 "cache.sqlite.corrupt-") == 1
     [moved] = pytester.path.glob("cache.sqlite.corrupt-*[0-9]")
     assert moved.read_bytes() == garbage  # kept for whoever wants to look at it
     assert Path(f"{moved}-wal").read_bytes() == b"stale log"  # its log went with it
