@@ -345,10 +345,7 @@ class EvalSession:
             if result.prompt is None:
                 result.prompt = self._prompt(result.nodeid)
             run.results[result.nodeid] = result
-            run.missing.discard(result.nodeid)
-            ready = bool(run.gates) and not run.missing and run.result is None
-            if ready:
-                run.result = _PENDING
+            ready = self._settle(run, result.nodeid)
         if ready:
             self._conclude(run)
 
@@ -360,13 +357,20 @@ class EvalSession:
         with self._lock:
             if nodeid in run.results or nodeid not in run.missing:
                 return
-            run.missing.discard(nodeid)
             self.skipped.append(nodeid)
-            ready = bool(run.gates) and not run.missing and run.result is None
-            if ready:
-                run.result = _PENDING
+            ready = self._settle(run, nodeid)
         if ready:
             self._conclude(run)
+
+    @staticmethod
+    def _settle(run: SuiteRun, nodeid: str) -> bool:
+        """A case of run is done (under the lock): whether its suite is now complete and this caller
+        concludes it (marked pending, so no other thread does too)."""
+        run.missing.discard(nodeid)
+        ready = bool(run.gates) and not run.missing and run.result is None
+        if ready:
+            run.result = _PENDING
+        return ready
 
     def _prompt(self, nodeid: str) -> Any:
         assert self.plan is not None

@@ -11,14 +11,14 @@ import os
 import sqlite3
 from pathlib import Path
 
-DIR_MODE = 0o700
-FILE_MODE = 0o600
+from harness.private import FILE_MODE, private_dir
+
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 
 
 def open_wal(path: Path) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit) with WAL journaling."""
-    private_parents(path)
+    private_dir(Path(path).parent)
     _create_private(path)
     db = sqlite3.connect(str(path), timeout=60, isolation_level=None, check_same_thread=False)
     try:
@@ -28,21 +28,6 @@ def open_wal(path: Path) -> sqlite3.Connection:
         db.close()
         raise
     return db
-
-
-def private_parents(path: Path) -> None:
-    """Create the missing folders above path as 0700; folders that exist are left as they are."""
-    missing = []
-    for folder in Path(path).parents:
-        if folder.exists():
-            break
-        missing.append(folder)
-    for folder in reversed(missing):
-        try:
-            folder.mkdir(mode=DIR_MODE)
-        except FileExistsError:
-            continue  # made by another process in the meantime
-        os.chmod(folder, DIR_MODE)  # mkdir's mode passes through the umask
 
 
 def _create_private(path: Path) -> None:

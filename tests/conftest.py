@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,19 +31,27 @@ STUB_MODELS = "stub,stub-b"
 @pytest.fixture(scope="session")
 def stub_url() -> Iterator[str]:
     """Base URL of a stub OpenAI-compatible server (see harness.testing.stub_server)."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "harness.testing.stub_server", "--port", str(port),
-                             "--models", STUB_MODELS], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with stub_server("--models", STUB_MODELS) as (_, url):
+        yield url
+
+
+@contextmanager
+def stub_server(*args: str, port: int | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A stub server process of its own (the args are its options), killed on exit: for tests that
+    inject faults, count requests or kill the server."""
+    port = port or free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "harness.testing.stub_server", "--port", str(port), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 30
     while not model_listed(url, "stub"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"stub server did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
-        time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+        assert proc.poll() is None and time.monotonic() < deadline, "stub server did not start"
+        time.sleep(0.05)
+    try:
+        yield proc, url
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 def stub_stats(url: str) -> dict[str, Any]:

@@ -9,32 +9,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
 from harness.engines.client import OpenAICompatClient, Request
 from harness.engines.limiter import AdaptiveLimit
-from harness.engines.managed import free_port, model_listed
+from harness.engines.managed import free_port
 from tests.conftest import answer_cases, load_report, stub_stats, write_suite
-
-
-@contextmanager
-def stub(*args: str, port: int | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = port or free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "harness.testing.stub_server", "--port", str(port), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 30
-    while not model_listed(url, "stub"):
-        assert proc.poll() is None and time.monotonic() < deadline, "stub server did not start"
-        time.sleep(0.05)
-    try:
-        yield proc, url
-    finally:
-        proc.kill()
-        proc.wait(10)
+from tests.conftest import stub_server as stub
 
 
 def run(pytester: pytest.Pytester, url: str, *args: str, workers: str = "0") -> pytest.RunResult:

@@ -5,18 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import subprocess
-import sys
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from harness.engines.client import OpenAICompatClient, Request
-from harness.engines.managed import free_port, model_listed
+from harness.engines.managed import free_port
 from harness.redact import redact_data, redact_text, redact_url, split_credentials
-from tests.conftest import load_report, stub_stats, write_suite
+from tests.conftest import load_report, stub_server, stub_stats, write_suite
 
 PASSWORD = "pw-7Hq2xZ"
 TOKEN = "tok-93KfA1"
@@ -99,25 +96,12 @@ def file_texts(folder: Path) -> dict[str, str]:
     return texts
 
 
-def start_stub(*args: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "harness.testing.stub_server", "--port", str(port),
-                             "--models", "stub", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 30
-    while not model_listed(url, "stub"):
-        assert proc.poll() is None and time.monotonic() < deadline, "stub server did not start"
-        time.sleep(0.05)
-    return proc, url
-
-
 def test_a_run_with_url_credentials_authenticates_and_writes_no_secret(pytester, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     cases = [{"id": f"c{i}", "input": f"q{i}\nANSWER: a{i}", "target": f"a{i}"} for i in range(6)]
     cases.append({"id": "down", "input": "FAIL:500", "target": "x"})  # an error message in every report
     write_suite(pytester.path / "evals", "secret", cases, gates=["accuracy >= 0.8"], **{"pass": "record"})
-    proc, url = start_stub()
-    try:
+    with stub_server("--models", "stub") as (_, url):
         host = url.removeprefix("http://")
         base = f"http://user:{PASSWORD}@{host}?api_key={TOKEN}"
         result = pytester.runpytest_subprocess(
@@ -125,9 +109,6 @@ def test_a_run_with_url_credentials_authenticates_and_writes_no_secret(pytester,
             "--llm-cache", "off", "--llm-retries", "3", "--llm-wait-ready", "10", "--llm-wait-interval", "0.2",
             "evals", timeout=120)
         auth = stub_stats(url)["auth_sha256"]
-    finally:
-        proc.kill()
-        proc.wait(10)
     output = result.stdout.str() + result.stderr.str()
     assert result.ret == 0, output
     assert sha(basic("user", PASSWORD)) in auth  # every request carried the URL's credentials
@@ -150,15 +131,11 @@ def test_a_run_with_url_credentials_authenticates_and_writes_no_secret(pytester,
 def test_a_refused_login_names_the_server_without_its_secrets(pytester, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     write_suite(pytester.path / "evals", "refused", [{"id": "a", "input": "ANSWER: a", "target": "a"}])
-    proc, url = start_stub("--api-key", "the-right-key")  # wants a bearer key: Basic credentials get a 401
-    try:
+    with stub_server("--models", "stub", "--api-key", "the-right-key") as (_, url):  # wants a bearer key: Basic credentials get a 401
         host = url.removeprefix("http://")
         result = pytester.runpytest_subprocess(
             "-p", "no:cacheprovider", "--llm-base-url", f"http://user:{PASSWORD}@{host}?token={TOKEN}",
             "--llm-model", "stub", "--llm-report-dir", "out", "--llm-cache", "off", "evals", timeout=120)
-    finally:
-        proc.kill()
-        proc.wait(10)
     output = result.stdout.str() + result.stderr.str()
     assert result.ret == pytest.ExitCode.USAGE_ERROR, output
     assert f"at {url}?token=*** refused the request (HTTP 401" in output

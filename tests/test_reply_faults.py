@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,11 +19,10 @@ from hypothesis import strategies as st
 from harness.case_scoring import TRUNCATED_ERROR
 from harness.engines.client import OpenAICompatClient, Reply, Request, parse_reply
 from harness.engines.limiter import AdaptiveLimit
-from harness.engines.managed import free_port, model_listed
 from harness.results import CaseResult
 from harness.suite import SuiteError, load_suite
 from harness.testing.stub_server import SHAPES, STREAM_SHAPES
-from tests.conftest import load_report, stub_stats, write_suite
+from tests.conftest import load_report, stub_server, stub_stats, write_suite
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 REASONS = ("malformed reply: ", "incomplete reply: ", "empty reply")
@@ -266,19 +263,8 @@ def test_a_429_never_starves_the_run_below_its_floor():
 
 @contextmanager
 def stub(*args: str) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "harness.testing.stub_server", "--port", str(port),
-                             "--models", "stub", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 30
-    while not model_listed(url, "stub"):
-        assert proc.poll() is None and time.monotonic() < deadline, "stub server did not start"
-        time.sleep(0.05)
-    try:
+    with stub_server("--models", "stub", *args) as (_, url):
         yield url
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 def run(pytester: pytest.Pytester, url: str, *args: str, workers: str = "0") -> pytest.RunResult:

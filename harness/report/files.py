@@ -13,26 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-FILE_MODE = 0o600
-DIR_MODE = 0o700
+from harness.private import FILE_MODE, private_dir
 
-
-def private_dir(path: Path) -> Path:
-    """Create path and its missing parents as 0700 folders (an existing folder is left as it is)."""
-    path = Path(path)
-    missing = []
-    for folder in (path, *path.parents):
-        if folder.exists():
-            break
-        missing.append(folder)
-    for folder in reversed(missing):
-        try:
-            folder.mkdir(mode=DIR_MODE)
-        except FileExistsError:
-            pass  # made by another process in the meantime
-    if not path.is_dir():
-        raise NotADirectoryError(f"{path} is not a folder")
-    return path
+__all__ = ["private_dir", "write_atomic", "write_text"]
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
