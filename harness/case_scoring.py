@@ -35,7 +35,7 @@ def score_reply(suite: Suite, case: Case, model: str, nodeid: str, dataset: str,
         metadata=case.metadata, error=reply.get("error"), cached=bool(reply.get("cached")),
         attempts=reply.get("attempts"), ttft_ms=reply.get("ttft_ms"), tpot_ms=reply.get("tpot_ms"),
         sent_at=reply.get("sent_at"), done_at=reply.get("done_at"), tool_calls=reply.get("tool_calls"),
-        attack=case.attack, truncated=bool(reply.get("truncated") or reply.get("finish_reason") == "length"),
+        attack=case.attack, cluster=case.cluster, truncated=bool(reply.get("truncated") or reply.get("finish_reason") == "length"),
     )
     if result.truncated and result.error is None and suite.truncated == "error":
         # applied when scoring, not sending: the cached reply stays valid whatever the suite says

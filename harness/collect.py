@@ -186,7 +186,7 @@ class SuiteFile(pytest.File):
     """The gates of a suite file: one item per gate and model, judged over the suite's cases."""
 
     def collect(self) -> Iterable[pytest.Item]:
-        from harness.gates import parse_gate
+        from harness.gates import is_comparison, parse_gate
         from harness.robustness import is_robustness_metric
 
         try:
@@ -198,6 +198,7 @@ class SuiteFile(pytest.File):
             raise self.CollectError(str(exc)) from exc
         models = _models(self.config)
         multi = len(models) > 1
+        reference = _reference_model(self.config, models)
         items = []
         for suite in suites:
             marks = [pytest.mark.llm_gate, *_suite_marks(self.config, suite)]
@@ -206,10 +207,21 @@ class SuiteFile(pytest.File):
                 # a gate on the perturbed copies is selected and deselected with them
                 gate_marks = [*marks, pytest.mark.llm_robustness] if (
                     suite.robustness is not None and is_robustness_metric(gate.metric)) else marks
+                # the reference model is what a comparison gate compares against, not a model it judges
+                judged = [m for m in models if m != reference or not is_comparison(gate.metric)]
                 items.extend(GateItem.from_parent(self, **_child(self, gate_item_name(gate.expr, model, multi)), suite=suite,
                                                   expr=gate.expr, model=model, marks=gate_marks)
-                             for model in models)
+                             for model in judged)
         return items
+
+
+def _reference_model(config: pytest.Config, models: list[str]) -> str | None:
+    """The model others are compared against in a run of several models without a baseline (None otherwise)."""
+    from harness.comparison.runner import reference_model
+
+    baseline = bool(config.getoption("llm_baseline", None) or config.getini("llm_baseline"))
+    return reference_model(models, config.getoption("llm_reference", None) or config.getini("llm_reference") or None,
+                           baseline)
 
 
 def _check_datasets(config: pytest.Config, suite: Suite) -> None:

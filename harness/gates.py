@@ -14,7 +14,20 @@ OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
     "==": operator.eq, "!=": operator.ne,
 }
-_GATE_RE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(>=|<=|==|!=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+# a suite metric (`f1.lower`), or a comparison figure of one (`delta(accuracy).lower`)
+_METRIC = r"[A-Za-z_]\w*\(\s*[A-Za-z_][\w.]*\s*\)(?:\.(?:lower|upper))?|[A-Za-z_][\w.]*"
+_GATE_RE = re.compile(rf"^\s*({_METRIC})\s*(>=|<=|==|!=|>|<)\s*(?:({_NUMBER})|(?:baseline|reference)\s*\*\s*({_NUMBER}))\s*$")
+
+# figures of a paired comparison (see harness.comparison.compare): judged on this model against the
+# run's reference model or the saved baseline, never on one model's results alone
+COMPARISON_FUNCTIONS = ("delta", "p_value", "mcnemar_p", "ratio")
+COMPARISON_COUNTS = ("improved_cases", "regressed_cases", "unchanged_cases", "unmatched_cases")
+
+
+def is_comparison(metric: str) -> bool:
+    """Whether a gate's metric compares two arms (``delta(f1).lower``, ``regressed_cases``)."""
+    return metric in COMPARISON_COUNTS or metric.split("(", 1)[0] in COMPARISON_FUNCTIONS and "(" in metric
 
 
 @dataclass(frozen=True)
@@ -33,9 +46,20 @@ def parse_gate(expr: str) -> Gate:
     match = _GATE_RE.match(expr)
     if not match:
         raise ValueError(
-            f"cannot parse {expr!r}: expected '<metric> <op> <number>' with op one of {', '.join(OPS)}"
+            f"cannot parse {expr!r}: expected '<metric> <op> <number>' with op one of {', '.join(OPS)} "
+            f"(or a comparison: 'delta(accuracy) >= -0.02', 'latency_p99_ms <= baseline * 1.25')"
         )
-    metric, op, number = match.groups()
+    metric, op, number, factor = match.groups()
+    metric = re.sub(r"\s+", "", metric)
+    if "(" in metric and metric.split("(", 1)[0] not in COMPARISON_FUNCTIONS:
+        raise ValueError(f"cannot parse {expr!r}: unknown function {metric.split('(', 1)[0]!r}; "
+                         f"comparison gates use {', '.join(f + '(metric)' for f in COMPARISON_FUNCTIONS)}")
+    if factor is not None:
+        # `latency_p99_ms <= baseline * 1.25`: relative to the reference arm
+        if "(" in metric:
+            raise ValueError(f"cannot parse {expr!r}: 'baseline * k' compares a plain metric, e.g. "
+                             f"'latency_p99_ms <= baseline * 1.25'")
+        return Gate(expr.strip(), f"ratio({metric})", op, float(factor))
     return Gate(expr.strip(), metric, op, float(number))
 
 

@@ -67,6 +67,8 @@ class SuiteRun:
     missing: set[str] = field(default_factory=set)  # needed case node ids without a result yet
     results: dict[str, CaseResult] = field(default_factory=dict)
     result: SuiteResult | None = None  # set once judged
+    reference_for: bool = False  # another model's comparison gates need this run complete
+    compared: bool = False  # its comparison gates have their verdicts
 
 
 @dataclass
@@ -125,8 +127,13 @@ def refs_from_ids(ids: Iterable[str], root: Path, models: list[str],
 
 def make_plan(cases: list[CaseRef], gates: list[GateRef], root: Path, models: list[str],
               cases_for: Callable[[Suite, Path], list[Case]],
-              build: Callable[[CaseRef], Request]) -> Plan:
-    """Group the selected items by suite and model and add the cases their gates need."""
+              build: Callable[[CaseRef], Request],
+              reference_of: Callable[[str], str | None] = lambda model: None) -> Plan:
+    """Group the selected items by suite and model and add the cases their gates need.
+
+    A comparison gate (``delta(f1) >= -0.02``) also needs every clean case of the same suite on the
+    model it is compared against (``reference_of``)."""
+    from harness.gates import is_comparison
     from harness.robustness import is_robustness_metric
 
     multi = len(models) > 1
@@ -150,16 +157,25 @@ def make_plan(cases: list[CaseRef], gates: list[GateRef], root: Path, models: li
         run.missing.add(ref.nodeid)
         run_of[ref.nodeid] = run
     pulled_refs: list[CaseRef] = []
-    for gate in gates:
-        run = suite_run(gate.suite, gate.model)
-        run.gates[gate.nodeid] = gate.expr
-        run_of[gate.nodeid] = run
-        with_copies = is_robustness_metric(parse_gate(gate.expr).metric)
-        for ref in every[(id(gate.suite), gate.model)]:
+
+    def pull(run: SuiteRun, refs: list[CaseRef], with_copies: bool) -> None:
+        for ref in refs:
             if (ref.case.attack is None or with_copies) and ref.nodeid not in selected and ref.nodeid not in run_of:
                 run.missing.add(ref.nodeid)
                 run_of[ref.nodeid] = run
                 pulled_refs.append(ref)
+
+    for gate in gates:
+        run = suite_run(gate.suite, gate.model)
+        run.gates[gate.nodeid] = gate.expr
+        run_of[gate.nodeid] = run
+        metric = parse_gate(gate.expr).metric
+        pull(run, every[(id(gate.suite), gate.model)], is_robustness_metric(metric))
+        reference = reference_of(gate.model) if is_comparison(metric) else None
+        if reference is not None:
+            other = suite_run(gate.suite, reference)
+            other.reference_for = True
+            pull(other, every[(id(gate.suite), reference)], False)
     tasks = [_task(ref, build) for ref in [*cases, *pulled_refs]]
     pulled = tasks[len(cases):]
     return Plan(tasks, pulled, list(runs.values()), run_of, {t.nodeid: t for t in tasks})

@@ -52,8 +52,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     option("cache-path", "response cache file (default: ~/.cache/pytest-llm-harness/responses.sqlite)")
     option("report-dir", "write reports to this folder (default: reports/<run id>, with reports/latest)")
     parser.addini("llm_reports", "base folder of run reports", default="reports")
+    option("reference", "in a run of several models, the model the others are compared against "
+           "(default: the first)")
+    option("baseline", "compare this run against a baseline file saved by an earlier run "
+           "(--llm-baseline-save)")
+    option("baseline-save", "save this run as a baseline file (per-case rows and fingerprints) at PATH")
+    option("baseline-reason", "why the baseline is saved (required with --llm-baseline-save; kept in the file)")
+    option("audit", "determinism audit: re-send K cases of each suite with the cache off and fail a gate "
+           "whose outcome flips (0: off)", default="0")
     parser.addini("llm_allow_imports", "module prefixes a suite file may import (classifier: 'pkg.mod:attr') "
                   "besides the project's own modules under the rootdir", type="args", default=[])
+    option("known-failures", "ledger of cases known to fail (YAML list or CSV of suite, id, reason, model?; "
+           "relative to the rootdir): they run as xfail(strict=True)")
 
 
 def _value(config: pytest.Config, name: str) -> Any:
@@ -165,6 +175,14 @@ def pytest_collect_directory(path: Path, parent: pytest.Collector) -> pytest.Col
 
     # a folder named suite.yaml would otherwise be entered as a plain folder, its suite gone without a word
     return MisplacedFolder.from_parent(parent, path=path) if is_suite_file_name(path) else None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from harness.known_failures import install
+
+    # at session start, not collection: the xdist controller, which never collects, checks the
+    # ledger too, so a malformed one is a usage error before any worker starts
+    install(session.config)
 
 
 @pytest.hookimpl(trylast=True)

@@ -42,6 +42,7 @@ class CaseResult:
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI-style tool calls of a chat reply
     truncated: bool = False  # the reply was cut off at max_tokens (finish_reason "length")
     attack: str | None = None  # robustness copies: the perturbation of the input
+    cluster: str | None = None  # the case's cluster (`cluster` field): paired intervals resample clusters
     metadata: dict[str, Any] = field(default_factory=dict)
     # scorer-specific values that suite aggregation needs (e.g. predicted label)
     data: dict[str, Any] = field(default_factory=dict)

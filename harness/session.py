@@ -22,7 +22,8 @@ import pytest
 from harness.board import Board
 from harness.cache import cache_key
 from harness.engines.client import Reply
-from harness.collect import catalog
+from harness.collect import catalog, relpath
+from harness.comparison.runner import Comparisons
 from harness.plan import CaseRef, Plan, SuiteRun, Task, make_plan, refs_from_ids, refs_from_items
 from harness.results import CaseResult, SuiteResult
 from harness.run import RunState
@@ -57,6 +58,13 @@ class EvalSession:
         self._pulled: threading.Thread | None = None
         self._failures = 0
         self._stray: list[CaseResult] = []  # results of cases outside the plan (none expected)
+        self.comparisons = comparisons_of(config, state.model_names)
+        self.comparison: dict[str, Any] | None = None  # the report's comparison block
+        self.baseline_path: Path | None = None
+        from harness.audit import audit_size
+
+        self.audit_k = audit_size(config)  # --llm-audit K (0: off)
+        self.audits: list[Any] = []  # harness.audit.AuditRecord per audited suite run
         state.before_gate = self._before_gate
 
     @property
@@ -139,10 +147,17 @@ class EvalSession:
         record = RunRecord(self.state, self.started_at, self.root, self.suites(), results, self.suite_results,
                            self.generation_stats, self.reconciliation)
         envelope = build_envelope(record, list(self.config.invocation_params.args), workers, engines)
+        if self.comparison is not None:
+            envelope["comparison"] = self.comparison
+        if self.audit_k:
+            from harness.audit import audit_block
+
+            envelope["audit"] = audit_block(self.audits, self.state.model_names)
         try:
             write_reports(envelope, out)
         except ReportsIncomplete as exc:
-            self._report_failures = exc.failures
+            self._report_failures.extend(exc.failures)
+        self._save_baseline(envelope)
         self.config.hook.pytest_llm_write_report(record=envelope, out_dir=out)
         for engine in engines:
             if engine.get("log") and Path(engine["log"]).exists():
@@ -150,6 +165,25 @@ class EvalSession:
         if is_run_dir:
             point_latest(out)
         self.report_path = out
+
+    def _save_baseline(self, envelope: dict[str, Any]) -> None:
+        """--llm-baseline-save: this run's per-case rows and fingerprints, never from a stopped run."""
+        path = self.config.getoption("llm_baseline_save", None)
+        if not path:
+            return
+        if self._stopped:
+            self._report_failures.append(f"baseline not saved to {path}: {self._stopped}")
+            return
+        from harness.comparison.baseline import build_baseline, save_baseline
+
+        run = envelope["run"]
+        metrics = {(r.name, r.model): r.metrics for r in self.suite_results}
+        document = build_baseline(self.config.getoption("llm_baseline_reason"), self.root, self.suites(), self.results(),
+                                  run["models"], run["git_commit"], run["git_dirty"], metrics)
+        try:
+            self.baseline_path = save_baseline(self.root / path, document)
+        except OSError as exc:
+            self._report_failures.append(f"baseline not saved to {path}: {exc}")
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.suite_results:
@@ -159,8 +193,22 @@ class EvalSession:
         terminalreporter.section("llm-harness summary")
         for line in render_table(summary_rows(self.suite_results)):
             terminalreporter.write_line(line)
+        if self.comparison is not None:
+            from harness.comparison.summary import comparison_lines
+
+            terminalreporter.section("llm-harness comparison")
+            for line in comparison_lines(self.comparison):
+                terminalreporter.write_line(line)
+        if self.audit_k and self.audits:
+            from harness.audit import audit_block, audit_lines
+
+            terminalreporter.section("llm-harness determinism audit")
+            for line in audit_lines(audit_block(self.audits, self.state.model_names)):
+                terminalreporter.write_line(line, red="UNSTABLE" in line)
         if self.report_path is not None:
             terminalreporter.write_line(f"reports: {self.report_path}")
+        if self.baseline_path is not None:
+            terminalreporter.write_line(f"baseline saved: {self.baseline_path}")
         if self.unaccounted:
             terminalreporter.write_line(
                 f"llm-harness: {len(self.unaccounted)} planned case(s) have no result, recorded as errors "
@@ -196,9 +244,10 @@ class EvalSession:
         self._board = board
         self.plan = plan = make_plan(
             cases, gates, self.root, self.state.model_names, catalog(self.config).cases,
-            lambda ref: build_request(ref.suite, ref.case, ref.model, stream, hook=self._hook(ref.suite)))
+            lambda ref: build_request(ref.suite, ref.case, ref.model, stream, hook=self._hook(ref.suite)),
+            self.comparisons.reference_of)
         for run in plan.runs:
-            if run.gates and not run.missing:
+            if (run.gates or run.reference_for) and not run.missing:
                 self._conclude(run)
         if not plan.tasks:
             board.finish()
@@ -331,7 +380,8 @@ class EvalSession:
         ref = self.plan.by_id[nodeid].ref
         return CaseResult(ref.suite.name, ref.case.id, ref.model, ref.nodeid, ref.dataset, ref.case.line, None,
                           ref.case.target, score=0.0, passed=False if ref.suite.pass_rule else None,
-                          reason=reason, error=reason, metadata=ref.case.metadata, attack=ref.case.attack)
+                          reason=reason, error=reason, metadata=ref.case.metadata, attack=ref.case.attack,
+                          cluster=ref.case.cluster)
 
     def _add(self, result: CaseResult) -> None:
         assert self.plan is not None
@@ -367,7 +417,7 @@ class EvalSession:
         """A case of run is done (under the lock): whether its suite is now complete and this caller
         concludes it (marked pending, so no other thread does too)."""
         run.missing.discard(nodeid)
-        ready = bool(run.gates) and not run.missing and run.result is None
+        ready = bool(run.gates or run.reference_for) and not run.missing and run.result is None
         if ready:
             run.result = _PENDING
         return ready
@@ -378,13 +428,16 @@ class EvalSession:
         return task.request.prompt if task is not None and task.request is not None else None
 
     def _conclude(self, run: SuiteRun, stopped: str | None = None) -> None:
-        """Metrics of one suite on one model, its gates held to them, their verdicts posted."""
+        """Metrics of one suite on one model, its gates held to them, their verdicts posted.
+
+        Comparison gates wait for the run they compare against (see :meth:`_compare`)."""
         from harness.suite_metrics import suite_result
 
-        from harness.gates import parse_gate, unjudged_gate
+        from harness.gates import is_comparison, parse_gate, unjudged_gate
 
         results = self._ordered(run.results.values())
-        judged = set() if stopped else set(run.gates.values())
+        comparing = {expr for expr in run.gates.values() if is_comparison(parse_gate(expr).metric)}
+        judged = set() if stopped else set(run.gates.values()) - comparing
         reason = f"{stopped}: judged {len(results)} of {run.total} cases" if stopped else None
         try:
             run.result = suite_result(run.suite, run.model, results, run.total, judged, self._hook(run.suite),
@@ -396,11 +449,95 @@ class EvalSession:
                 gate.status = "failed"
             run.result = SuiteResult(run.suite.name, run.model, run.suite.scorer, {}, gates, len(results), run.total,
                                      len(results) < run.total)
+            comparing = set()
+        if not self.comparisons.compared(run.model) and self.comparisons.active:
+            # the reference model is what comparison gates compare against: they have no items on it
+            run.result.gates = [g for g in run.result.gates if not is_comparison(g.metric)]
+        if not stopped:
+            self._audit(run)
+        own = {nodeid: expr for nodeid, expr in run.gates.items() if expr not in comparing or stopped}
+        self._post(run, own)
+        if stopped:
+            run.compared = True
+        self._compare(run.suite)
+
+    def _audit(self, run: SuiteRun) -> None:
+        """--llm-audit K: re-send K cases of a concluded suite run with the cache off before its gates are
+        posted; a gate whose outcome flips is failed as unstable (see harness/audit.py).
+
+        Only runs with selected gates: the audit is about their verdicts, and a run without one is concluded
+        at the session's end, after the engines have stopped."""
+        from harness.audit import audit_run
+        from harness.case_scoring import score_reply
+
+        if not self.audit_k or not run.gates or self.plan is None or run.result is None or not run.result.metrics:
+            return  # off, nothing to re-judge, or the suite's metrics raised (its gates failed already)
+        plan, hook = self.plan, self._hook(run.suite)
+
+        def request_of(nodeid: str) -> Any:
+            task = plan.by_id.get(nodeid)
+            return task.request if task is not None else None
+
+        def score(original: CaseResult, reply: dict[str, Any]) -> CaseResult:
+            ref = plan.by_id[original.nodeid].ref
+            return score_reply(ref.suite, ref.case, ref.model, ref.nodeid, ref.dataset, reply, hook)
+
+        record, gates = audit_run(run.suite, run.model, self._ordered(run.results.values()), run.result.gates,
+                                  self.audit_k, request_of, lambda: self._client(run.model),
+                                  self.state.settings.concurrency, score, hook)
+        run.result.gates = gates
+        with self._lock:
+            self.audits.append(record)
+
+    def _post(self, run: SuiteRun, gates: dict[str, str]) -> None:
+        """Post the verdicts of some of a run's gates (node id -> expression) to the board."""
+        assert self._board is not None and run.result is not None
         by_expr = {g.expr: g for g in run.result.gates}
-        assert self._board is not None
         self._board.put_verdicts(
             (nodeid, {"gate": by_expr[expr].to_dict(), "cases": run.result.cases, "total_cases": run.total})
-            for nodeid, expr in run.gates.items())
+            for nodeid, expr in gates.items())
+
+    def _compare(self, suite: Suite, stopped: str | None = None) -> None:
+        """Judge the comparison gates of every run of ``suite`` whose own result and whose reference's are in."""
+        from harness.gates import is_comparison, parse_gate, unjudged_gate
+
+        assert self.plan is not None
+        runs = {run.model: run for run in self.plan.runs if run.suite is suite}
+        for run in runs.values():
+            comparing = {nodeid: expr for nodeid, expr in run.gates.items() if is_comparison(parse_gate(expr).metric)}
+            if not comparing:
+                continue
+            reference = self.comparisons.reference_of(run.model)
+            other = runs.get(reference) if reference is not None else None
+            with self._lock:
+                concluded = _concluded(run)
+                ready = other is None or (_concluded(other) and not other.missing)
+                if run.compared or not concluded or not (ready or stopped):
+                    continue
+                run.compared = True
+            assert run.result is not None
+            gates = [parse_gate(expr) for expr in comparing.values()]
+            if stopped and not ready:
+                verdicts = [unjudged_gate(gate, None, f"{stopped}: the compared run is incomplete") for gate in gates]
+            else:
+                verdicts = self._judge_comparisons(run, other, gates)
+            replaced = {v.expr: v for v in verdicts}
+            run.result.gates = [replaced.get(g.expr, g) for g in run.result.gates]
+            self._post(run, comparing)
+
+    def _judge_comparisons(self, run: SuiteRun, other: SuiteRun | None, gates: list[Any]) -> list[Any]:
+        assert run.result is not None
+        suite_file = relpath(run.suite.path, self.root)
+        if not self.comparisons.compared(run.model):
+            return [self.comparisons.judge(gate, None, suite_file) for gate in gates]
+        try:
+            pair = self.comparisons.pair(run.suite, run.model, run.result.main_metric,
+                                         self._ordered(run.results.values()),
+                                         self._ordered(other.results.values()) if other is not None else None)
+        except Exception as exc:  # noqa: BLE001 - a comparison bug fails its gates with the reason, never hangs them
+            return [self.comparisons.judge(gate, None, suite_file,
+                                           f"comparison raised {type(exc).__name__}: {exc}") for gate in gates]
+        return [self.comparisons.judge(gate, pair, suite_file) for gate in gates]
 
     def _abandon(self, why: str) -> None:
         """The run stops before some suites are complete: their gates skip, so no worker waits forever."""
@@ -413,6 +550,8 @@ class EvalSession:
                 run.result = _PENDING
         for run in runs:
             self._conclude(run, stopped=why)
+        for suite in {id(run.suite): run.suite for run in self.plan.runs}.values():
+            self._compare(suite, stopped=why)
 
     def _conclude_rest(self) -> None:
         """At the end: suites without selected gates (or stopped early) get their metrics too."""
@@ -429,9 +568,35 @@ class EvalSession:
         if self._stopped:
             # a stopped run's metrics cover the cases that ran; the rest are listed as not run
             self._reconcile()
+        for suite in {id(run.suite): run.suite for run in self.plan.runs}.values():
+            self._compare(suite, stopped=self._stopped or "the run ended before the compared run was complete")
         models = {name: index for index, name in enumerate(self.state.model_names)}
         concluded = [run.result for run in self.plan.runs if run.result is not None and run.result is not _PENDING]
         self.suite_results = sorted(concluded, key=lambda r: (r.name, models.get(r.model, 0)))
+        self.comparison = self._comparison_block()
+
+    def _comparison_block(self) -> dict[str, Any] | None:
+        """Every suite on every compared model against its reference, for the reports (pairs the gates
+        already made are reused)."""
+        assert self.plan is not None
+        if not self.comparisons.active:
+            return None
+        runs = {(id(run.suite), run.model): run for run in self.plan.runs}
+        for run in self.plan.runs:
+            if not _concluded(run) or not run.results or not self.comparisons.compared(run.model):
+                continue
+            reference = self.comparisons.reference_of(run.model)
+            other = runs.get((id(run.suite), reference)) if reference is not None else None
+            if reference is not None and (other is None or not other.results):
+                continue
+            try:
+                self.comparisons.pair(run.suite, run.model, run.result.main_metric,
+                                      self._ordered(run.results.values()),
+                                      self._ordered(other.results.values()) if other is not None else None)
+            except Exception as exc:  # noqa: BLE001 - the reports say so; the run's other figures still count
+                self._report_failures.append(f"comparison of {run.suite.name} on {run.model} failed: "
+                                             f"{type(exc).__name__}: {exc}")
+        return self.comparisons.block()
 
     def _reconcile(self) -> None:
         """Planned cases against recorded results: a case with no result is recorded as an error
@@ -466,3 +631,29 @@ class EvalSession:
 
 # a suite run being concluded by another thread
 _PENDING: Any = SuiteResult("", "", "", {}, [], 0, 0, False)
+
+
+def _concluded(run: SuiteRun) -> bool:
+    return run.result is not None and run.result is not _PENDING
+
+
+def comparisons_of(config: pytest.Config, models: list[str]) -> Comparisons:
+    """What this run compares, from ``--llm-reference`` and ``--llm-baseline`` (a bad baseline file or an
+    unknown reference model is a usage error naming it)."""
+    from harness.comparison.baseline import BaselineError, load_baseline
+
+    reference = config.getoption("llm_reference", None) or config.getini("llm_reference") or None
+    if reference is not None and reference not in models:
+        raise pytest.UsageError(f"llm-harness: --llm-reference {reference!r} is not a model of this run "
+                                f"({', '.join(models)})")
+    if config.getoption("llm_baseline_save", None) and not config.getoption("llm_baseline_reason", None):
+        raise pytest.UsageError("llm-harness: --llm-baseline-save needs --llm-baseline-reason \"why\": a baseline "
+                                "is only ever replaced on purpose")
+    path = config.getoption("llm_baseline", None) or config.getini("llm_baseline") or None
+    baseline = None
+    if path:
+        try:
+            baseline = load_baseline(config.rootpath / path, path)
+        except BaselineError as exc:
+            raise pytest.UsageError(f"llm-harness: {exc}") from exc
+    return Comparisons(models, reference, baseline)

@@ -59,6 +59,7 @@ class Case:
     dataset: Path
     line: int
     attack: str | None = None  # a robustness copy: the attack its input went through
+    cluster: str | None = None  # cases sharing a context (a document): comparisons resample them together
 
 
 @dataclass(frozen=True)
@@ -157,13 +158,13 @@ def load_suite(path: Path) -> Suite:
         raise fail(data_key, str(exc)) from exc
     _DATASET_ENTRIES[path.resolve()] = tuple(data_list)
 
-    fields = {"id": "id", "input": "input", "target": "target", "metadata": "metadata"}
+    fields = {"id": "id", "input": "input", "target": "target", "metadata": "metadata", "cluster": "cluster"}
     mapped = raw.get("fields") or {}
     if not isinstance(mapped, dict) or not all(isinstance(v, str) for v in mapped.values()):
-        raise fail("fields", "'fields' maps id/input/target/metadata to your column names")
+        raise fail("fields", "'fields' maps id/input/target/metadata/cluster to your column names")
     bad = set(mapped) - set(fields)
     if bad:
-        raise fail("fields", f"unknown field {sorted(bad)[0]!r} in 'fields'; use id, input, target, metadata")
+        raise fail("fields", f"unknown field {sorted(bad)[0]!r} in 'fields'; use id, input, target, metadata, cluster")
     fields.update(mapped)
 
     prompt_raw = raw.get("prompt") or {}
@@ -540,7 +541,11 @@ def _case(suite: Suite, dataset: Path, number: int, record: dict[str, Any], seen
     metadata = record.get(f["metadata"]) or {}
     if not isinstance(metadata, dict):
         raise SuiteError(dataset, number, "metadata must be a JSON object")
-    return Case(case_id, value, record[f["target"]], metadata, record, dataset, number)
+    cluster = record.get(f["cluster"])
+    if cluster is not None and (not isinstance(cluster, (str, int)) or isinstance(cluster, bool)):
+        raise SuiteError(dataset, number, f"cluster {cluster!r} must be a string or an integer")
+    return Case(case_id, value, record[f["target"]], metadata, record, dataset, number,
+                cluster=None if cluster is None else str(cluster))
 
 
 def file_digest(path: Path) -> tuple[str, int]:

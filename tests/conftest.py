@@ -15,10 +15,13 @@ from typing import Any, Iterator
 # (jinja2.UndefinedError would no longer match) or not at all (numpy's C core refuses twice).
 import jinja2  # noqa: F401
 import numpy  # noqa: F401
+import scipy.stats  # noqa: F401
 import pytest
 import yaml
 
 import harness.case_scoring  # noqa: F401
+import harness.comparison.compare  # noqa: F401
+import harness.comparison.statistics  # noqa: F401
 import harness.prompts  # noqa: F401
 import harness.session  # noqa: F401
 import harness.suite_metrics  # noqa: F401

@@ -1,5 +1,6 @@
 """Report writers: one envelope dict in, report.json / details / report.md / report.xlsx out,
-plus a confusion_<suite>[_<model>].png heatmap per confusion matrix."""
+plus a confusion_<suite>[_<model>].png heatmap per confusion matrix and comparison.png, the
+forest plot of a paired comparison."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, Callable
 
 from harness.report.details import write_details
 from harness.report.files import private_dir
+from harness.report.forest import write_forest_png
 from harness.report.heatmap import write_confusion_png, write_confusion_pngs
 from harness.report.indicators import write_indicators
 from harness.report.json_report import write_json
@@ -18,7 +20,7 @@ from harness.report.xlsx import write_xlsx
 
 __all__ = [
     "write_reports", "write_json", "write_details", "write_indicators", "write_markdown", "write_xlsx",
-    "write_confusion_png", "write_confusion_pngs", "warm_writers", "ReportsIncomplete",
+    "write_confusion_png", "write_confusion_pngs", "write_forest_png", "warm_writers", "ReportsIncomplete",
 ]  # fmt: skip
 
 # what the writers import lazily and what costs most to import (openpyxl: ~0.15 s)
@@ -53,13 +55,14 @@ def write_reports(report: dict[str, Any], out_dir: Path) -> list[Path]:
     One failing writer never stops the others: when any failed, ReportsIncomplete is raised
     after all have run, naming each failure.
 
-    report.json goes first. The heatmaps go before report.md and report.xlsx, which link and
-    embed them.
+    report.json goes first. The heatmaps and the forest plot go before report.md and
+    report.xlsx, which link and embed them.
     """
     out_dir = private_dir(Path(out_dir))
     writers: list[tuple[str, Callable[[dict[str, Any], Path], Any]]] = [
         ("report.json", write_json), ("details", write_details), ("indicators", write_indicators),
-        ("heatmaps", write_confusion_pngs), ("report.md", write_markdown), ("report.xlsx", write_xlsx),
+        ("heatmaps", write_confusion_pngs), ("comparison.png", write_forest_png), ("report.md", write_markdown),
+        ("report.xlsx", write_xlsx),
     ]
     paths: list[Path] = []
     failures: list[str] = []

@@ -12,6 +12,9 @@ robustness suite. Written per model and suite, and at the top when one suite of 
 out). Written per model and suite under ``indicators/<model>/<suite>/``, per model for the
 whole run under ``indicators/<model>/``, and at the top of the report folder when the run
 evaluated one model, where CI jobs written for the seeds look for them.
+
+A figure that is null because nothing was measured comes with a ``note`` saying why ("all 32
+replies from the response cache: ...", "no case could be judged"): never a bare null.
 """
 
 from __future__ import annotations
@@ -54,11 +57,35 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.@-]+", "_", name)
 
 
+def timing_note(cases: Sequence[dict[str, Any]]) -> str:
+    """Why a latency or throughput figure has no value: what this run did (not) send."""
+    n = len(cases)
+    cached = sum(bool(c.get("cached")) for c in cases)
+    if not n:
+        return "no case in this run"
+    if cached == n:
+        return f"all {n} replies from the response cache: no request was sent in this run, so none was timed"
+    failed = sum(not c.get("cached") and c.get("error") is not None for c in cases)
+    from_cache = f", {cached} from the response cache" if cached else ""
+    if failed == n - cached:
+        return f"no request sent in this run was answered ({failed} failed{from_cache})"
+    return f"the engine recorded no send and answer times for the {n - cached - failed} answered request(s)"
+
+
+def _noted(indicator: dict[str, Any], note: Any) -> dict[str, Any]:
+    """The indicator, with a ``note`` saying why when one of its figures is null (never a bare null)."""
+    nulls = [key for key, value in indicator.items() if value is None and key != "concurrency"]
+    if not nulls:
+        return indicator
+    return {**indicator, "note": note() if callable(note) else note}
+
+
 def _write(folder: Path, cases: Sequence[dict[str, Any]], concurrency: int | None) -> list[Path]:
     private_dir(folder)
     paths = [folder / LATENCY, folder / THROUGHPUT]
-    write_text(paths[0], json.dumps(latency_indicator(cases), indent=2) + "\n")
-    write_text(paths[1], json.dumps(throughput_indicator(cases, concurrency), indent=2) + "\n")
+    note = lambda: timing_note(cases)  # noqa: E731 - worked out only for a file with a null
+    write_text(paths[0], json.dumps(_noted(latency_indicator(cases), note), indent=2) + "\n")
+    write_text(paths[1], json.dumps(_noted(throughput_indicator(cases, concurrency), note), indent=2) + "\n")
     return paths
 
 
@@ -122,8 +149,20 @@ def _write_per_suite(suites: list[dict[str, Any]], out_dir: Path, filename: str,
         folder = out_dir / "indicators" / _slug(str(suite["model"])) / _slug(str(suite["name"]))
         private_dir(folder)
         paths.append(folder / filename)
-        write_text(paths[-1], json.dumps(build(suite), indent=2) + "\n")
+        write_text(paths[-1], json.dumps(_noted(build(suite), lambda: quality_note(suite)), indent=2) + "\n")
     if len(chosen) == 1:
         paths.append(out_dir / filename)
-        write_text(paths[-1], json.dumps(build(chosen[0]), indent=2) + "\n")
+        write_text(paths[-1], json.dumps(_noted(build(chosen[0]), lambda: quality_note(chosen[0])), indent=2) + "\n")
     return paths
+
+
+def quality_note(suite: dict[str, Any]) -> str:
+    """Why a suite's quality figure has no value."""
+    metrics = suite.get("metrics") or {}
+    if not metrics.get("cases"):
+        return "no case in this run"
+    if "perturbed_cases" in metrics and not metrics.get("perturbed_cases"):
+        return "no perturbed copy ran (deselected with -m 'not llm_robustness'?): no case could be judged"
+    if metrics.get("error_rate") == 1:
+        return "every request is an error: no case could be judged"
+    return "no case could be judged"

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.report.files import write_text
+from harness.report.forest import FILENAME as FOREST_PNG
+from harness.report.forest import forest_rows
 from harness.report.heatmap import confusion_pngs
 from harness.textsafe import visible
 
@@ -18,16 +20,19 @@ WORST_CASES = 10
 SNIPPET = 160
 MICRO, MACRO = "micro avg", "macro avg"
 _STATS = ("precision", "recall", "f1")
+MAX_IDS = 20  # per list of unmatched, duplicate or changed ids; the rest are counted
 
 
 def write_markdown(report: dict[str, Any], out_dir: Path) -> Path:
     """Render the envelope as Markdown and write it; return the path."""
+    # link the forest plot only if write_reports drew it (matplotlib may be missing)
+    forest = (Path(out_dir) / FOREST_PNG).is_file() and bool(forest_rows(report)[0])
     # the harness's own Markdown has no control characters: every one left came from a model or a dataset
-    return write_text(Path(out_dir) / FILENAME, visible(render_markdown(report)))
+    return write_text(Path(out_dir) / FILENAME, visible(render_markdown(report, forest=forest)))
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    """The whole report as one Markdown string."""
+def render_markdown(report: dict[str, Any], forest: bool = False) -> str:
+    """The whole report as one Markdown string; ``forest``: link comparison.png."""
     run = report.get("run") or {}
     suites: list[dict[str, Any]] = report.get("suites") or []
     cases: list[dict[str, Any]] = report.get("cases") or []
@@ -35,7 +40,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"# LLM eval report — run {_text(run.get('id'))}\n",
         _overview(run, suites),
         _summary(suites),
+        _comparison(report, forest),
         _gates(suites),
+        _determinism_audit(report),
         _confusion(report),
         _tool_calls(suites),
         _worst(suites, cases),
@@ -94,6 +101,145 @@ def _interval(metrics: dict[str, Any], name: str) -> str:
     return "" if low is None or high is None else f" [{_num(low)}, {_num(high)}]"
 
 
+def _comparison(report: dict[str, Any], forest: bool) -> str:
+    comparison = report.get("comparison")
+    if not isinstance(comparison, dict):
+        return ""
+    parts = ["## Comparison\n", _comparison_header(comparison)]
+    if forest:
+        drawn, total = forest_rows(report)
+        note = f" (first {len(drawn)} of {total} rows)" if total > len(drawn) else ""
+        parts.append(f"![forest plot of the quality deltas and their intervals{note}]({FOREST_PNG})\n")
+    parts += [_pair(pair) for pair in comparison.get("pairs") or [] if isinstance(pair, dict)]
+    if not comparison.get("pairs"):
+        parts.append("_No pairs compared._\n")
+    return "\n".join(parts)
+
+
+def _comparison_header(comparison: dict[str, Any]) -> str:
+    ref = comparison.get("reference") or {}
+    if ref.get("kind") == "baseline":
+        details = [f"model {_md(ref.get('name'))}"]
+        if ref.get("created"):
+            details.append(f"created {_md(ref['created'])}")
+        if ref.get("git_commit"):
+            details.append(f"git commit {_code(_md(ref['git_commit'], html=False))}")
+        line = f"Reference: baseline {_code(_md(ref.get('path'), html=False))} ({', '.join(details)})"
+        if ref.get("reason"):
+            line += f"; reason: {_md(ref['reason'])}"
+    else:
+        line = f"Reference: model **{_md(ref.get('name'))}**"
+    family = comparison.get("family") or {}
+    confidence = comparison.get("confidence")
+    level = f"{confidence * 100:g}%" if _finite(confidence) else _num(confidence)
+    return (f"{line} · {_num4(comparison.get('resamples'))} paired bootstrap resamples · {level} intervals · "
+            f"{_md(family.get('method'))} adjustment over {_num(family.get('size'))} p-values · "
+            f"seed {_num(comparison.get('seed'))}\n")
+
+
+def _pair(pair: dict[str, Any]) -> str:
+    ref, cand = _md(pair.get("reference")), _md(pair.get("candidate"))
+    out = [f"### {_md(pair.get('suite'))}: {cand} vs {ref}\n"]
+    # a model against its own baseline: both columns would carry the same name
+    ref_col, cand_col = (f"{ref} (reference)", f"{cand} (candidate)") if ref == cand else (ref, cand)
+    matched = f"{_num(pair.get('matched'))} paired cases"
+    if pair.get("clusters") is not None:
+        matched += f" in {_num(pair.get('clusters'))} clusters"
+    out.append(matched + ".\n")
+    if pair.get("refused"):
+        out.append(f"**Comparison refused**: {_md(pair['refused'])}\n")
+    rows = sorted((r for r in pair.get("rows") or [] if isinstance(r, dict)),
+                  key=lambda r: (r.get("kind") != "quality", not r.get("main")))
+    if rows:
+        headers = ["metric", _cell(ref_col), _cell(cand_col), "Δ [low, high]", "p (Holm)", "ρ",
+                   "improved / regressed"]
+        out.append(_table(headers, [_comparison_row(r) for r in rows]))
+    if notes := [line for r in rows for line in _row_notes(r)]:
+        out.append("\n".join(notes) + "\n")
+    warnings = [str(w) for w in pair.get("warnings") or []]
+    warnings += [f"{r.get('metric')}: {r['warning']}" for r in rows if r.get("warning")]
+    if warnings:
+        out.append("Warnings:\n\n" + "\n".join(f"- ⚠ {_md(w)}" for w in warnings) + "\n")
+    for key, title in (("only_reference", f"Only in reference {ref}"), ("only_candidate", f"Only in candidate {cand}"),
+                       ("duplicates", "Duplicate ids"), ("changed_input", "Input changed")):
+        if ids := pair.get(key) or []:
+            out.append(f"{title} ({len(ids)}): {_id_list(ids)}\n")
+    if n := len(pair.get("disagreements") or []):
+        out.append(f"Cases scored differently: {n}, listed in report.json and report.xlsx (disagreements).\n")
+    return "\n".join(out)
+
+
+def _comparison_row(row: dict[str, Any]) -> list[str]:
+    latency = row.get("kind") == "latency"
+    value = _ms if latency else _num4
+    bound = _ms1 if latency else _num4
+    name = _md(row.get("metric"))
+    delta = _signed(row.get("delta"), latency) + (" ms" if latency and _finite(row.get("delta")) else "")
+    if row.get("lower") is not None and row.get("upper") is not None:
+        delta += f" [{bound(row.get('lower'))}, {bound(row.get('upper'))}]"
+    p = _p(row.get("p"))
+    if row.get("p_holm") is not None:
+        p += f" ({_p(row.get('p_holm'))})"
+    counts = "—" if row.get("improved") is None and row.get("regressed") is None \
+        else f"{_num(row.get('improved'))} / {_num(row.get('regressed'))}"
+    rho = row.get("rho")
+    return [f"**{name}** (main)" if row.get("main") else name, value(row.get("reference")),
+            value(row.get("candidate")), delta, p, _num(rho) if not _finite(rho) else f"{rho:.2f}", counts]
+
+
+def _row_notes(row: dict[str, Any]) -> list[str]:
+    notes = []
+    if row.get("mcnemar_p") is not None:
+        notes.append(f"McNemar p {_p(row['mcnemar_p'])}, {_num(row.get('discordant'))} discordant")
+    if row.get("mde") is not None:
+        mde = _ms(row["mde"]) if row.get("kind") == "latency" else _num4(row["mde"])
+        notes.append(f"smallest detectable difference {mde}")
+    return [f"- {_md(row.get('metric'))}: {'; '.join(notes)}"] if notes else []
+
+
+def _id_list(ids: list[Any]) -> str:
+    shown = ", ".join(_code(_md(i, html=False)) for i in ids[:MAX_IDS])
+    return shown + (f" and {len(ids) - MAX_IDS} more" if len(ids) > MAX_IDS else "")
+
+
+def _md(value: Any, html: bool = True) -> str:
+    """Untrusted text on one line: controls escaped, newlines as \\n, no tags, no math (GitHub's $...$).
+    ``html=False`` for text going into a code span, where entities would show literally."""
+    text = visible("—" if value is None else str(value), keep_newlines=False)
+    return text if not html else _no_html(text).replace("$", "\\$")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _num4(value: Any) -> str:
+    # metrics to 4 significant digits, large ones with separators and no exponent
+    return f"{value:,.0f}" if _finite(value) and abs(value) >= 10_000 else _num(value)
+
+
+def _ms1(value: Any) -> str:
+    # milliseconds to 0.1
+    return f"{value:,.1f}" if _finite(value) else _num(value)
+
+
+def _ms(value: Any) -> str:
+    return f"{_ms1(value)} ms" if _finite(value) else _num(value)
+
+
+def _signed(value: Any, latency: bool) -> str:
+    # a delta carries its sign: which way the candidate moved is the point
+    if not _finite(value):
+        return _num(value)
+    return f"{value:+,.1f}" if latency else f"{value:+,.0f}" if abs(value) >= 10_000 else f"{value:+.4g}"
+
+
+def _p(value: Any) -> str:
+    if not _finite(value):
+        return _num(value)
+    return "<0.001" if value < 0.001 else f"{value:.3g}"
+
+
 def _confusion(report: dict[str, Any]) -> str:
     parts = []
     # the heatmap next to each matrix: the file write_reports draws under the same name
@@ -121,6 +267,31 @@ def _tool_calls(suites: list[dict[str, Any]]) -> str:
         parts.append(f"### {_text(s.get('name'))} ({_text(s.get('model'))})\n\n"
                      + _table(["Tool", "P", "R", "F1", "Support"], rows))
     return "## Tool calls\n\n" + "\n".join(parts) if parts else ""
+
+
+def _determinism_audit(report: dict[str, Any]) -> str:
+    """--llm-audit: per suite and model, what changed when cases were re-sent with the cache off."""
+    audit = report.get("audit")
+    entries = [e for e in audit if isinstance(e, dict)] if isinstance(audit, list) else []
+    if not entries:
+        return ""
+    rows, notes = [], []
+    for e in entries:
+        unstable = ", ".join(f"{_code(_md(g.get('expr'), html=False))} ({_num(g.get('run_value'))} → "
+                             f"{_num(g.get('audit_value'))})" for g in e.get("unstable_gates") or [])
+        rows.append([_md(e.get("suite")), _md(e.get("model")), _num(e.get("cases")), _num(e.get("replies_changed")),
+                     _num(e.get("scores_changed")), f"❌ {unstable}" if unstable else "—"])
+        title = f"{_md(e.get('suite'))} ({_md(e.get('model'))})"
+        if e.get("error"):
+            notes.append(f"- {title}: {_md(e['error'])}")
+        if ids := e.get("changed_ids") or []:
+            notes.append(f"- {title}, changed ({_num(e.get('changed_cases', len(ids)))}): {_id_list(ids)}")
+        if ids := e.get("error_ids") or []:
+            notes.append(f"- {title}, re-send failed, left out ({_num(e.get('errors'))}): {_id_list(ids)}")
+    head = ("## Determinism audit\n\nCases of each suite re-sent with the response cache off and scored again; "
+            "a gate whose outcome flips is failed as unstable.\n")
+    table = _table(["Suite", "Model", "Re-sent", "Replies changed", "Scores changed", "Unstable gates"], rows)
+    return "\n".join([head, table, *(["\n".join(notes) + "\n"] if notes else [])])
 
 
 def _gates(suites: list[dict[str, Any]]) -> str:

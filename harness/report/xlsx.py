@@ -1,9 +1,10 @@
 """report.xlsx: the run as a workbook, for people who triage cases in a spreadsheet.
 
-Sheets: summary, gates, one per suite and model with its cases, after each of those its
-confusion matrix (with the heatmap PNG when write_reports drew it) or, for tool-call
-suites, seed 001's three sheets (tool metrics, parameter metrics, bad cases), and last
-every bad case of the run.
+Sheets: summary, gates, in a comparison run its paired comparison (one row per pair and
+metric, the forest plot below), one per suite and model with its cases, after each of those
+its confusion matrix (with the heatmap PNG when write_reports drew it) or, for tool-call
+suites, seed 001's three sheets (tool metrics, parameter metrics, bad cases), then every bad
+case of the run, and last a comparison's disagreements (the cases the two arms scored apart).
 
 The workbook is write-only (streamed): rows are appended once, so each sheet's layout
 (frozen header, column widths) is set before its first row. openpyxl is imported inside
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from harness.report.files import private_dir, write_atomic
+from harness.report.forest import FILENAME as FOREST_PNG
+from harness.report.forest import forest_rows
 from harness.report.heatmap import confusion_pngs, confusion_table
 from harness.report.markdown import is_bad, tool_table_rows
 from harness.textsafe import has_unsafe, visible
@@ -35,6 +38,8 @@ MAX_TITLE = 31
 _BAD_TITLE_CHARS = re.compile(r"[\[\]:*?/\\]")
 # names the writer takes itself, plus Excel's reserved "History"
 _RESERVED_TITLES = ("summary", "gates", "bad_cases", "history")
+# taken only in a comparison run, so that other runs name their suite sheets as before
+_COMPARISON_TITLES = ("comparison", "disagreements")
 
 CASE_COLUMNS = [
     "id", "model", "prompt", "output", "extracted", "target", "score",
@@ -50,6 +55,15 @@ STAT_COLUMNS = ["precision", "recall", "f1", "support", "predicted", "hits"]
 TOOL_COLUMNS = ["tool", *STAT_COLUMNS]
 PARAM_COLUMNS = ["param", *STAT_COLUMNS]
 TOOL_BAD_COLUMNS = ["id", "history", "query", "label", "prediction", "reason"]
+COMPARISON_COLUMNS = [
+    "suite", "reference", "candidate", "metric", "kind", "main", "reference_value", "candidate_value",
+    "delta", "lower", "upper", "p", "p_holm", "rho", "improved", "regressed", "unchanged",
+    "mcnemar_p", "discordant", "mde", "warning",
+]  # fmt: skip
+DISAGREEMENT_COLUMNS = [
+    "suite", "reference", "candidate", "id", "input", "target", "reference_output", "candidate_output",
+    "reference_score", "candidate_score",
+]  # fmt: skip
 MATRIX_CORNER = "target \\ predicted"
 TOTAL = "total"
 IMAGE_MAX_PX = 640
@@ -64,10 +78,22 @@ def write_xlsx(report: dict[str, Any], out_dir: Path) -> Path:
     suites: list[dict[str, Any]] = report.get("suites") or []
     cases: list[dict[str, Any]] = report.get("cases") or []
 
+    comparison = report.get("comparison")
+    pairs = [p for p in comparison.get("pairs") or [] if isinstance(p, dict)] if isinstance(comparison, dict) \
+        else None
+
     wb = Workbook(write_only=True)
-    taken: set[str] = set(_RESERVED_TITLES)
+    taken: set[str] = set(_RESERVED_TITLES) | (set(_COMPARISON_TITLES) if pairs is not None else set())
     _fill(wb.create_sheet("summary"), *_summary_table(suites))
     _fill(wb.create_sheet("gates"), GATE_COLUMNS, _gate_rows(suites))
+    if pairs is not None:
+        ws = wb.create_sheet("comparison")
+        rows = _comparison_rows(pairs)
+        _fill(ws, COMPARISON_COLUMNS, rows)
+        png = out_dir / FOREST_PNG
+        # a stale plot of an earlier run in the same folder must not pass for this one
+        if png.is_file() and forest_rows(report)[0]:
+            _add_image(ws, png, f"A{len(rows) + 3}")
 
     groups = _group_cases(suites, cases)
     models = {model for _, model in groups}
@@ -86,6 +112,8 @@ def write_xlsx(report: dict[str, Any], out_dir: Path) -> Path:
         ["suite", *CASE_COLUMNS],
         [[c.get("suite"), *(c.get(k) for k in CASE_COLUMNS)] for c in bad],
     )
+    if pairs is not None:
+        _fill(wb.create_sheet("disagreements"), DISAGREEMENT_COLUMNS, _disagreement_rows(pairs))
 
     return write_atomic(out_dir / FILENAME, wb.save)
 
@@ -223,6 +251,33 @@ def _json_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False, default=str)
+
+
+# -- comparison -------------------------------------------------------------
+
+
+def _comparison_rows(pairs: list[dict[str, Any]]) -> list[list[Any]]:
+    """One row per pair and metric; a refused pair one row with no metric and the reason as its warning."""
+    out: list[list[Any]] = []
+    for pair in pairs:
+        head = [pair.get("suite"), pair.get("reference"), pair.get("candidate")]
+        if pair.get("refused"):
+            out.append([*head, *[None] * (len(COMPARISON_COLUMNS) - 4), f"comparison refused: {pair['refused']}"])
+            continue
+        for row in pair.get("rows") or []:
+            out.append([*head, row.get("metric"), row.get("kind"), row.get("main"), row.get("reference"),
+                        row.get("candidate"), *(row.get(k) for k in COMPARISON_COLUMNS[8:])])
+    return out
+
+
+def _disagreement_rows(pairs: list[dict[str, Any]]) -> list[list[Any]]:
+    return [
+        [pair.get("suite"), pair.get("reference"), pair.get("candidate"),
+         *(case.get(k) for k in DISAGREEMENT_COLUMNS[3:])]
+        for pair in pairs
+        for case in pair.get("disagreements") or []
+        if isinstance(case, dict)
+    ]
 
 
 # -- tables -----------------------------------------------------------------

@@ -5,7 +5,9 @@ read from the prompt (chat messages joined by newlines):
 
 - ``ANSWER: x`` — the reply is ``x`` (the last such line); otherwise ``ok``;
 - ``EMPTY`` — an empty reply; ``NULL`` — content null; ``FAIL:503`` — that HTTP error;
-- ``SLEEP:50`` — answer after 50 ms; ``TOOL:name:{json}`` — one tool call instead of text.
+- ``SLEEP:50`` — answer after 50 ms; ``TOOL:name:{json}`` — one tool call instead of text;
+- ``FLIP:a|b`` — a nondeterministic model: the n-th request with this prompt (counted per client)
+  gets the n-th option, cycling; a run answers ``a``, the same case sent again ``b``.
 
 Models-file options: ``delay_ms`` (every reply), ``replies`` (a mapping from a prompt substring
 to the reply, tried before the directives). No HTTP, no subprocess: a pytester run in the same
@@ -45,6 +47,7 @@ class ScriptedClient:
         self.delay_s = delay_ms / 1000
         self.replies = dict(replies or {})
         self.requests = 0
+        self.seen: dict[str, int] = {}  # prompt -> requests with it so far (FLIP:)
 
     async def send(self, request: Request) -> Reply:
         self.requests += 1
@@ -55,6 +58,7 @@ class ScriptedClient:
         delay = int(sleep.group(1)) / 1000 if sleep else self.delay_s
         if delay:
             await asyncio.sleep(delay)
+        self.seen[prompt] = self.seen.get(prompt, 0) + 1
         reply = self._reply(prompt)
         reply.latency_ms = (time.perf_counter() - started) * 1000
         reply.sent_at, reply.done_at, reply.replica = sent_at, time.time(), self.base_url
@@ -75,7 +79,7 @@ class ScriptedClient:
             return Reply(None, None, 0.0, 0, "tool_calls", status=200, tool_calls=[call])
         if "NULL" in prompt:
             return _finish(Reply(None, None, 0.0, 0, "stop", status=200))
-        text = "" if "EMPTY" in prompt else reply_for(prompt)
+        text = "" if "EMPTY" in prompt else reply_for(prompt, self.seen.get(prompt, 1))
         return _finish(Reply(text, None, 0.0, len(text.split()), "stop", status=200))
 
     async def close(self) -> None:

@@ -12,6 +12,8 @@ the prompt inject faults:
 - ``TOOL:<name>:<json arguments>`` answers a tool call (content null)
 - ``THROTTLE:<s>`` answers 429 with ``Retry-After: <s>`` to every attempt
 - ``FINISH:<reason>`` sets ``finish_reason`` (``FINISH:length``: a reply cut off at max_tokens)
+- ``FLIP:a|b|...`` answers the options in turn: the n-th request with this prompt (retries count)
+  gets the n-th option, cycling, so a re-sent case answers differently (a nondeterministic model)
 - ``SHAPE:<name>`` answers 200 with a body of an odd shape (see :data:`SHAPES` and
   :data:`STREAM_SHAPES`), e.g. ``SHAPE:usage_string`` (``usage`` is a string); an unknown name is a 400
 
@@ -40,6 +42,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 _ANSWER = re.compile(r"ANSWER:\s*(.*)")
+_FLIP = re.compile(r"FLIP:\s*(.*)")
 
 # SHAPE:<name> on a plain request: the new body from the well-formed one (``body``, its first
 # ``choice``, and ``holder[key]``, the reply's text: message.content for chat, choice.text for completion)
@@ -84,7 +87,13 @@ SHAPES: dict[str, Shape] = {
 STREAM_SHAPES = ("event_list", "delta_string", "choices_object", "usage_string", "content_parts", "cut")
 
 
-def reply_for(prompt: str) -> str:
+def reply_for(prompt: str, request_number: int = 1) -> str:
+    """The reply text: ``FLIP:`` options taken in turn by ``request_number`` (1 for the first
+    request with this prompt), else the last ``ANSWER:``, else ``ok``."""
+    flips = _FLIP.findall(prompt)
+    if flips:
+        options = [option.strip() for option in flips[-1].split("|")]
+        return options[(request_number - 1) % len(options)]
     answers = _ANSWER.findall(prompt)
     return answers[-1].strip() if answers else "ok"
 
@@ -181,7 +190,7 @@ class Stub:
             if first(r"RESET:(\d+)") and request.transport is not None:
                 request.transport.abort()
                 return web.Response(status=500)  # never reaches the client
-            text: str | None = "" if "EMPTY" in prompt else reply_for(prompt)
+            text: str | None = "" if "EMPTY" in prompt else reply_for(prompt, attempt)
             tool = re.search(r"TOOL:(\w+):(\{.*\})", prompt)
             tool_calls = None
             if tool:
