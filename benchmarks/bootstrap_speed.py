@@ -3,6 +3,8 @@
 Prints the seconds each interval takes (one run each, this machine):
 
     python benchmarks/bootstrap_speed.py --cases 100000 --resamples 10000
+
+Paired intervals of two arms (harness.comparison.stats): benchmarks/paired_speed.py.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.comparison.stats import (PairedEstimate, QuantileStatistic, Statistic,  # noqa: E402
-                                      SumStatistic, paired_bootstrap)
+from harness.comparison.stats import (EXACT_BUDGET, PairedEstimate, QuantileStatistic,  # noqa: E402
+                                      Statistic, SumStatistic, paired_bootstrap)
 
 CLASSES = 5
 
@@ -63,7 +63,8 @@ def main() -> None:
     timed("mean of 0/1 scores", (mean(right.astype(float)),
                                  mean((right ^ (rng.random(n) < 0.1)).astype(float))), b)
     score = rng.random(n)
-    timed("mean of continuous scores (binned)", (mean(score), mean(np.clip(score + rng.normal(0.01, 0.2, n), 0, 1))), b)
+    how = "binned" if n * b > EXACT_BUDGET else "exact"  # every case its own kind: n draws a resample
+    timed(f"mean of continuous scores ({how})", (mean(score), mean(np.clip(score + rng.normal(0.01, 0.2, n), 0, 1))), b)
     truth = rng.integers(0, CLASSES, n)
     noise = rng.integers(0, CLASSES + 1, n)  # CLASSES: a prediction outside the classes
     timed("macro F1 over 5 classes (one-hot columns)",

@@ -67,7 +67,11 @@ def test_two_models_get_a_paired_table_and_comparison_gates(pytester, workers):
     assert row["delta"] == pytest.approx(-5 / 40) and row["lower"] < row["delta"] < row["upper"] <= 0
     assert (row["improved"], row["regressed"], row["unchanged"]) == (0, 5, 35)
     assert row["discordant"] == 5 and row["mcnemar_p"] == pytest.approx(0.0625)  # 2 * 0.5**5
-    assert any("5 discordant pair(s)" in w for w in pair["warnings"])  # too few to conclude: said, not hidden
+    assert row["warning"].startswith("5 discordant pair(s) (fewer than 10): too few to conclude")  # said, not hidden
+    result.stdout.fnmatch_lines(["*warning: accuracy: 5 discordant pair(s)*minimum detectable difference*"])
+    # exploratory rows (not the main metric, named by no gate) are outside the Holm family and warn nothing
+    score = next(r for r in pair["rows"] if r["metric"] == "score")
+    assert score["family"] is False and score["p_holm"] is None and score["warning"] is None
     assert {d["id"] for d in pair["disagreements"]} == {f"c{i:02d}" for i in range(0, N, 8)}
     assert block["family"]["size"] == 1  # the main metric only (the gates name it too)
 

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from harness.comparison.baseline import Baseline, BaselineError, load_baseline, suite_fingerprint
 from harness.comparison.compare import PairComparison, compare_suite, refused
-from harness.comparison.runner import Comparisons, mark_family
-from harness.gates import parse_gate
+from harness.comparison.runner import Comparisons
 from harness.scoring.stats import RESAMPLES, SEED
 from harness.suite import Suite, SuiteError, suites_in
 
@@ -51,7 +50,6 @@ def _pair(root: Path, reference: Baseline, ref_entry: dict, candidate: Baseline,
     main = get_scorer(suite.scorer, suite.scorer_options).main_metric
     pair = compare_suite(suite, reference.arm(ref_entry), candidate.arm(entry), main, resamples, seed)
     pair.reference, pair.candidate = ref_name, cand_name
-    mark_family(pair, [parse_gate(expr) for expr in suite.gates])
     return pair
 
 

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from harness.comparison.pairing import Arm, Pairing, pair_cases
-from harness.comparison.stats import (correlation, mcnemar, minimum_detectable_difference, paired_bootstrap)
+from harness.comparison.stats import correlation, mcnemar, minimum_detectable_difference, paired_bootstrap
+from harness.gates import is_comparison, parse_gate
 from harness.results import CaseResult
 from harness.scoring.stats import CONFIDENCE, RESAMPLES, SEED
 from harness.suite import Suite
@@ -24,6 +25,12 @@ MIN_CASES = 30  # fewer paired cases: intervals and tests are too unreliable to 
 MIN_DISCORDANT = 10  # fewer discordant pairs: McNemar has little power
 MAX_DISAGREEMENTS = 500  # cases listed per pair where the two arms' scores differ
 LATENCY_PREFIXES = ("latency_", "ttft_", "tpot_")
+NOT_OUTCOMES = frozenset({"output_tokens_mean"})
+
+
+def base_metric(metric: str) -> str:
+    """`delta(f1).lower` -> `f1`."""
+    return metric.split("(", 1)[1].split(")", 1)[0] if "(" in metric else metric
 
 
 @dataclass
@@ -57,7 +64,10 @@ def refused(suite: str, reference: str, candidate: str, why: str) -> PairCompari
 
 def compare_suite(suite: Suite, reference: Arm, candidate: Arm, main: str, resamples: int = RESAMPLES,
                   seed: int = SEED, confidence: float = CONFIDENCE) -> PairComparison:
-    """Pair the arms' clean cases and compare every metric (see the module docstring)."""
+    """Pair the arms' clean cases and compare every metric (see the module docstring).
+
+    Rows of the multiple-comparison family (``family``: the main metric and every metric a comparison
+    gate of the suite names) carry the warnings about too little data; the others are exploratory."""
     from harness.comparison.statistics import binary_metrics, case_values, paired_statistics
 
     pairing = pair_cases(reference, candidate)
@@ -80,11 +90,13 @@ def compare_suite(suite: Suite, reference: Arm, candidate: Arm, main: str, resam
     statistics = paired_statistics(suite, ref, cand)
     estimates = paired_bootstrap(statistics, clusters, resamples, seed, confidence)
     values_ref, values_cand = case_values(suite, ref), case_values(suite, cand)
-    binary = binary_metrics(values_ref) & binary_metrics(values_cand)
+    # a 0/1 value per case (a count that happens to be 0 or 1 is not a pass/fail outcome)
+    binary = (binary_metrics(values_ref) & binary_metrics(values_cand)) - NOT_OUTCOMES
     values_ref["passed"], values_cand["passed"] = _passed(suite, ref), _passed(suite, cand)
     binary.add("passed")
     scores_ref = np.array([r.score or 0.0 for r in ref])
     scores_cand = np.array([r.score or 0.0 for r in cand])
+    named = {base_metric(parse_gate(expr).metric) for expr in suite.gates if is_comparison(parse_gate(expr).metric)}
     order = sorted(estimates, key=lambda m: (m != main, m.startswith(LATENCY_PREFIXES)))
     for metric in order:
         estimate = estimates[metric]
@@ -92,6 +104,7 @@ def compare_suite(suite: Suite, reference: Arm, candidate: Arm, main: str, resam
         a, b = (values_ref[metric], values_cand[metric]) if metric in values_ref else (scores_ref, scores_cand)
         row: dict[str, Any] = {
             "metric": metric, "kind": "latency" if latency else "quality", "main": metric == main,
+            "family": not latency and (metric == main or metric in named),
             "reference": estimate.reference, "candidate": estimate.candidate, "delta": estimate.delta,
             "lower": estimate.lower, "upper": estimate.upper, "p": estimate.p, "p_holm": None,
             "rho": None, "improved": None, "regressed": None, "unchanged": None,
@@ -162,13 +175,11 @@ def _size_warnings(out: PairComparison, n: int, main: str) -> None:
         out.warnings.append(f"only {n} paired cases (fewer than {MIN_CASES}): the intervals cannot support a "
                             f"conclusion{detectable}")
     for row in out.rows:
-        if row.get("discordant") is not None and row["discordant"] < MIN_DISCORDANT and row["kind"] == "quality":
+        if row["family"] and row.get("discordant") is not None and row["discordant"] < MIN_DISCORDANT:
             detectable = f"; minimum detectable difference at 80% power: {row['mde']:.3g}" \
                 if row.get("mde") is not None else ""
             row["warning"] = (f"{row['discordant']} discordant pair(s) (fewer than {MIN_DISCORDANT}): "
-                              f"McNemar has little power{detectable}")
-            if row["main"]:
-                out.warnings.append(f"{row['metric']}: {row['warning']}")
+                              f"too few to conclude{detectable}")
 
 
 def _disagreements(ref: Sequence[CaseResult], cand: Sequence[CaseResult]) -> list[dict[str, Any]]:

@@ -11,16 +11,15 @@ import threading
 from typing import Any, Sequence
 
 from harness.comparison.baseline import Baseline, BaselineError
-from harness.comparison.compare import PairComparison, compare_suite, refused
+from harness.comparison.compare import PairComparison, base_metric, compare_suite, refused
 from harness.comparison.pairing import Arm
 from harness.comparison.stats import holm
-from harness.gates import Gate, is_comparison, parse_gate
+from harness.gates import Gate
 from harness.results import CaseResult, GateResult
 from harness.scoring.stats import CONFIDENCE, RESAMPLES, SEED
 from harness.suite import Suite
+from harness.suite_metrics import is_timing_metric
 
-# metrics a cached re-run does not measure: their comparison is skipped, not failed, when a side has none
-_OPERATIONAL = ("latency_", "ttft_", "tpot_", "throughput_rps", "output_tokens_per_s", "wall_s")
 
 
 def reference_model(models: Sequence[str], chosen: str | None, with_baseline: bool) -> str | None:
@@ -30,9 +29,6 @@ def reference_model(models: Sequence[str], chosen: str | None, with_baseline: bo
     return chosen or models[0]
 
 
-def base_metric(metric: str) -> str:
-    """`delta(f1).lower` -> `f1`; `regressed_cases` -> itself."""
-    return metric.split("(", 1)[1].split(")", 1)[0] if "(" in metric else metric
 
 
 class Comparisons:
@@ -73,7 +69,6 @@ class Comparisons:
             ref = [r for r in reference_results if r.attack is None]
             pair = compare_suite(suite, Arm.of_run(self.reference, ref), Arm.of_run(model, clean), main,
                                  self.resamples, self.seed)
-        mark_family(pair, [parse_gate(expr) for expr in suite.gates])
         with self._lock:
             return self._pairs.setdefault(key, pair)
 
@@ -120,7 +115,7 @@ class Comparisons:
         value = figures.get(judged)
         against = f"{pair.candidate} - {pair.reference}"
         if value is None:
-            if base_metric(metric).startswith(_OPERATIONAL):
+            if is_timing_metric(base_metric(metric)):
                 return GateResult(**base, value=None, status="skipped",
                                   reason=f"{base_metric(metric)} not measured on both sides (replies from the "
                                          f"response cache carry no latency): not compared")
@@ -155,13 +150,6 @@ class Comparisons:
                 "family": {"size": len(family), "method": "holm",
                            "members": "each suite's main metric and every metric a comparison gate names"},
                 "pairs": [pair.to_dict() for pair in pairs]}
-
-
-def mark_family(pair: PairComparison, gates: Sequence[Gate]) -> None:
-    """Rows in the multiple-comparison family: the main metric, and every metric a gate names."""
-    named = {base_metric(g.metric) for g in gates if is_comparison(g.metric)}
-    for row in pair.rows:
-        row["family"] = row["kind"] == "quality" and (row["main"] or row["metric"] in named)
 
 
 def _num(value: float | None) -> str:

@@ -50,4 +50,5 @@ def comparison_lines(block: dict[str, Any]) -> list[str]:
                 lines.append(f"  {visible(r['metric'])}: McNemar exact p = {_p(r['mcnemar_p'])} on "
                              f"{r['discordant']} discordant pair(s)")
         lines.extend(f"  warning: {visible(w)}" for w in pair.get("warnings", []))
+        lines.extend(f"  warning: {visible(r['metric'])}: {visible(r['warning'])}" for r in rows if r.get("warning"))
     return lines
