@@ -210,3 +210,14 @@ def test_comparison_cli_makes_one_report_from_saved_runs(pytester):
     broken = subprocess.run([sys.executable, "-m", "harness.comparison", "report", "runs/stub.json", "nope.json"],
                             cwd=pytester.path, capture_output=True, text=True, timeout=120)
     assert broken.returncode == 2 and "cannot read baseline nope.json" in broken.stderr
+
+
+def test_last_failed_comparison_gate_reruns_on_both_models(pytester, workers):
+    models(pytester)
+    suite(pytester, ["delta(accuracy) >= -0.02"])
+    first = run_inline(pytester, "evals", models="models2.yaml")
+    first.assert_outcomes(passed=2 * N, failed=1)
+    # only the gate is selected: the controller generates both models' cases for it (from the cache)
+    rerun = run_inline(pytester, "evals", "--lf", "-n", workers, models="models2.yaml")
+    rerun.assert_outcomes(failed=1)
+    rerun.stdout.fnmatch_lines(["*delta(accuracy) = -0.125*needs >= -0.02 (stub-b - stub, 40 paired)*"])

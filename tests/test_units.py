@@ -679,7 +679,8 @@ def test_load_suite_defaults(tmp_path: Path) -> None:
     assert suite.pass_rule == "score >= 1"
     assert suite.gates == ()
     assert suite.prompt.template == "{{ input }}"
-    assert suite.fields == {"id": "id", "input": "input", "target": "target", "metadata": "metadata"}
+    assert suite.fields == {"id": "id", "input": "input", "target": "target", "metadata": "metadata",
+                            "cluster": "cluster"}
 
 
 def test_load_suite_full(tmp_path: Path) -> None:
@@ -844,6 +845,7 @@ def test_load_cases_reads_every_non_blank_line(tmp_path: Path) -> None:
         ('{"id": "", "input": "q", "target": "a"}\n', 1, "must be a non-empty string or an integer"),
         ('{"id": true, "input": "q", "target": "a"}\n', 1, "must be a non-empty string or an integer"),
         ('{"id": 1, "input": "q", "target": "a", "metadata": [1]}\n', 1, "metadata must be a JSON object"),
+        ('{"id": 1, "input": "q", "target": "a", "cluster": {"doc": 1}}\n', 1, "must be a string or an integer"),
     ],
 )
 def test_load_cases_errors_name_file_and_line(tmp_path: Path, jsonl: str, line: int, fragment: str) -> None:
@@ -860,7 +862,8 @@ def test_field_mapping_with_chinese_keys(tmp_path: Path) -> None:
     jsonl = ('{"qid": "q-1", "当前query": "今天天气怎么样", "label": "天气"}\n'
              '{"qid": "q-2", "当前query": "播放音乐", "label": "音乐"}\n')
     suite, dataset = _suite_with(tmp_path, jsonl, "fields: {id: qid, input: 当前query, target: label}\n")
-    assert suite.fields == {"id": "qid", "input": "当前query", "target": "label", "metadata": "metadata"}
+    assert suite.fields == {"id": "qid", "input": "当前query", "target": "label", "metadata": "metadata",
+                            "cluster": "cluster"}
     cases = load_cases(suite, dataset)
     assert [(c.id, c.input, c.target) for c in cases] == [("q-1", "今天天气怎么样", "天气"), ("q-2", "播放音乐", "音乐")]
     error, _ = _cases_error(tmp_path / "x", '{"qid": 1, "input": "q", "label": "a"}\n',

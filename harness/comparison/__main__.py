@@ -97,11 +97,10 @@ def write_comparison(block: dict, out: Path) -> None:
 
     private_dir(out)
     write_text(out / "comparison.json", json.dumps(block, ensure_ascii=False, indent=1, default=str) + "\n")
-    # the run-level parts of the writers stay empty: this report holds the comparison alone
-    envelope = {"run": {}, "suites": [], "cases": [], "comparison": block}
-    write_forest_png(envelope, out)
-    write_markdown(envelope, out)
-    write_xlsx(envelope, out)
+    write_forest_png({"comparison": block}, out)
+    write_markdown({"comparison": block}, out)
+    # the workbook's run sheets stay empty: the comparison and disagreements sheets hold this report
+    write_xlsx({"run": {}, "suites": [], "cases": [], "comparison": block}, out)
 
 
 def main(argv: list[str] | None = None) -> int:

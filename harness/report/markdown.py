@@ -32,7 +32,11 @@ def write_markdown(report: dict[str, Any], out_dir: Path) -> Path:
 
 
 def render_markdown(report: dict[str, Any], forest: bool = False) -> str:
-    """The whole report as one Markdown string; ``forest``: link comparison.png."""
+    """The whole report as one Markdown string; ``forest``: link comparison.png.
+
+    An envelope that is only a comparison (``python -m harness.comparison report``) gets only that section."""
+    if set(report) == {"comparison"}:
+        return "# LLM comparison report\n\n" + _comparison(report, forest)
     run = report.get("run") or {}
     suites: list[dict[str, Any]] = report.get("suites") or []
     cases: list[dict[str, Any]] = report.get("cases") or []
