@@ -221,3 +221,33 @@ def test_last_failed_comparison_gate_reruns_on_both_models(pytester, workers):
     rerun = run_inline(pytester, "evals", "--lf", "-n", workers, models="models2.yaml")
     rerun.assert_outcomes(failed=1)
     rerun.stdout.fnmatch_lines(["*delta(accuracy) = -0.125*needs >= -0.02 (stub-b - stub, 40 paired)*"])
+
+
+def test_latency_is_gated_relative_to_the_baseline_and_skipped_when_cached(pytester):
+    models(pytester)
+    slow = [{**case, "input": case["input"] + "\nSLEEP:20"} for case in CASES[:10]]
+    suite(pytester, ["latency_p99_ms <= baseline * 3", "latency_p99_ms <= baseline * 0.2"], cases=slow)
+    run_inline(pytester, "evals", "--llm-cache", "off", "--llm-baseline-save", "base.json",
+               "--llm-baseline-reason", "r")
+    measured = run_inline(pytester, "evals", "--llm-cache", "off", "--llm-baseline", "base.json")
+    # the same model twice: p99 about 20 ms on both sides, a ratio near 1
+    measured.assert_outcomes(passed=10 + 1, failed=1)
+    measured.stdout.fnmatch_lines(["*ratio(latency_p99_ms) = *, needs <= 0.2 (stub - baseline:stub, 10 paired)*"])
+    run_inline(pytester, "evals")  # fills the response cache
+    cached = run_inline(pytester, "evals", "--llm-baseline", "base.json")
+    cached.assert_outcomes(passed=10, skipped=2)
+    gates = load_report(pytester)["suites"][0]["gates"]
+    assert all(g["status"] == "skipped" and "not measured on both sides" in g["reason"] for g in gates)
+
+
+def test_a_different_environment_is_a_warning_not_a_refusal(pytester):
+    models(pytester)
+    suite(pytester, ["delta(accuracy) >= -0.02"])
+    run_inline(pytester, "evals", "--llm-baseline-save", "base.json", "--llm-baseline-reason", "r")
+    document = json.loads((pytester.path / "base.json").read_text())
+    document["environment"]["packages"]["numpy"] = "0.0.1"
+    (pytester.path / "base.json").write_text(json.dumps(document))
+    result = run_inline(pytester, "evals", "--llm-baseline", "base.json")
+    result.assert_outcomes(passed=N + 1)
+    (pair,) = load_report(pytester)["comparison"]["pairs"]
+    assert any(w.startswith("environment differs from the baseline: numpy 0.0.1 -> ") for w in pair["warnings"])
