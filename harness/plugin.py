@@ -107,6 +107,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "llm_gate: a quality gate judged on a whole suite")
     config.addinivalue_line("markers", "llm_robustness: a perturbed copy of an eval case, or a gate on the "
                             "copies (robustness suites)")
+    config.addinivalue_line("markers", "llm_training: a gate of a training job (job.yaml)")
     from harness.scoring.imports import configure as configure_imports
 
     configure_imports(config)  # every process (xdist workers too): what a suite file may import
@@ -166,6 +167,13 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
         return JsonlFile.from_parent(parent, path=file_path)
     if file_path.suffix in (".yaml", ".yml") and is_suite_file(file_path):
         return SuiteFile.from_parent(parent, path=file_path)
+    if file_path.suffix in (".yaml", ".yml"):
+        from harness.training.job import JOB_FILE_NAMES
+
+        if file_path.name in JOB_FILE_NAMES:
+            from harness.training.collect import TrainJobFile
+
+            return TrainJobFile.from_parent(parent, path=file_path)
     return None
 
 
@@ -271,3 +279,14 @@ def llm_client(request: pytest.FixtureRequest, llm_model: str) -> Any:
 def llm_settings(request: pytest.FixtureRequest) -> Settings:
     """The run's request and engine settings."""
     return run_state(request.config).settings
+
+
+@pytest.fixture(scope="session")
+def llm_train(request: pytest.FixtureRequest) -> Any:
+    """`llm_train("training/job/job.yaml") -> TrainRun` (relative to the rootdir): the job's one run in
+    this pytest run, shared with its gate items and every xdist worker."""
+    from functools import partial
+
+    from harness.training.shared import train
+
+    return partial(train, request.config)

@@ -133,10 +133,15 @@ def test_greedy_completion_is_deterministic(server: Server) -> None:
 
 def test_concurrent_requests_are_batched_and_match_sequential(server: Server) -> None:
     sequential = [_complete(server.base, p, max_tokens=8)["choices"][0]["text"] for p in PROMPTS]
-    with ThreadPoolExecutor(len(PROMPTS)) as pool:
-        concurrent = list(pool.map(lambda p: _complete(server.base, p, max_tokens=8)["choices"][0]["text"], PROMPTS))
-    assert concurrent == sequential
-    sizes = [int(m) for m in re.findall(r"batch size=(\d+)", server.log())]
+    # on a loaded machine the threads may reach the server one by one: a few rounds, each must match
+    for _ in range(3):
+        with ThreadPoolExecutor(len(PROMPTS)) as pool:
+            concurrent = list(pool.map(lambda p: _complete(server.base, p, max_tokens=8)["choices"][0]["text"],
+                                       PROMPTS))
+        assert concurrent == sequential
+        sizes = [int(m) for m in re.findall(r"batch size=(\d+)", server.log())]
+        if max(sizes) > 1:
+            break
     assert max(sizes) > 1, "concurrent requests were never batched"
 
 

@@ -94,8 +94,10 @@ def test_entries_matching_no_collected_case_are_reported(pytester, workers):
     """)
     result = run(pytester, "--llm-known-failures", LEDGER, workers=workers)
     assert result.ret == 0
-    # once, whatever the number of workers (each collects the same items)
-    result.assert_outcomes(passed=8, xfailed=1, warnings=1)
+    result.assert_outcomes(passed=8, xfailed=1)
+    # once, whatever the number of workers (each collects the same items); other warnings (a CI
+    # environment's own) are not this test's business
+    assert sum("KnownFailuresWarning" in line for line in result.outlines) == 1
     result.stdout.fnmatch_lines([
         "*KnownFailuresWarning: known-failures ledger known_failures.yaml: 3 entries matched no case of this run: "
         "geo/gone (entry 2 (line 3)): suite 'geo' has no case 'gone'; "

@@ -1,0 +1,332 @@
+"""One job run through TRL: data, tokenizer, model, trainer, label audit, training, checkpoint, checks.
+
+:func:`run_job` never raises: a failure becomes ``TrainRun.error`` (with the partial log history), and
+``run.json`` is written beside the checkpoint either way."""
+
+from __future__ import annotations
+
+import copy
+import json
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from . import checks
+from .api import LabelAudit, TrainJob, TrainRun
+from .tiny import resolve_template, tiny_model, train_tokenizer
+
+# Fixture defaults (job.config overrides them). TRL 1.16 turns bf16 and gradient checkpointing on even
+# on CPU, which makes logits drift ~3e-3 after a reload; NaN filtering would hide a diverged loss.
+DEFAULTS: dict[str, Any] = {
+    "logging_steps": 1,
+    "bf16": False,
+    "fp16": False,
+    "activation_checkpointing": False,  # transformers 5 name of gradient_checkpointing
+    "report_to": "none",
+    "save_strategy": "no",
+    "dataloader_num_workers": 0,
+    "logging_nan_inf_filter": False,
+    "include_num_input_tokens_seen": "non_padding",
+    "disable_tqdm": True,
+}
+# what each intended loss asks of SFTConfig; a job.config override wins, and the audit then says so
+LOSS_FLAGS = {
+    "completion_only": {"completion_only_loss": True, "assistant_only_loss": False},
+    "assistant_only": {"completion_only_loss": False, "assistant_only_loss": True},
+    "full": {"completion_only_loss": False, "assistant_only_loss": False},
+}
+FIELDS = {"sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected")}
+ROLES = {"prompt": "user", "completion": "assistant", "chosen": "assistant", "rejected": "assistant"}
+
+
+def run_job(
+    job: TrainJob, output_dir: Path, *, _make_reference: Callable[[Any], Any] | None = None
+) -> TrainRun:
+    """Run ``job`` and save the checkpoint, ``manifest.json`` and ``run.json`` in ``output_dir``.
+
+    ``_make_reference`` (tests only) builds the DPO reference from the initial policy instead of a copy."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    run = TrainRun(job=job.name, trainer=job.trainer, output_dir=str(output_dir))
+    start = time.perf_counter()
+    try:
+        _run(job, output_dir, run, _make_reference)
+    except Exception as exc:  # the run's failure is data: every gate of the job reports it
+        run.error = f"{type(exc).__name__}: {exc}"
+    run.wall_s = round(time.perf_counter() - start, 3)
+    (output_dir / "run.json").write_text(json.dumps(run.to_dict(), indent=2, default=str) + "\n")
+    return run
+
+
+def load_rows(job: TrainJob) -> list[dict[str, Any]]:
+    """The job's JSONL records in TRL's vocabulary; with a chat template, plain strings become turns
+    (a prompt a user turn, a completion an assistant turn) so that the template applies."""
+    if job.trainer not in FIELDS:
+        raise ValueError(f"trainer {job.trainer!r} is not supported yet (supported: {', '.join(FIELDS)})")
+    chat = resolve_template(job.chat_template)[0] is not None
+    rows = []
+    for dataset in job.datasets:
+        for number, line in enumerate(dataset.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            row = {}
+            for name in FIELDS[job.trainer]:
+                source = job.fields.get(name, name)
+                if source not in record:
+                    raise KeyError(f"{dataset}:{number}: no field {source!r} (for {name})")
+                value = record[source]
+                row[name] = [{"role": ROLES[name], "content": value}] if chat and isinstance(value, str) else value
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"job {job.name}: no training record in {[str(d) for d in job.datasets]}")
+    return rows
+
+
+def _texts(rows: list[dict[str, Any]]) -> list[str]:
+    texts = []
+    for row in rows:
+        for value in row.values():
+            texts += [value] if isinstance(value, str) else [m["content"] for m in value]
+    return texts + ["system\n", "user\n", "assistant\n", "model\n"] * 4  # role headers of the templates
+
+
+def build_tokenizer(job: TrainJob, rows: list[dict[str, Any]]) -> Any:
+    source, _ = resolve_template(job.chat_template)
+    if "train" in job.tokenizer:
+        return train_tokenizer(_texts(rows), int(job.tokenizer["train"].get("vocab_size", 512)), job.chat_template)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(job.tokenizer.get("path") or job.model["path"], local_files_only=True)
+    if source is not None:
+        tokenizer.chat_template = source
+    return tokenizer
+
+
+def build_model(job: TrainJob, tokenizer: Any) -> Any:
+    if "tiny" in job.model:
+        return tiny_model(dict(job.model["tiny"] or {}), tokenizer, seed=job.seed)
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(job.model["path"], dtype=torch.float32, local_files_only=True)
+
+
+def build_config(job: TrainJob, output_dir: Path) -> Any:
+    import torch
+
+    settings: dict[str, Any] = {**DEFAULTS, "seed": job.seed, "use_cpu": not torch.cuda.is_available()}
+    if job.trainer == "sft":
+        from trl import SFTConfig as Config
+
+        settings.update(LOSS_FLAGS[job.loss])
+    else:
+        from trl import DPOConfig as Config
+    if "gradient_checkpointing" in job.config:  # the deprecated name in a job still decides
+        settings.pop("activation_checkpointing")
+    return Config(output_dir=str(output_dir), **{**settings, **job.config})
+
+
+def _run(job: TrainJob, output_dir: Path, run: TrainRun, make_reference: Callable[[Any], Any] | None) -> None:
+    import datasets
+    import torch
+    import transformers
+    import trl
+
+    run.versions = {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__}
+    rows = load_rows(job)
+    tokenizer = build_tokenizer(job, rows)
+    model = build_model(job, tokenizer)
+    end_of_turn = resolve_template(job.chat_template)[1] or tokenizer.eos_token
+    end_of_turn_id = tokenizer.convert_tokens_to_ids(end_of_turn) if end_of_turn else None
+    config = build_config(job, output_dir)
+    train_dataset = datasets.Dataset.from_list(rows)
+    reference_figures: dict[str, str] = {}
+    if job.trainer == "sft":
+        trainer = trl.SFTTrainer(model=model, args=config, train_dataset=train_dataset, processing_class=tokenizer)
+        audit = audit_sft(trainer, rows, tokenizer, end_of_turn, job.loss)
+    else:
+        initial = checks.weights_sha256(model)
+        # an explicit in-memory reference: with ref_model=None TRL 1.16 rebuilds it from the model's path
+        reference = make_reference(model) if make_reference else copy.deepcopy(model)
+        reference_figures = {"initial": initial, "reference": checks.weights_sha256(reference)}
+        trainer = trl.DPOTrainer(
+            model=model, ref_model=reference, args=config, train_dataset=train_dataset, processing_class=tokenizer
+        )
+        audit = audit_dpo(trainer, rows, tokenizer, end_of_turn)
+    _quiet(trainer)
+    run.log_history = trainer.state.log_history  # the same list: a failing train() leaves its partial log
+    run.label_audit = audit
+    run.checks["label_mask"] = checks.label_mask(audit, job.loss if job.trainer == "sft" else "completion_only")
+    if reference_figures:
+        run.checks["reference_model"] = checks.reference_model(reference_figures["reference"], reference_figures["initial"])
+
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    started = time.perf_counter()
+    try:
+        trainer.train()
+    except Exception as exc:
+        # a run that cannot train did not train: the check says so beside run.error
+        run.checks["training_happened"] = {"passed": False, "reason": f"training raised {type(exc).__name__}: {exc}"}
+        raise
+    train_s = time.perf_counter() - started
+    trained = trainer.model
+    changed = sum(not torch.equal(before[name], p.detach()) for name, p in trained.named_parameters() if name in before)
+    del before
+    run.log_history = list(trainer.state.log_history)
+    run.checks["training_happened"] = checks.training_happened(run.log_history, changed, job.trainer)
+
+    trainer.save_model(str(output_dir))
+    tokenizer.save_pretrained(str(output_dir))
+    checks.write_manifest(output_dir)
+    prompt_ids = _prompt_ids(tokenizer, rows[0]["prompt"])
+    run.checks["stop_tokens"] = checks.stop_tokens(trained, tokenizer, end_of_turn_id, prompt_ids)
+    run.checks["checkpoint_roundtrip"] = checks.checkpoint_roundtrip(trained, tokenizer, output_dir, _batch(trainer))
+    run.metrics = _metrics(run.log_history, train_s, run.checks["stop_tokens"])
+
+
+def _quiet(trainer: Any) -> None:
+    """No per-step log printing: the log history is in run.json."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+
+def _prompt_ids(tokenizer: Any, prompt: Any) -> list[int]:
+    """The prompt as TRL tokenizes it (conversational: with the generation prompt)."""
+    if isinstance(prompt, list):
+        return list(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])
+    return list(tokenizer(text=prompt)["input_ids"])
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _batch(trainer: Any) -> dict[str, Any]:
+    """The first training batch as the trainer collates it: the round-trip check's logits input."""
+    dataset = trainer.train_dataset
+    batch = trainer.data_collator([dataset[i] for i in range(min(4, len(dataset)))])
+    return {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+
+
+@dataclass
+class _Sequence:
+    ids: list[int]
+    trained: list[bool]
+    prompt_len: int
+
+
+def _key(row: dict[str, Any], names: tuple[str, ...]) -> str:
+    return json.dumps([row[n] for n in names], sort_keys=True)
+
+
+def _dropped(rows: list[dict[str, Any]], dataset: Any, names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Rows missing from the prepared dataset: TRL silently drops examples that truncation left untrained."""
+    kept: dict[str, int] = {}
+    for row in dataset:
+        kept[_key(row, names)] = kept.get(_key(row, names), 0) + 1
+    missing = []
+    for row in rows:
+        key = _key(row, names)
+        if kept.get(key):
+            kept[key] -= 1
+        else:
+            missing.append(row)
+    return missing
+
+
+def audit_sft(trainer: Any, rows: list[dict[str, Any]], tokenizer: Any, end_of_turn: str | None, loss: str) -> LabelAudit:
+    """Collate the prepared dataset with the trainer's collator and read which tokens carry a label."""
+    dataset, size = trainer.train_dataset, trainer.args.per_device_train_batch_size
+    sequences = []
+    for start in range(0, len(dataset), size):
+        chunk = [dataset[i] for i in range(start, min(start + size, len(dataset)))]
+        batch = trainer.data_collator([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in chunk])
+        for row, labels in zip(chunk, batch["labels"]):
+            ids = list(row["input_ids"])
+            prompt_len = _common_prefix(_prompt_ids(tokenizer, row["prompt"]), ids) if "prompt" in row else 0
+            sequences.append(_Sequence(ids, (labels[: len(ids)] != -100).tolist(), prompt_len))
+    dropped = _dropped(rows, dataset, FIELDS["sft"]) if "prompt" in dataset.column_names else []
+    shown = [_prompt_ids(tokenizer, r["prompt"])[: trainer.args.max_length] for r in dropped]
+    return _audit(sequences, shown, tokenizer, end_of_turn, check_prompt=loss != "full")
+
+
+def audit_dpo(trainer: Any, rows: list[dict[str, Any]], tokenizer: Any, end_of_turn: str | None) -> LabelAudit:
+    """Chosen and rejected sequences as the preference collator builds them (trained: completion_mask)."""
+    dataset, size = trainer.train_dataset, trainer.args.per_device_train_batch_size
+    sequences = []
+    for start in range(0, len(dataset), size):
+        chunk = [dataset[i] for i in range(start, min(start + size, len(dataset)))]
+        batch = trainer.data_collator([{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in chunk])
+        prompt_lens = [len(r["prompt_ids"]) for r in chunk] * 2  # rows: every chosen, then every rejected
+        for ids, attention, mask, prompt_len in zip(batch["input_ids"], batch["attention_mask"], batch["completion_mask"], prompt_lens):
+            n = int(attention.sum())
+            sequences.append(_Sequence(ids[:n].tolist(), (mask[:n] == 1).tolist(), min(prompt_len, n)))
+    dropped = _dropped(rows, dataset, FIELDS["dpo"])
+    shown = [_prompt_ids(tokenizer, r["prompt"])[: trainer.args.max_length] for r in dropped for _ in range(2)]
+    return _audit(sequences, shown, tokenizer, end_of_turn, check_prompt=True)
+
+
+def _audit(
+    sequences: list[_Sequence], dropped: list[list[int]], tokenizer: Any, end_of_turn: str | None, check_prompt: bool
+) -> LabelAudit:
+    audit = LabelAudit(examples=len(sequences) + len(dropped), end_of_turn=end_of_turn)
+    end_id = tokenizer.convert_tokens_to_ids(end_of_turn) if end_of_turn else None
+    audit.examples_without_trained_tokens = len(dropped)
+    offenders: list[str] = [f"{_marked(tokenizer, ids, [False] * len(ids))} (dropped: no trained token)" for ids in dropped[:1]]
+    for seq in sequences:
+        prompt_trained = sum(seq.trained[: seq.prompt_len]) if check_prompt else 0
+        audit.prompt_tokens_trained += prompt_trained
+        positions = [i for i, t in enumerate(seq.trained) if t]
+        # the end-of-turn may be followed by its newline (ChatML "<|im_end|>\n"), trained too
+        while positions and seq.ids[positions[-1]] != end_id and not tokenizer.decode([seq.ids[positions[-1]]]).strip():
+            positions.pop()
+        no_tokens = not any(seq.trained)
+        not_ending = not no_tokens and (not positions or seq.ids[positions[-1]] != end_id)
+        audit.examples_without_trained_tokens += no_tokens
+        audit.examples_not_ending_with_eos += not_ending
+        if prompt_trained or no_tokens or not_ending:
+            offenders.append(_marked(tokenizer, seq.ids, seq.trained))
+    audit.offending = offenders[0] if offenders else None
+    return audit
+
+
+def _marked(tokenizer: Any, ids: list[int], trained: list[bool]) -> str:
+    """The sequence decoded, each run of trained tokens inside [[...]]."""
+    parts, start = [], 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or trained[i] != trained[start]:
+            text = tokenizer.decode(ids[start:i])
+            parts.append(f"[[{text}]]" if trained[start] else text)
+            start = i
+    return "".join(parts)
+
+
+def _metrics(log_history: list[dict[str, Any]], train_s: float, stop: dict[str, Any]) -> dict[str, float | None]:
+    steps = [e for e in log_history if "loss" in e]
+    # per-step entries also carry train_runtime (transformers 5); only the closing summary has samples/s
+    summary = next((e for e in reversed(log_history) if "train_samples_per_second" in e), {})
+    losses = [e["loss"] for e in steps]
+    norms = [e["grad_norm"] for e in steps if "grad_norm" in e]
+    tokens = next((e["num_input_tokens_seen"] for e in reversed(log_history) if "num_input_tokens_seen" in e), None)
+    runtime = summary.get("train_runtime") or train_s
+    return {
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "loss_drop": losses[0] - losses[-1] if losses else None,
+        "max_grad_norm": max(norms) if norms else None,
+        "min_grad_norm": min(norms) if norms else None,
+        "steps": float(steps[-1]["step"]) if steps else 0.0,
+        "samples_per_s": summary.get("train_samples_per_second"),
+        "tokens_per_s": tokens / runtime if tokens and runtime else None,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+        "train_s": round(train_s, 3),
+        "sample_stopped": float(stop["sample_stopped"]) if "sample_stopped" in stop else None,
+    }
