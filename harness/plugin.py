@@ -168,9 +168,9 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     if file_path.suffix in (".yaml", ".yml") and is_suite_file(file_path):
         return SuiteFile.from_parent(parent, path=file_path)
     if file_path.suffix in (".yaml", ".yml"):
-        from harness.training.job import JOB_FILE_NAMES
+        from harness.training.job import is_job_file
 
-        if file_path.name in JOB_FILE_NAMES:
+        if is_job_file(file_path):
             from harness.training.collect import TrainJobFile
 
             return TrainJobFile.from_parent(parent, path=file_path)

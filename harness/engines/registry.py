@@ -32,6 +32,7 @@ BUILTIN: dict[str, str] = {
     "llama-cpp": "harness.engines.servers:LlamaCppServer",
     "vllm-offline": "harness.engines.vllm_offline:VLLMOfflineEngine",
     "scripted": "harness.testing.scripted:ScriptedEngine",
+    "trained": "harness.training.engine:TrainedEngine",
 }
 
 

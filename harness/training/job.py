@@ -54,6 +54,20 @@ ROWS_CHECKED = 20
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+_TRAINER_LINE = re.compile(rb"^trainer\s*:", re.MULTILINE)
+
+
+def is_job_file(path: Path) -> bool:
+    """A ``job.yaml`` that declares a trainer: other files of that name (a CI or cluster manifest)
+    are not training jobs and are left alone."""
+    if path.name not in JOB_FILE_NAMES:
+        return False
+    try:
+        return _TRAINER_LINE.search(path.read_bytes()) is not None
+    except OSError:
+        return False
+
+
 class JobError(Exception):
     """Bad user input in a job file or its data; the message names the file and line."""
 

@@ -41,6 +41,9 @@ FIELDS = {"sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected
 ROLES = {"prompt": "user", "completion": "assistant", "chosen": "assistant", "rejected": "assistant"}
 
 
+INITIAL = "initial"  # sub-folder of the output folder: the checkpoint before training
+
+
 def run_job(
     job: TrainJob, output_dir: Path, *, _make_reference: Callable[[Any], Any] | None = None
 ) -> TrainRun:
@@ -136,6 +139,9 @@ def _run(job: TrainJob, output_dir: Path, run: TrainRun, make_reference: Callabl
     import trl
 
     run.versions = {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__}
+    # a pytest run's output is the harness's; the libraries' progress bars would fill it per map and save
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
     rows = load_rows(job)
     tokenizer = build_tokenizer(job, rows)
     model = build_model(job, tokenizer)
@@ -163,6 +169,9 @@ def _run(job: TrainJob, output_dir: Path, run: TrainRun, make_reference: Callabl
     if reference_figures:
         run.checks["reference_model"] = checks.reference_model(reference_figures["reference"], reference_figures["initial"])
 
+    # the model before training, beside the trained one: an eval suite can compare the two (engine: trained)
+    model.save_pretrained(str(output_dir / INITIAL))
+    tokenizer.save_pretrained(str(output_dir / INITIAL))
     before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
     started = time.perf_counter()
     try:

@@ -1,8 +1,9 @@
 """One run per job per pytest run, shared by every gate item and ``llm_train`` call in every process.
 
-A job's run lives in ``<rootdir>/.pytest-llm-harness/training/<run id>/<job name>-<fingerprint>/``: the
-run id is the harness's (the same in the controller and every xdist worker of one pytest run, new
-in the next), the fingerprint that of the job file and its data. Whichever process needs the run
+A job's run lives in ``<run folder>/training/<job name>-<fingerprint>/``: the run folder is the
+harness's runtime folder (the same for the controller and every xdist worker of one pytest run, new
+in the next, removed at its end), the fingerprint that of the job file and its data. Engines that
+serve a trained checkpoint (``engine: trained``) find the run there too. Whichever process needs the run
 first takes an exclusive lock there, trains, writes ``run.json`` and lets go; the others wait on the
 lock and then read ``run.json``. A failed run is shared the same way: its error fails every gate
 once, not one retry per worker. A process that dies mid-run releases the lock unfinished, and the
@@ -38,22 +39,23 @@ JOBS_KEY = pytest.StashKey[dict[Path, TrainJob]]()
 Runner = Callable[[TrainJob, Path], TrainRun]
 
 
-def training_root(config: pytest.Config) -> Path:
-    """This pytest run's training folder (the same path in every process of the run)."""
-    from harness.run import run_state
-
-    return config.rootpath / ".pytest-llm-harness" / "training" / run_state(config).run_id
+def training_root(runtime_dir: Path) -> Path:
+    """A pytest run's training folder, from its runtime folder (the same path in every process of the run)."""
+    return Path(runtime_dir) / "training"
 
 
-def run_dir(config: pytest.Config, job: TrainJob) -> Path:
-    return training_root(config) / f"{job.name}-{job.fingerprint()}"
+def run_in(root: Path, job: TrainJob) -> TrainRun:
+    """The job's run under a run's training folder: trained here if no process has, else the one that did."""
+    return _run_once(job, root / f"{job.name}-{job.fingerprint()}")
 
 
 def shared_run(config: pytest.Config, job: TrainJob) -> TrainRun:
-    """The job's run in this pytest run: trained here if no process has, else the one that did."""
+    """The job's run in this pytest run (memoized in this process)."""
+    from harness.run import run_state
+
     runs = config.stash.setdefault(RUNS_KEY, {})
     if job.path not in runs:
-        runs[job.path] = _run_once(job, run_dir(config, job))
+        runs[job.path] = run_in(training_root(run_state(config).runtime_dir), job)
     return runs[job.path]
 
 

@@ -1,0 +1,78 @@
+"""Engine kind ``trained``: the checkpoint of a training job of this run, served on the CPU by
+``harness.engines.cpu_server`` (train, then evaluate, in one pytest run).
+
+A models-file entry names the job file; ``options.checkpoint: initial`` serves the model as it was
+before training, so a suite can compare the two with paired statistics::
+
+    - {name: capitals-sft, engine: trained, model_path: training/sft_capitals/job.yaml}
+    - {name: capitals-base, engine: trained, model_path: training/sft_capitals/job.yaml,
+       options: {checkpoint: initial}}
+
+The job runs once per pytest run, shared with its gate items and ``llm_train`` (whichever needs it
+first trains it); a job whose run failed is an engine that did not start, with the run's error.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from harness.engines.lease import ManagedServer
+from harness.engines.managed import EngineStartError
+from harness.engines.registry import EngineContext
+from harness.models import ModelSpec
+
+CHECKPOINTS = ("trained", "initial")
+
+
+class TrainedEngine(ManagedServer):
+    kind = "trained"
+    record_kind = "trained-cpu"
+
+    @classmethod
+    def check(cls, spec: ModelSpec) -> str | None:
+        from harness.training.job import JOB_FILE_NAMES
+
+        if not spec.model_path or Path(spec.model_path).name not in JOB_FILE_NAMES:
+            return "engine trained needs model_path: the job file (training/<job>/job.yaml)"
+        unknown = sorted(set(spec.options) - {"checkpoint"})
+        if unknown:
+            return f"unknown trained option {unknown[0]!r} (options: checkpoint)"
+        if spec.options.get("checkpoint", "trained") not in CHECKPOINTS:
+            return f"options.checkpoint must be one of {', '.join(CHECKPOINTS)}"
+        return super().check(spec)
+
+    @property
+    def checkpoint(self) -> str:
+        return str(self.spec.options.get("checkpoint", "trained"))
+
+    def _job(self) -> Any:
+        from harness.training.job import JobError, load_job
+
+        try:
+            return load_job(Path(str(self.spec.model_path)).resolve())
+        except JobError as exc:
+            raise EngineStartError(f"model {self.spec.name}: {exc}") from exc
+
+    def launch(self, port: int, ctx: EngineContext) -> tuple[list[str], dict[str, str], dict[str, Any]]:
+        from harness.training.runner import INITIAL
+        from harness.training.shared import run_in, training_root
+
+        job = self._job()
+        run = run_in(training_root(ctx.runtime_dir), job)
+        if run.error:
+            raise EngineStartError(f"model {self.spec.name}: training job {job.name} failed: {run.error}")
+        folder = Path(run.output_dir) / (INITIAL if self.checkpoint == "initial" else "")
+        argv = [sys.executable, "-m", "harness.engines.cpu_server", "--model", str(folder),
+                "--served-model-name", self.spec.name, "--host", "127.0.0.1", "--port", str(port),
+                "--max-batch", str(ctx.settings.max_batch), "--batch-wait-ms", "20", "--parent-pid", str(ctx.owner_pid)]
+        return argv, {}, {"argv": argv, "job": str(job.path), "checkpoint": self.checkpoint}
+
+    def identity(self) -> dict[str, Any]:
+        # a seeded job on the same job file and data gives the same weights: its fingerprint keys the cache
+        job = self._job()
+        return {"name": self.spec.name, "engine": self.kind, "job": job.fingerprint(), "checkpoint": self.checkpoint}
+
+    def metadata(self, record: dict[str, Any] | None) -> dict[str, Any]:
+        return {"source": f"training job {self.spec.model_path} ({self.checkpoint})", "weights_sha256": None}

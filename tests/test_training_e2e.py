@@ -1,0 +1,45 @@
+"""The bundled training jobs, for real (TRL on tiny offline models): their gates pass, each job trains
+once per run with two workers, and the trained checkpoint is evaluated in the same run against the
+model before training (paired comparison gates)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COUNTING_RUNNER = '''
+import os
+from pathlib import Path
+from harness.training.runner import run_job as real
+
+def run_job(job, output_dir):
+    with open(Path(__file__).parent / "runs.log", "a") as log:
+        log.write(f"{job.name} {os.environ.get('PYTEST_XDIST_WORKER', '-')}\\n")
+    return real(job, output_dir)
+'''
+
+pytest.importorskip("trl")
+
+
+def test_train_then_evaluate_in_one_run_with_two_workers(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "training", tmp_path / "training")
+    shutil.copytree(ROOT / "examples" / "train_then_eval", tmp_path / "examples" / "train_then_eval")
+    (tmp_path / "runner.py").write_text(COUNTING_RUNNER)
+    env = {**__import__("os").environ, "LLM_HARNESS_TRAIN_RUNNER": f"{tmp_path / 'runner.py'}:run_job"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "training", "examples/train_then_eval", "-n", "2", "-p", "no:cacheprovider",
+         "--llm-models-file", "examples/train_then_eval/models.yaml", "--llm-report-dir", "out",
+         "--llm-cache", "off", "-q"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    # each job trained once, though its gates, and the two engines serving its checkpoints, ran in 3 processes
+    runs = sorted(line.split()[0] for line in (tmp_path / "runs.log").read_text().splitlines())
+    assert runs == ["dpo_capitals", "sft_capitals"]
+    assert "capitals_trained: capitals-sft vs capitals-base, 24 paired" in done.stdout
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| **accuracy** (main) | 0 | 1 |" in report  # before training: none right; after: all
