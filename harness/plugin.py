@@ -223,6 +223,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     result = getattr(item, "case_result", None)
     if call.when == "call" and result is not None:
         report.llm_case = result.to_dict()
+    summary = getattr(item, "training_summary", None)  # a training gate (harness.training.collect)
+    if call.when == "call" and summary is not None and (training := summary(report.passed)) is not None:
+        report.llm_training = training
     if isinstance(item, (CaseItem, GateItem)) and isinstance(report.longrepr, str):
         from harness.textsafe import visible
 

@@ -65,6 +65,7 @@ class EvalSession:
 
         self.audit_k = audit_size(config)  # --llm-audit K (0: off)
         self.audits: list[Any] = []  # harness.audit.AuditRecord per audited suite run
+        self.training: dict[str, dict[str, Any]] = {}  # job name -> its report entry (harness.report.training_plots)
         state.before_gate = self._before_gate
 
     @property
@@ -98,6 +99,12 @@ class EvalSession:
         self._start(cases, gates, self.state.board())
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        training = getattr(report, "llm_training", None)
+        if training is not None:
+            from harness.report.training_plots import add_training_gate
+
+            add_training_gate(self.training, training)
+            del report.llm_training  # the log history is kept once, here
         if self.plan is None:
             return
         raw = getattr(report, "llm_case", None)
@@ -136,7 +143,7 @@ class EvalSession:
             self._pulled.join()
         self._conclude_rest()
         results = self.results()
-        if not results:
+        if not results and not self.training:
             return
         from harness.envelope import RunRecord, build_envelope, point_latest, report_dir
         from harness.report import ReportsIncomplete, write_reports
@@ -149,6 +156,11 @@ class EvalSession:
         envelope = build_envelope(record, list(self.config.invocation_params.args), workers, engines)
         if self.comparison is not None:
             envelope["comparison"] = self.comparison
+        if self.training:
+            from harness.redact import redact_data
+
+            # a run's error may quote a URL with credentials, as a case's may
+            envelope["training"] = redact_data(list(self.training.values()))
         if self.audit_k:
             from harness.audit import audit_block
 

@@ -16,11 +16,12 @@ from harness.report.heatmap import write_confusion_png, write_confusion_pngs
 from harness.report.indicators import write_indicators
 from harness.report.json_report import write_json
 from harness.report.markdown import write_markdown
+from harness.report.training_plots import write_training_pngs
 from harness.report.xlsx import write_xlsx
 
 __all__ = [
     "write_reports", "write_json", "write_details", "write_indicators", "write_markdown", "write_xlsx",
-    "write_confusion_png", "write_confusion_pngs", "write_forest_png", "warm_writers", "ReportsIncomplete",
+    "write_confusion_png", "write_confusion_pngs", "write_forest_png", "write_training_pngs", "warm_writers", "ReportsIncomplete",
 ]  # fmt: skip
 
 # what the writers import lazily and what costs most to import (openpyxl: ~0.15 s)
@@ -61,7 +62,8 @@ def write_reports(report: dict[str, Any], out_dir: Path) -> list[Path]:
     out_dir = private_dir(Path(out_dir))
     writers: list[tuple[str, Callable[[dict[str, Any], Path], Any]]] = [
         ("report.json", write_json), ("details", write_details), ("indicators", write_indicators),
-        ("heatmaps", write_confusion_pngs), ("comparison.png", write_forest_png), ("report.md", write_markdown),
+        ("heatmaps", write_confusion_pngs), ("comparison.png", write_forest_png), ("training plots", write_training_pngs),
+        ("report.md", write_markdown),
         ("report.xlsx", write_xlsx),
     ]
     paths: list[Path] = []

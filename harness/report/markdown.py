@@ -13,6 +13,7 @@ from harness.report.files import write_text
 from harness.report.forest import FILENAME as FOREST_PNG
 from harness.report.forest import forest_rows
 from harness.report.heatmap import confusion_pngs
+from harness.report.training_plots import training_pngs
 from harness.textsafe import visible
 
 FILENAME = "report.md"
@@ -27,12 +28,14 @@ def write_markdown(report: dict[str, Any], out_dir: Path) -> Path:
     """Render the envelope as Markdown and write it; return the path."""
     # link the forest plot only if write_reports drew it (matplotlib may be missing)
     forest = (Path(out_dir) / FOREST_PNG).is_file() and bool(forest_rows(report)[0])
+    plots = {name for _, name in training_pngs(report) if (Path(out_dir) / name).is_file()}
     # the harness's own Markdown has no control characters: every one left came from a model or a dataset
-    return write_text(Path(out_dir) / FILENAME, visible(render_markdown(report, forest=forest)))
+    return write_text(Path(out_dir) / FILENAME, visible(render_markdown(report, forest=forest, plots=plots)))
 
 
-def render_markdown(report: dict[str, Any], forest: bool = False) -> str:
-    """The whole report as one Markdown string; ``forest``: link comparison.png.
+def render_markdown(report: dict[str, Any], forest: bool = False, plots: set[str] | None = None) -> str:
+    """The whole report as one Markdown string; ``forest``: link comparison.png; ``plots``: the
+    training PNGs drawn (linked).
 
     An envelope that is only a comparison (``python -m harness.comparison report``) gets only that section."""
     if set(report) == {"comparison"}:
@@ -42,7 +45,8 @@ def render_markdown(report: dict[str, Any], forest: bool = False) -> str:
     cases: list[dict[str, Any]] = report.get("cases") or []
     parts = [
         f"# LLM eval report — run {_text(run.get('id'))}\n",
-        _overview(run, suites),
+        # training gates count in the verdict as eval gates do
+        _overview(run, [*suites, *({"gates": t.get("gates")} for t in report.get("training") or [])]),
         _summary(suites),
         _comparison(report, forest),
         _gates(suites),
@@ -50,6 +54,7 @@ def render_markdown(report: dict[str, Any], forest: bool = False) -> str:
         _confusion(report),
         _tool_calls(suites),
         _worst(suites, cases),
+        _training(report, plots or set()),
         _repro(run),
     ]
     return "\n".join(p for p in parts if p)
@@ -296,6 +301,30 @@ def _determinism_audit(report: dict[str, Any]) -> str:
             "a gate whose outcome flips is failed as unstable.\n")
     table = _table(["Suite", "Model", "Re-sent", "Replies changed", "Scores changed", "Unstable gates"], rows)
     return "\n".join([head, table, *(["\n".join(notes) + "\n"] if notes else [])])
+
+
+def _training(report: dict[str, Any], plots: set[str]) -> str:
+    """Per training job: versions, its gates, its key metrics and the curves' PNG."""
+    pngs = {id(entry): name for entry, name in training_pngs(report) if name in plots}
+    parts = []
+    for entry in report.get("training") or []:
+        versions = entry.get("versions") or {}
+        lines = [f"### {_md(entry.get('job'))} ({_md(entry.get('trainer'))})\n"]
+        if versions:
+            lines.append("Versions: " + ", ".join(f"{_md(k)} {_code(_md(v, html=False))}" for k, v in versions.items())
+                         + f" · wall {_num(entry.get('wall_s'))} s\n")
+        if entry.get("error"):
+            lines.append(f"**Run failed**: {_md(entry['error'])}\n")
+        gates = [[_code(_md(g.get("expr"), html=False)), _status(g.get("status")), _md(g.get("reason"))]
+                 for g in entry.get("gates") or []]
+        lines.append(_table(["gate", "outcome", "reason"], gates))
+        metrics = entry.get("metrics") or {}
+        if metrics:
+            lines.append(_table(["metric", "value"], [[_md(k), _num(v)] for k, v in metrics.items()]))
+        if id(entry) in pngs:
+            lines.append(f"![training curves of {_alt(_md(entry.get('job')))}]({pngs[id(entry)]})\n")
+        parts.append("\n".join(lines))
+    return "## Training\n\n" + "\n".join(parts) if parts else ""
 
 
 def _gates(suites: list[dict[str, Any]]) -> str:

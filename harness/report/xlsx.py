@@ -25,6 +25,7 @@ from harness.report.forest import FILENAME as FOREST_PNG
 from harness.report.forest import forest_rows
 from harness.report.heatmap import confusion_pngs, confusion_table
 from harness.report.markdown import is_bad, tool_table_rows
+from harness.report.training_plots import step_columns, step_rows, training_pngs
 from harness.textsafe import has_unsafe, visible
 
 if TYPE_CHECKING:
@@ -114,8 +115,25 @@ def write_xlsx(report: dict[str, Any], out_dir: Path) -> Path:
     )
     if pairs is not None:
         _fill(wb.create_sheet("disagreements"), DISAGREEMENT_COLUMNS, _disagreement_rows(pairs))
+    _training_sheets(wb, report, out_dir, taken)
 
     return write_atomic(out_dir / FILENAME, wb.save)
+
+
+def _training_sheets(wb: Workbook, report: dict[str, Any], out_dir: Path, taken: set[str]) -> None:
+    """A ``training_<job>`` sheet per job: one row per logged step, its curves' PNG beside them when drawn."""
+    from openpyxl.utils import get_column_letter
+
+    pngs = {id(entry): out_dir / name for entry, name in training_pngs(report)}
+    for entry in report.get("training") or []:
+        history = entry.get("log_history") or []
+        columns = step_columns(history)
+        rows = [[row.get(key) for key in columns] for row in step_rows(history)]
+        ws = wb.create_sheet(sheet_title(f"training_{entry.get('job')}", taken))
+        _fill(ws, columns, rows)
+        png = pngs.get(id(entry))
+        if png is not None and png.is_file():
+            _add_image(ws, png, f"{get_column_letter(len(columns) + 2)}2")
 
 
 def sheet_title(raw: str, taken: set[str]) -> str:

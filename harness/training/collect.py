@@ -43,13 +43,15 @@ class TrainGateItem(pytest.Item):
         super().__init__(**kwargs)
         self.job = job
         self.gate = gate
+        self.run: TrainRun | None = None  # the job's run, once runtest got it
+        self.reason = ""  # why the gate held or failed, for the reports
         for mark in marks:
             self.add_marker(mark)
 
     def runtest(self) -> None:
         from harness.training.shared import shared_run
 
-        run = shared_run(self.config, self.job)
+        run = self.run = shared_run(self.config, self.job)
         self.user_properties.extend([("job", self.job.name), ("run_dir", run.output_dir)])
         if run.error:
             self._fail(f"the run failed: {run.error}")
@@ -63,6 +65,7 @@ class TrainGateItem(pytest.Item):
         if check is None:
             self._fail(f"the run has no check {self.gate!r} (it has: {', '.join(sorted(run.checks)) or 'none'})")
         passed = check.get("passed") is True
+        self.reason = str(check.get("reason", ""))
         self.user_properties.extend([("check", self.gate), ("passed", passed), ("reason", check.get("reason", ""))])
         self.user_properties.extend((key, check[key]) for key in ("value", "threshold") if key in check)
         if not passed:
@@ -78,11 +81,28 @@ class TrainGateItem(pytest.Item):
         if gate.metric not in run.metrics:
             self._fail(f"unknown metric {gate.metric!r}; this run has: {', '.join(sorted(run.metrics)) or 'none'}")
         result = evaluate_gate(gate, run.metrics)
+        self.reason = result.reason or f"{gate.metric} = {run.metrics.get(gate.metric)}"
         if result.status != "passed":
             self._fail(result.reason)
 
     def _fail(self, reason: str) -> NoReturn:
+        self.reason = reason
         raise TrainGateFailed(f"training gate {self.gate} on job {self.job.name}: failed: {reason}")
+
+    def training_summary(self, passed: bool) -> dict[str, Any] | None:
+        """The run and this gate's outcome, as ``report.llm_training`` carries them to the controller."""
+        if self.run is None:
+            return None
+        import json
+
+        run = self.run
+        summary = {"job": self.job.name, "trainer": run.trainer, "config": dict(self.job.config),
+                   "output_dir": run.output_dir, "checks": run.checks, "metrics": run.metrics,
+                   "versions": run.versions, "wall_s": run.wall_s, "error": run.error,
+                   "log_history": run.log_history, "gate": {"expr": self.gate, "passed": passed, "reason": self.reason}}
+        # JSON primitives only: the report crosses to the xdist controller through execnet, which refuses
+        # library types (torch's TorchVersion, numpy scalars) that the process that trained still holds
+        return json.loads(json.dumps(summary, default=str))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, TrainGateFailed):

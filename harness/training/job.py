@@ -44,7 +44,8 @@ ROLES: dict[str, tuple[str, ...]] = {
     "grpo": ("prompt",),
 }
 CONVERSATIONAL_ROLES = ("messages",)  # sft on whole conversations, instead of prompt/completion
-CHECKS = ("label_mask", "training_happened", "stop_tokens", "checkpoint_roundtrip", "reference_model")
+CHECKS = ("label_mask", "training_happened", "stop_tokens", "checkpoint_roundtrip", "reference_model", "trajectory")
+OPT_IN_CHECKS = ("trajectory",)  # needs a committed reference file: never a default gate
 CHECK_TRAINERS = {"reference_model": ("dpo",)}  # checks the engine computes for some trainers only
 CONFIG_INTS = ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
                "logging_steps", "num_generations", "max_prompt_length", "max_completion_length")
@@ -79,7 +80,7 @@ class JobError(Exception):
 
 
 def default_gates(trainer: str) -> tuple[str, ...]:
-    return tuple(c for c in CHECKS if trainer in CHECK_TRAINERS.get(c, (trainer,)))
+    return tuple(c for c in CHECKS if trainer in CHECK_TRAINERS.get(c, (trainer,)) and c not in OPT_IN_CHECKS)
 
 
 def _key_lines(text: str) -> dict[str, int]:

@@ -138,7 +138,8 @@ def _run(job: TrainJob, output_dir: Path, run: TrainRun, make_reference: Callabl
     import transformers
     import trl
 
-    run.versions = {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__}
+    run.versions = {"trl": str(trl.__version__), "transformers": str(transformers.__version__),
+                    "torch": str(torch.__version__)}
     # a pytest run's output is the harness's; the libraries' progress bars would fill it per map and save
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
@@ -194,6 +195,10 @@ def _run(job: TrainJob, output_dir: Path, run: TrainRun, make_reference: Callabl
     run.checks["stop_tokens"] = checks.stop_tokens(trained, tokenizer, end_of_turn_id, prompt_ids)
     run.checks["checkpoint_roundtrip"] = checks.checkpoint_roundtrip(trained, tokenizer, output_dir, _batch(trainer))
     run.metrics = _metrics(run.log_history, train_s, run.checks["stop_tokens"])
+    if "trajectory" in job.gates:  # opt-in: it reads the committed reference beside the job file
+        from .trajectory import check as trajectory_check
+
+        run.checks["trajectory"] = trajectory_check(run.log_history, job.path)
 
 
 def _quiet(trainer: Any) -> None:
