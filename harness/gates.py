@@ -25,6 +25,11 @@ COMPARISON_FUNCTIONS = ("delta", "p_value", "mcnemar_p", "ratio")
 COMPARISON_COUNTS = ("improved_cases", "regressed_cases", "unchanged_cases", "unmatched_cases")
 
 
+def base_metric(metric: str) -> str:
+    """The suite metric a comparison figure is of: `delta(f1).lower` -> `f1`; others unchanged."""
+    return metric.split("(", 1)[1].split(")", 1)[0] if "(" in metric else metric
+
+
 def is_comparison(metric: str) -> bool:
     """Whether a gate's metric compares two arms (``delta(f1).lower``, ``regressed_cases``)."""
     return metric in COMPARISON_COUNTS or metric.split("(", 1)[0] in COMPARISON_FUNCTIONS and "(" in metric

@@ -15,7 +15,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Generator, Iterable
+from typing import TYPE_CHECKING, Any, Generator, Iterable
 
 import pytest
 
@@ -23,11 +23,13 @@ from harness.board import Board
 from harness.cache import cache_key
 from harness.engines.client import Reply
 from harness.collect import catalog, relpath
-from harness.comparison.runner import Comparisons
 from harness.plan import CaseRef, Plan, SuiteRun, Task, make_plan, refs_from_ids, refs_from_items
 from harness.results import CaseResult, SuiteResult
 from harness.run import RunState
 from harness.suite import Suite
+
+if TYPE_CHECKING:
+    from harness.comparison.runner import Comparisons
 
 SESSION_KEY = pytest.StashKey["EvalSession"]()
 PLUGIN_NAME = "llm-harness-session"
@@ -649,10 +651,11 @@ def _concluded(run: SuiteRun) -> bool:
     return run.result is not None and run.result is not _PENDING
 
 
-def comparisons_of(config: pytest.Config, models: list[str]) -> Comparisons:
+def comparisons_of(config: pytest.Config, models: list[str]) -> "Comparisons":
     """What this run compares, from ``--llm-reference`` and ``--llm-baseline`` (a bad baseline file or an
     unknown reference model is a usage error naming it)."""
     from harness.comparison.baseline import BaselineError, load_baseline
+    from harness.comparison.runner import Comparisons
 
     reference = config.getoption("llm_reference", None) or config.getini("llm_reference") or None
     if reference is not None and reference not in models:

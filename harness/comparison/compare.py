@@ -16,7 +16,7 @@ import numpy as np
 
 from harness.comparison.pairing import Arm, Pairing, pair_cases
 from harness.comparison.stats import correlation, mcnemar, minimum_detectable_difference, paired_bootstrap
-from harness.gates import is_comparison, parse_gate
+from harness.gates import base_metric, is_comparison, parse_gate
 from harness.results import CaseResult
 from harness.scoring.stats import CONFIDENCE, RESAMPLES, SEED
 from harness.suite import Suite
@@ -26,11 +26,6 @@ MIN_DISCORDANT = 10  # fewer discordant pairs: McNemar has little power
 MAX_DISAGREEMENTS = 500  # cases listed per pair where the two arms' scores differ
 LATENCY_PREFIXES = ("latency_", "ttft_", "tpot_")
 NOT_OUTCOMES = frozenset({"output_tokens_mean"})
-
-
-def base_metric(metric: str) -> str:
-    """`delta(f1).lower` -> `f1`."""
-    return metric.split("(", 1)[1].split(")", 1)[0] if "(" in metric else metric
 
 
 @dataclass

@@ -8,17 +8,16 @@ baseline instead."""
 from __future__ import annotations
 
 import threading
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from harness.comparison.baseline import Baseline, BaselineError
-from harness.comparison.compare import PairComparison, base_metric, compare_suite, refused
 from harness.comparison.pairing import Arm
-from harness.comparison.stats import holm
-from harness.gates import Gate
+from harness.gates import Gate, base_metric
 from harness.results import CaseResult, GateResult
-from harness.scoring.stats import CONFIDENCE, RESAMPLES, SEED
 from harness.suite import Suite
-from harness.suite_metrics import is_timing_metric
+
+if TYPE_CHECKING:  # numpy and scipy load when a comparison is made, not with the plugin
+    from harness.comparison.compare import PairComparison
 
 
 
@@ -35,13 +34,26 @@ class Comparisons:
     """What a run compares (see the module docstring)."""
 
     def __init__(self, models: Sequence[str], reference: str | None = None, baseline: Baseline | None = None,
-                 resamples: int = RESAMPLES, seed: int = SEED) -> None:
+                 resamples: int | None = None, seed: int | None = None) -> None:
         self.models = list(models)
         self.baseline = baseline
         self.reference = reference_model(self.models, reference, baseline is not None)
-        self.resamples, self.seed = resamples, seed
+        # None: the library's defaults, read when a comparison is made (numpy loads then, not with the plugin)
+        self._resamples, self._seed = resamples, seed
         self._pairs: dict[tuple[str, str], PairComparison] = {}
         self._lock = threading.Lock()
+
+    @property
+    def resamples(self) -> int:
+        from harness.scoring.stats import RESAMPLES
+
+        return RESAMPLES if self._resamples is None else self._resamples
+
+    @property
+    def seed(self) -> int:
+        from harness.scoring.stats import SEED
+
+        return SEED if self._seed is None else self._seed
 
     @property
     def active(self) -> bool:
@@ -55,8 +67,9 @@ class Comparisons:
         return self.baseline is not None or self.reference_of(model) is not None
 
     def pair(self, suite: Suite, model: str, main: str, results: Sequence[CaseResult],
-             reference_results: Sequence[CaseResult] | None) -> PairComparison:
+             reference_results: Sequence[CaseResult] | None) -> "PairComparison":
         """``model``'s clean cases of a suite against its reference's (computed once)."""
+        from harness.comparison.compare import compare_suite
         key = (suite.name, model)
         with self._lock:
             if key in self._pairs:
@@ -72,12 +85,14 @@ class Comparisons:
         with self._lock:
             return self._pairs.setdefault(key, pair)
 
-    def add(self, pair: PairComparison) -> None:
+    def add(self, pair: "PairComparison") -> None:
         """A pair made elsewhere (the comparison CLI), for the block."""
         with self._lock:
             self._pairs[(pair.suite, f"{pair.candidate}\0{len(self._pairs)}")] = pair
 
-    def _against_baseline(self, suite: Suite, model: str, main: str, clean: list[CaseResult]) -> PairComparison:
+    def _against_baseline(self, suite: Suite, model: str, main: str, clean: list[CaseResult]) -> "PairComparison":
+        from harness.comparison.compare import compare_suite, refused
+
         assert self.baseline is not None
         try:
             entry = self.baseline.entry(suite.name, model)
@@ -92,7 +107,7 @@ class Comparisons:
         pair.warnings.extend(self.baseline.environment_warnings())
         return pair
 
-    def judge(self, gate: Gate, pair: PairComparison | None, suite_file: str, missing: str | None = None) -> GateResult:
+    def judge(self, gate: Gate, pair: "PairComparison | None", suite_file: str, missing: str | None = None) -> GateResult:
         """A comparison gate's verdict. ``delta(m) >= x`` (or ``>``) is judged on the interval's lower bound
         (the whole interval must clear x: non-inferiority), ``delta(m) <= x`` (or ``<``) on its upper bound."""
         base = dict(expr=gate.expr, metric=gate.metric, op=gate.op, threshold=gate.threshold)
@@ -115,6 +130,8 @@ class Comparisons:
         value = figures.get(judged)
         against = f"{pair.candidate} - {pair.reference}"
         if value is None:
+            from harness.suite_metrics import is_timing_metric
+
             if is_timing_metric(base_metric(metric)):
                 return GateResult(**base, value=None, status="skipped",
                                   reason=f"{base_metric(metric)} not measured on both sides (replies from the "
@@ -135,6 +152,9 @@ class Comparisons:
     def block(self) -> dict[str, Any] | None:
         """The report's ``comparison`` block: every pair, with Holm-adjusted p-values over the family
         (each suite's main metric and every metric a comparison gate names, over every pair)."""
+        from harness.comparison.stats import holm
+        from harness.scoring.stats import CONFIDENCE
+
         with self._lock:
             pairs = list(self._pairs.values())
         if not pairs:
