@@ -44,9 +44,11 @@ ROLES: dict[str, tuple[str, ...]] = {
     "grpo": ("prompt",),
 }
 CONVERSATIONAL_ROLES = ("messages",)  # sft on whole conversations, instead of prompt/completion
-CHECKS = ("label_mask", "training_happened", "stop_tokens", "checkpoint_roundtrip", "reference_model", "trajectory")
-OPT_IN_CHECKS = ("trajectory",)  # needs a committed reference file: never a default gate
-CHECK_TRAINERS = {"reference_model": ("dpo",)}  # checks the engine computes for some trainers only
+CHECKS = ("label_mask", "training_happened", "stop_tokens", "checkpoint_roundtrip", "reference_model", "trajectory", "padding",
+          "grad_accumulation")
+OPT_IN_CHECKS = ("trajectory", "padding", "grad_accumulation")  # trajectory: a committed reference; padding: extra generation;
+# grad_accumulation: two extra one-step runs
+CHECK_TRAINERS = {"reference_model": ("dpo",), "grad_accumulation": ("sft",)}  # checks the engine computes for some trainers only
 CONFIG_INTS = ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
                "logging_steps", "num_generations", "max_prompt_length", "max_completion_length")
 CONFIG_NUMBERS = ("learning_rate", "num_train_epochs", "beta", "warmup_ratio", "weight_decay")

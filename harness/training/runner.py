@@ -199,6 +199,17 @@ def _run(job: TrainJob, output_dir: Path, run: TrainRun, make_reference: Callabl
         from .trajectory import check as trajectory_check
 
         run.checks["trajectory"] = trajectory_check(run.log_history, job.path)
+    if "padding" in job.gates:  # opt-in: batched and one-by-one greedy generation
+        from .padding import check as padding_check
+
+        run.checks["padding"] = padding_check(trained, tokenizer, rows, trainer)
+    if "grad_accumulation" in job.gates:  # opt-in: two one-step runs from the saved initial weights
+        from transformers import AutoModelForCausalLM
+
+        from .accumulation import grad_accumulation_equivalence
+
+        run.checks["grad_accumulation"] = grad_accumulation_equivalence(
+            job, lambda: AutoModelForCausalLM.from_pretrained(output_dir / INITIAL, dtype=torch.float32), tokenizer, rows)
 
 
 def _quiet(trainer: Any) -> None:
