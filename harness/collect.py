@@ -217,11 +217,10 @@ class SuiteFile(pytest.File):
 
 def _reference_model(config: pytest.Config, models: list[str]) -> str | None:
     """The model others are compared against in a run of several models without a baseline (None otherwise)."""
-    from harness.comparison.runner import reference_model
+    from harness.comparison.runner import comparison_options, reference_model
 
-    baseline = bool(config.getoption("llm_baseline", None) or config.getini("llm_baseline"))
-    return reference_model(models, config.getoption("llm_reference", None) or config.getini("llm_reference") or None,
-                           baseline)
+    reference, baseline = comparison_options(config)
+    return reference_model(models, reference, baseline is not None)
 
 
 def _check_datasets(config: pytest.Config, suite: Suite) -> None:

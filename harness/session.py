@@ -655,16 +655,15 @@ def comparisons_of(config: pytest.Config, models: list[str]) -> "Comparisons":
     """What this run compares, from ``--llm-reference`` and ``--llm-baseline`` (a bad baseline file or an
     unknown reference model is a usage error naming it)."""
     from harness.comparison.baseline import BaselineError, load_baseline
-    from harness.comparison.runner import Comparisons
+    from harness.comparison.runner import Comparisons, comparison_options
 
-    reference = config.getoption("llm_reference", None) or config.getini("llm_reference") or None
+    reference, path = comparison_options(config)
     if reference is not None and reference not in models:
         raise pytest.UsageError(f"llm-harness: --llm-reference {reference!r} is not a model of this run "
                                 f"({', '.join(models)})")
     if config.getoption("llm_baseline_save", None) and not config.getoption("llm_baseline_reason", None):
         raise pytest.UsageError("llm-harness: --llm-baseline-save needs --llm-baseline-reason \"why\": a baseline "
                                 "is only ever replaced on purpose")
-    path = config.getoption("llm_baseline", None) or config.getini("llm_baseline") or None
     baseline = None
     if path:
         try:

@@ -21,6 +21,15 @@ if TYPE_CHECKING:  # numpy and scipy load when a comparison is made, not with th
 
 
 
+def comparison_options(config: Any) -> tuple[str | None, str | None]:
+    """``--llm-reference`` and ``--llm-baseline`` (or ini ``llm_reference``, ``llm_baseline``); None when unset."""
+
+    def value(name: str) -> str | None:
+        return config.getoption(name, None) or config.getini(name) or None
+
+    return value("llm_reference"), value("llm_baseline")
+
+
 def reference_model(models: Sequence[str], chosen: str | None, with_baseline: bool) -> str | None:
     """The model the others are compared against: none with a baseline or a single model."""
     if with_baseline or len(models) < 2:

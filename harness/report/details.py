@@ -23,6 +23,17 @@ def safe_filename(name: str) -> str:
     return _UNSAFE.sub("_", name).strip("._") or "suite"
 
 
+def unique_stem(stem: str, used: set[str]) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``... if taken (case-insensitively: file systems may fold case);
+    the result is added to ``used``. Two names may sanitise alike ("a b", "a/b"): never let one overwrite
+    the other."""
+    candidate, n = stem, 2
+    while candidate.lower() in used:
+        candidate, n = f"{stem}-{n}", n + 1
+    used.add(candidate.lower())
+    return candidate
+
+
 def detail_line(case: dict[str, Any]) -> dict[str, Any]:
     """One case in the InternBootcamp key order (the order is part of the format)."""
     return {
@@ -84,12 +95,7 @@ def write_details(report: dict[str, Any], out_dir: Path) -> list[Path]:
     paths: list[Path] = []
     used: set[str] = set()
     for key, rows in lines.items():
-        stem = safe_filename(names[key])
-        # two names may sanitise alike ("a b", "a/b"); never let one overwrite the other
-        candidate, n = stem, 2
-        while candidate.lower() in used:
-            candidate, n = f"{stem}-{n}", n + 1
-        used.add(candidate.lower())
+        candidate = unique_stem(safe_filename(names[key]), used)
         path = ddir / f"{candidate}.jsonl"
         write_text(path, "".join(r + "\n" for r in rows))
         paths.append(path)

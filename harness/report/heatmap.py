@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from harness.report.details import safe_filename
+from harness.report.details import safe_filename, unique_stem
 from harness.report.files import write_atomic
 from harness.textsafe import visible
 
@@ -45,12 +45,7 @@ def confusion_pngs(report: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
         raw = str(suite.get("name"))
         if len(models) > 1:
             raw += f"_{suite.get('model')}"
-        stem = PREFIX + safe_filename(raw)
-        # two names may sanitise alike ("a b", "a/b"); never let one overwrite the other
-        candidate, n = stem, 2
-        while candidate.lower() in used:
-            candidate, n = f"{stem}-{n}", n + 1
-        used.add(candidate.lower())
+        candidate = unique_stem(PREFIX + safe_filename(raw), used)
         out.append((suite, f"{candidate}.png"))
     return out
 

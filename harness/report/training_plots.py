@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from harness.report.details import safe_filename
+from harness.report.details import safe_filename, unique_stem
 from harness.report.files import write_atomic
 from harness.textsafe import visible
 
@@ -59,11 +59,7 @@ def training_pngs(report: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
     for entry in report.get("training") or []:
         if not isinstance(entry, dict) or not step_rows(entry.get("log_history") or []):
             continue
-        stem = PREFIX + safe_filename(str(entry.get("job")))
-        candidate, n = stem, 2
-        while candidate.lower() in used:
-            candidate, n = f"{stem}-{n}", n + 1
-        used.add(candidate.lower())
+        candidate = unique_stem(PREFIX + safe_filename(str(entry.get("job"))), used)
         out.append((entry, f"{candidate}.png"))
     return out
 
