@@ -12,6 +12,11 @@ import sys
 import pytest
 import yaml
 
+from harness.comparison.compare import PairComparison
+from harness.comparison.pairing import Arm, pair_cases
+from harness.comparison.runner import Comparisons
+from harness.gates import parse_gate
+from harness.results import CaseResult
 from tests.conftest import answer_cases, load_report, run_inline, write_suite
 
 N = 40
@@ -251,3 +256,43 @@ def test_a_different_environment_is_a_warning_not_a_refusal(pytester):
     result.assert_outcomes(passed=N + 1)
     (pair,) = load_report(pytester)["comparison"]["pairs"]
     assert any(w.startswith("environment differs from the baseline: numpy 0.0.1 -> ") for w in pair["warnings"])
+
+
+def test_two_models_on_the_command_line_print_the_paired_table(pytester, stub_url):
+    # the command, against a real server process on 127.0.0.1 serving both names
+    suite(pytester, ["delta(accuracy) >= -0.02"], cases=CASES[:12])
+    result = pytester.runpytest_subprocess("evals", "--llm-model", "stub", "--llm-model", "stub-b", "--llm-base-url",
+                                           stub_url, "--llm-report-dir", "out", "--llm-cache", "off",
+                                           "-p", "no:cacheprovider", timeout=300)
+    result.assert_outcomes(passed=2 * 12 + 1)
+    result.stdout.fnmatch_lines(["*llm-harness comparison*", "geo: stub-b vs stub, 12 paired",
+                                 "*accuracy*1*1*0 [[]0, 0[]]*",
+                                 "*only 12 paired cases (fewer than 30)*"])
+
+
+def test_pairing_names_every_case_it_leaves_out():
+    def arm(name, rows):
+        results = [CaseResult("geo", i, name, f"n::{i}", "d", 0, None, None, score=1.0) for i, _ in rows]
+        return Arm(name, results, [h for _, h in rows])
+
+    pairing = pair_cases(arm("a", [("c1", "h1"), ("c2", "h2"), ("c3", "h3"), ("c4", "h4"), ("c4", "h4")]),
+                         arm("b", [("c1", "h1"), ("c2", "changed"), ("c5", "h5"), ("c4", "h4")]))
+    assert [r.id for r in pairing.reference] == [r.id for r in pairing.candidate] == ["c1"]
+    assert pairing.changed_input == ["c2"] and pairing.only_reference == ["c3"]
+    assert pairing.only_candidate == ["c5"] and pairing.duplicates == ["c4"] and pairing.unmatched == 4
+
+
+@pytest.mark.parametrize("expr, status", [
+    ("delta(accuracy) >= -0.1", "passed"),     # lower bound -0.05 clears -0.1
+    ("delta(accuracy) >= -0.02", "failed"),    # the point -0.01 clears it, the lower bound does not
+    ("delta(accuracy) <= 0.01", "failed"),     # judged on the upper bound 0.03
+    ("delta(accuracy).lower > 0", "failed"),   # superiority
+    ("delta(accuracy) == -0.01", "passed"),    # the point
+    ("latency_p99_ms <= baseline * 1.25", "skipped"),  # not measured on one side
+])
+def test_comparison_gates_judge_the_bound_their_operator_names(expr, status):
+    pair = PairComparison("geo", "a", "b", figures={
+        "delta(accuracy)": -0.01, "delta(accuracy).lower": -0.05, "delta(accuracy).upper": 0.03,
+        "ratio(latency_p99_ms)": None})
+    verdict = Comparisons(["a", "b"]).judge(parse_gate(expr), pair, "evals/geo/suite.yaml")
+    assert verdict.status == status, verdict.reason
