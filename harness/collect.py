@@ -135,10 +135,50 @@ def _check_prompts(suite: Suite, cases: list[Case], keep: bool) -> None:
                                                   f"{render_problem(exc)}{more}")
 
 
-def _models(config: pytest.Config) -> list[str]:
+def suite_models(config: pytest.Config, suite: Suite) -> list[str]:
+    """The models a suite runs on: its own (``model: {train: ...}``: ``<job>-initial`` and ``<job>``),
+    registered with the process's run state, or else the run's models.
+
+    Every process that handles a suite's items loads the suite (collection; the xdist controller in
+    ``refs_from_ids``), so each derives the same models from the suite file: they need not travel to
+    the workers. A name that is also a model of the run, or that another suite gives another job, is
+    an error naming both."""
+    from harness.models import trained_specs
     from harness.run import run_state
 
-    return run_state(config).model_names
+    state = run_state(config)
+    if suite.trained is None:
+        return state.model_names
+    specs = trained_specs(suite.trained)
+    for spec in specs:
+        if spec.name in state.model_names:
+            raise SuiteError(suite.path, suite.trained.line,
+                             f"model {spec.name!r} (training job {suite.trained.job}, named by this suite's "
+                             f"'model') is also a model of the run ({_run_models_source(config)}): rename one")
+        known = state.suite_specs.get(spec.name)
+        if known is not None and known != spec:
+            raise SuiteError(suite.path, suite.trained.line,
+                             f"model {spec.name!r} is training job {suite.trained.job} here, but another suite "
+                             f"names a model {spec.name!r} from {known.model_path}: two jobs of one name cannot "
+                             f"both be models of a run")
+    for spec in specs:
+        state.suite_specs.setdefault(spec.name, spec)
+    return list(suite.trained.names)
+
+
+def _run_models_source(config: pytest.Config) -> str:
+    models_file = config.getoption("llm_models_file", None) or config.getini("llm_models_file")
+    named = config.getoption("llm_model", None) or config.getini("llm_model")
+    where = [f"--llm-models-file {models_file}" if models_file else "", "--llm-model" if named else ""]
+    return " and ".join(w for w in where if w) or "the default model"
+
+
+def suite_reference(config: pytest.Config, suite: Suite, models: list[str]) -> str | None:
+    """The model a suite's comparison gates compare the others against (it gets no such gate items):
+    a suite's own ``<job>-initial``, else the run's reference (None with a baseline or a single model)."""
+    if suite.trained is not None:
+        return suite.trained.initial if suite.trained.compare else None
+    return _reference_model(config, models)
 
 
 def _suite_marks(config: pytest.Config, suite: Suite) -> list[Any]:
@@ -163,7 +203,10 @@ class JsonlFile(pytest.File):
         except SuiteError as exc:
             raise self.CollectError(str(exc)) from exc
         catalog(self.config).record(suite, self.path.resolve(), cases)
-        models = _models(self.config)
+        try:
+            models = suite_models(self.config, suite)
+        except SuiteError as exc:
+            raise self.CollectError(str(exc)) from exc
         marks = [pytest.mark.llm_eval, *_suite_marks(self.config, suite)]
         attacked = [*marks, pytest.mark.llm_robustness]
         multi = len(models) > 1
@@ -191,16 +234,18 @@ class SuiteFile(pytest.File):
 
         try:
             suites = [s for s in suites_in(self.path.parent) if s.path == self.path.resolve()]
+            models_of = {}
             for suite in suites:
                 _check_scorer(suite)
                 _check_datasets(self.config, suite)
+                models_of[id(suite)] = suite_models(self.config, suite)
         except SuiteError as exc:
             raise self.CollectError(str(exc)) from exc
-        models = _models(self.config)
-        multi = len(models) > 1
-        reference = _reference_model(self.config, models)
         items = []
         for suite in suites:
+            models = models_of[id(suite)]
+            multi = len(models) > 1  # per suite: a suite of its own single model has no [model] suffix
+            reference = suite_reference(self.config, suite, models)
             marks = [pytest.mark.llm_gate, *_suite_marks(self.config, suite)]
             for expr in suite.gates:
                 gate = parse_gate(expr)

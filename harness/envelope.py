@@ -44,7 +44,7 @@ def build_envelope(record: RunRecord, args: list[str], workers: int,
     used_models = {r.model for r in record.results}
     sent = {r.model for r in record.results if not r.cached}
     engines = state.started_engines()
-    for spec in state.models:  # a remote server answered from the cache alone still gets its record
+    for spec in state.all_models:  # a remote server answered from the cache alone still gets its record
         if spec.name in used_models - sent and spec.name not in engines and not state.engine_of(spec.name).loads:
             try:
                 engines[spec.name] = state.engine(spec.name)
@@ -62,8 +62,8 @@ def build_envelope(record: RunRecord, args: list[str], workers: int,
         "rootdir": str(record.root),
         "pytest_args": args,
         "xdist_workers": workers,
-        "models": [model_metadata(spec, state.engine_of(spec.name), engines.get(spec.name)) for spec in state.models
-                   if spec.name in used_models],
+        "models": [model_metadata(spec, state.engine_of(spec.name), engines.get(spec.name)) for spec in
+                   state.all_models if spec.name in used_models],
         "generation": {"concurrency": state.settings.concurrency, "timeout_s": state.settings.timeout_s,
                        "retries": state.settings.retries, "deadline_s": state.settings.deadline_s,
                        "retry_passes": state.settings.retry_passes, "stream": state.settings.stream,
@@ -72,7 +72,7 @@ def build_envelope(record: RunRecord, args: list[str], workers: int,
         "suites_config": [s.config_dict() for s in suites],
         "reconciliation": record.reconciliation or {},
     }
-    secrets = [secret for spec in state.models for secret in model_secrets(spec)]
+    secrets = [secret for spec in state.all_models for secret in model_secrets(spec)]
     return {
         "schema": REPORT_SCHEMA,
         "version": SCHEMA_VERSION,

@@ -49,6 +49,16 @@ class ModelConfigError(ValueError):
     pass
 
 
+def trained_specs(trained: Any) -> list[ModelSpec]:
+    """A suite's own models (``model: {train: ...}``, a :class:`harness.suite.TrainedModel`): the job's
+    checkpoint and, unless the suite compares nothing, the model before training, reference first."""
+    job = str(trained.job)
+    specs = {trained.initial: ModelSpec(trained.initial, engine="trained", model_path=job,
+                                        options={"checkpoint": "initial"}),
+             trained.job_name: ModelSpec(trained.job_name, engine="trained", model_path=job)}
+    return [specs[name] for name in trained.names]
+
+
 def split_urls(value: str | list[str] | None) -> tuple[str, ...]:
     """`a,b` or a list: several base URLs of one model (data-parallel replicas)."""
     if not value:

@@ -90,12 +90,14 @@ def refs_from_items(items: Iterable[pytest.Item], root: Path) -> tuple[list[Case
     return cases, gates
 
 
-def refs_from_ids(ids: Iterable[str], root: Path, models: list[str],
+def refs_from_ids(ids: Iterable[str], root: Path, models_of: Callable[[Suite], list[str]],
                   cases_for: Callable[[Suite, Path], list[Case]]) -> tuple[list[CaseRef], list[GateRef]]:
-    """The items an xdist worker collected, rebuilt from their node ids (the controller collects nothing)."""
+    """The items an xdist worker collected, rebuilt from their node ids (the controller collects nothing).
+
+    ``models_of``: the models a suite runs on, as the workers' collection decided (harness.collect.suite_models);
+    a suite of more than one model has the ``[model]`` suffix on its node ids."""
     wanted = list(ids)
     files = dict.fromkeys(n.split("::", 1)[0] for n in wanted if "::" in n)
-    multi = len(models) > 1
     known: dict[str, CaseRef | GateRef] = {}
     for rel in files:
         path = root / rel
@@ -105,6 +107,8 @@ def refs_from_ids(ids: Iterable[str], root: Path, models: list[str],
                 if suite is None:
                     continue
                 dataset = path.resolve()
+                models = models_of(suite)
+                multi = len(models) > 1
                 for case in cases_for(suite, dataset):
                     for model in models:
                         nodeid = f"{rel}::{case_item_name(case.id, model, multi)}"
@@ -113,6 +117,8 @@ def refs_from_ids(ids: Iterable[str], root: Path, models: list[str],
                 for suite in suites_in(path.parent):
                     if suite.path != path.resolve():
                         continue
+                    models = models_of(suite)
+                    multi = len(models) > 1
                     for expr in suite.gates:
                         expr = parse_gate(expr).expr
                         for model in models:
@@ -125,18 +131,19 @@ def refs_from_ids(ids: Iterable[str], root: Path, models: list[str],
     return cases, gates
 
 
-def make_plan(cases: list[CaseRef], gates: list[GateRef], root: Path, models: list[str],
+def make_plan(cases: list[CaseRef], gates: list[GateRef], root: Path, models_of: Callable[[Suite], list[str]],
               cases_for: Callable[[Suite, Path], list[Case]],
               build: Callable[[CaseRef], Request],
-              reference_of: Callable[[str], str | None] = lambda model: None) -> Plan:
+              reference_of: Callable[[str, Suite], str | None] = lambda model, suite: None) -> Plan:
     """Group the selected items by suite and model and add the cases their gates need.
 
     A comparison gate (``delta(f1) >= -0.02``) also needs every clean case of the same suite on the
-    model it is compared against (``reference_of``)."""
+    model it is compared against (``reference_of(model, suite)``: a suite's own ``-initial`` model, or
+    the run's reference). ``models_of``: the models a suite runs on (its node ids carry ``[model]`` when
+    there are several)."""
     from harness.gates import is_comparison
     from harness.robustness import is_robustness_metric
 
-    multi = len(models) > 1
     runs: dict[tuple[int, str], SuiteRun] = {}
     every: dict[tuple[int, str], list[CaseRef]] = {}
     run_of: dict[str, SuiteRun] = {}
@@ -144,6 +151,7 @@ def make_plan(cases: list[CaseRef], gates: list[GateRef], root: Path, models: li
     def suite_run(suite: Suite, model: str) -> SuiteRun:
         key = (id(suite), model)
         if key not in runs:
+            multi = len(models_of(suite)) > 1
             refs = [CaseRef(f"{relpath(dataset, root)}::{case_item_name(case.id, model, multi)}", suite, case,
                             model, relpath(dataset, root))
                     for dataset in suite.datasets for case in cases_for(suite, dataset)]
@@ -171,7 +179,7 @@ def make_plan(cases: list[CaseRef], gates: list[GateRef], root: Path, models: li
         run_of[gate.nodeid] = run
         metric = parse_gate(gate.expr).metric
         pull(run, every[(id(gate.suite), gate.model)], is_robustness_metric(metric))
-        reference = reference_of(gate.model) if is_comparison(metric) else None
+        reference = reference_of(gate.model, gate.suite) if is_comparison(metric) else None
         if reference is not None:
             other = suite_run(gate.suite, reference)
             other.reference_for = True

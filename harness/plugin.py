@@ -111,6 +111,9 @@ def pytest_configure(config: pytest.Config) -> None:
     from harness.scoring.imports import configure as configure_imports
 
     configure_imports(config)  # every process (xdist workers too): what a suite file may import
+    from harness.suite import set_root
+
+    set_root(config.rootpath)  # every process: a suite's model.train may be relative to the rootdir
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and WORKERINPUT_KEY in workerinput:
         config.stash[STATE_KEY] = RunState.from_workerinput(workerinput[WORKERINPUT_KEY])

@@ -51,9 +51,12 @@ class RunState:
     run_id: str
     runtime_dir: Path
     owner_pid: int
-    models: list[ModelSpec]
+    models: list[ModelSpec]  # the run's models (models file, --llm-model, the bundled default)
     settings: Settings
     is_controller: bool
+    # models a suite names for itself (model: {train: ...}), registered by name when a process loads such a
+    # suite (collection; the xdist controller when it rebuilds the workers' items): never a plain suite's
+    suite_specs: dict[str, ModelSpec] = field(default_factory=dict)
     _board: Board | None = field(default=None, repr=False)
     _limiter: AdaptiveLimit | None = field(default=None, repr=False)
     _engines: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
@@ -81,13 +84,23 @@ class RunState:
 
     @property
     def model_names(self) -> list[str]:
+        """The run's models: those every suite without a model of its own runs on."""
         return [m.name for m in self.models]
 
+    @property
+    def all_models(self) -> list[ModelSpec]:
+        """The run's models, then the suites' own (in the order their suites were loaded)."""
+        return [*self.models, *self.suite_specs.values()]
+
+    @property
+    def all_model_names(self) -> list[str]:
+        return [m.name for m in self.all_models]
+
     def spec(self, model: str) -> ModelSpec:
-        for spec in self.models:
+        for spec in self.all_models:
             if spec.name == model:
                 return spec
-        raise KeyError(f"model {model!r} is not part of this run ({', '.join(self.model_names)})")
+        raise KeyError(f"model {model!r} is not part of this run ({', '.join(self.all_model_names)})")
 
     def board(self) -> Board:
         """The reply board: the controller's own without xdist, else the shared SQLite one."""

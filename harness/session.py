@@ -97,7 +97,7 @@ class EvalSession:
         if self.plan is not None or self.config.option.collectonly:
             return
         self._load_conftests(ids)
-        cases, gates = refs_from_ids(ids, self.root, self.state.model_names, catalog(self.config).cases)
+        cases, gates = refs_from_ids(ids, self.root, self._models_of, catalog(self.config).cases)
         self._start(cases, gates, self.state.board())
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -166,7 +166,7 @@ class EvalSession:
         if self.audit_k:
             from harness.audit import audit_block
 
-            envelope["audit"] = audit_block(self.audits, self.state.model_names)
+            envelope["audit"] = audit_block(self.audits, self.state.all_model_names)
         try:
             write_reports(envelope, out)
         except ReportsIncomplete as exc:
@@ -217,7 +217,7 @@ class EvalSession:
             from harness.audit import audit_block, audit_lines
 
             terminalreporter.section("llm-harness determinism audit")
-            for line in audit_lines(audit_block(self.audits, self.state.model_names)):
+            for line in audit_lines(audit_block(self.audits, self.state.all_model_names)):
                 terminalreporter.write_line(line, red="UNSTABLE" in line)
         if self.report_path is not None:
             terminalreporter.write_line(f"reports: {self.report_path}")
@@ -232,6 +232,12 @@ class EvalSession:
             terminalreporter.write_line(f"llm-harness: {failure}", red=True, bold=True)
 
     # -- planning and generation ----------------------------------------------------------------
+    def _models_of(self, suite: Suite) -> list[str]:
+        """The models a suite runs on (its own, registered here too, or the run's): as collection decides."""
+        from harness.collect import suite_models
+
+        return suite_models(self.config, suite)
+
     def _hook(self, suite: Suite) -> Any:
         """The hooks that apply to a suite's folder (conftest.py files above it included)."""
         return self.session.gethookproxy(suite.path) if self.session is not None else self.config.hook
@@ -257,7 +263,7 @@ class EvalSession:
         self.state.use_board(board)
         self._board = board
         self.plan = plan = make_plan(
-            cases, gates, self.root, self.state.model_names, catalog(self.config).cases,
+            cases, gates, self.root, self._models_of, catalog(self.config).cases,
             lambda ref: build_request(ref.suite, ref.case, ref.model, stream, hook=self._hook(ref.suite)),
             self.comparisons.reference_of)
         for run in plan.runs:
@@ -464,7 +470,7 @@ class EvalSession:
             run.result = SuiteResult(run.suite.name, run.model, run.suite.scorer, {}, gates, len(results), run.total,
                                      len(results) < run.total)
             comparing = set()
-        if not self.comparisons.compared(run.model) and self.comparisons.active:
+        if not self.comparisons.compared(run.model, run.suite) and self.comparisons.active_for(run.suite):
             # the reference model is what comparison gates compare against: they have no items on it
             run.result.gates = [g for g in run.result.gates if not is_comparison(g.metric)]
         if not stopped:
@@ -521,7 +527,7 @@ class EvalSession:
             comparing = {nodeid: expr for nodeid, expr in run.gates.items() if is_comparison(parse_gate(expr).metric)}
             if not comparing:
                 continue
-            reference = self.comparisons.reference_of(run.model)
+            reference = self.comparisons.reference_of(run.model, run.suite)
             other = runs.get(reference) if reference is not None else None
             with self._lock:
                 concluded = _concluded(run)
@@ -542,8 +548,14 @@ class EvalSession:
     def _judge_comparisons(self, run: SuiteRun, other: SuiteRun | None, gates: list[Any]) -> list[Any]:
         assert run.result is not None
         suite_file = relpath(run.suite.path, self.root)
-        if not self.comparisons.compared(run.model):
-            return [self.comparisons.judge(gate, None, suite_file) for gate in gates]
+        if not self.comparisons.compared(run.model, run.suite):
+            missing = None
+            if run.suite.trained is not None:  # model: {train: ..., compare: false}, and no baseline
+                missing = (f"{suite_file}: gate '{{expr}}' compares two arms, but this suite's model says "
+                           f"compare: false (the trained model only): drop the gate, set compare: initial, or "
+                           f"run against a saved run (--llm-baseline PATH)")
+            return [self.comparisons.judge(gate, None, suite_file, missing and missing.format(expr=gate.expr))
+                    for gate in gates]
         try:
             pair = self.comparisons.pair(run.suite, run.model, run.result.main_metric,
                                          self._ordered(run.results.values()),
@@ -584,7 +596,7 @@ class EvalSession:
             self._reconcile()
         for suite in {id(run.suite): run.suite for run in self.plan.runs}.values():
             self._compare(suite, stopped=self._stopped or "the run ended before the compared run was complete")
-        models = {name: index for index, name in enumerate(self.state.model_names)}
+        models = {name: index for index, name in enumerate(self.state.all_model_names)}
         concluded = [run.result for run in self.plan.runs if run.result is not None and run.result is not _PENDING]
         self.suite_results = sorted(concluded, key=lambda r: (r.name, models.get(r.model, 0)))
         self.comparison = self._comparison_block()
@@ -593,13 +605,11 @@ class EvalSession:
         """Every suite on every compared model against its reference, for the reports (pairs the gates
         already made are reused)."""
         assert self.plan is not None
-        if not self.comparisons.active:
-            return None
         runs = {(id(run.suite), run.model): run for run in self.plan.runs}
         for run in self.plan.runs:
-            if not _concluded(run) or not run.results or not self.comparisons.compared(run.model):
+            if not _concluded(run) or not run.results or not self.comparisons.compared(run.model, run.suite):
                 continue
-            reference = self.comparisons.reference_of(run.model)
+            reference = self.comparisons.reference_of(run.model, run.suite)
             other = runs.get((id(run.suite), reference)) if reference is not None else None
             if reference is not None and (other is None or not other.results):
                 continue
@@ -631,7 +641,7 @@ class EvalSession:
 
     def _ordered(self, results: Iterable[CaseResult]) -> list[CaseResult]:
         # reports list cases in data order, whichever worker finished first
-        models = {name: index for index, name in enumerate(self.state.model_names)}
+        models = {name: index for index, name in enumerate(self.state.all_model_names)}
         return sorted(results, key=lambda r: (r.suite, r.dataset, r.line, r.attack or "", models.get(r.model, 0)))
 
     def results(self) -> list[CaseResult]:

@@ -28,12 +28,15 @@ API_MODES = ("chat", "completion")
 GENERATION_KEYS = ("max_tokens", "temperature", "top_p", "stop", "seed")
 SUITE_KEYS = {
     "name", "description", "dataset", "datasets", "fields", "prompt", "api", "chat_template",
-    "generation", "extract", "scorer", "pass", "gates", "markers", "extra_body", "robustness", "truncated",
+    "generation", "extract", "scorer", "pass", "gates", "markers", "extra_body", "robustness", "truncated", "model",
 }
+MODEL_KEYS = ("train", "compare")  # a suite's own model: model: {train: <job>, compare: initial | false}
 LINE_ID = "@line"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _DATASET_ENTRIES: dict[Path, tuple[str, ...]] = {}  # suite file -> its dataset entries, to see a glob's matches change
 _GENERATIONS: dict[Path, int] = {}  # folder -> how often its suites were reloaded for that reason
+_ROOT: list[Path] = []  # the pytest rootdir (harness.plugin sets it): a suite's model.train may be relative to it
+_JOBS_LOADING: set[Path] = set()  # job files loading for a suite's model (a job's eval suite may name the job)
 
 
 class SuiteError(Exception):
@@ -69,6 +72,37 @@ class PromptSpec:
     few_shot: tuple[dict[str, Any], ...] = ()
 
 
+@dataclass(frozen=True)
+class TrainedModel:
+    """A suite's own model (``model: {train: training/sft_capitals}``): a training job's checkpoint of this
+    run, served with the CPU engine (``engine: trained``), and unless ``compare`` is false the job's model
+    before training too, listed first: the reference of the suite's comparison gates."""
+
+    job: Path  # the job file, resolved
+    job_name: str
+    compare: bool = True  # compare: initial (the default) | false
+    entry: str = ""  # model.train as the suite file gives it (reports)
+    line: int | None = None  # the suite file's line of 'model:', for errors
+
+    @property
+    def initial(self) -> str:
+        """The model before training: ``<job name>-initial``."""
+        return f"{self.job_name}-initial"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The suite's models, the reference first."""
+        return (self.initial, self.job_name) if self.compare else (self.job_name,)
+
+    def reference_of(self, model: str) -> str | None:
+        """The model ``model`` is compared against in this suite; None for the reference (or without compare)."""
+        return self.initial if self.compare and model == self.job_name else None
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"train": self.entry, "job": str(self.job), "compare": "initial" if self.compare else False,
+                "models": list(self.names)}
+
+
 @dataclass(frozen=True, eq=False)
 class Suite:
     """A suite file, resolved: where its data is and how its cases are run and judged."""
@@ -90,6 +124,7 @@ class Suite:
     extra_body: dict[str, Any] = field(default_factory=dict)
     robustness: RobustnessSpec | None = None
     truncated: str = "record"  # a reply cut off at max_tokens: "record" it, or make it an "error"
+    trained: TrainedModel | None = None  # model: {train: ...}: the suite runs on its own models only
 
     def config_dict(self) -> dict[str, Any]:
         """The suite's settings as they appear in report metadata."""
@@ -107,6 +142,7 @@ class Suite:
             "gates": list(self.gates),
             "robustness": self.robustness.config_dict() if self.robustness else None,
             "truncated": self.truncated,
+            **({"model": self.trained.config_dict()} if self.trained is not None else {}),
         }
 
 
@@ -268,6 +304,7 @@ def load_suite(path: Path) -> Suite:
     truncated = raw.get("truncated", "record")
     if truncated not in ("record", "error"):
         raise fail("truncated", f"'truncated' must be record or error, not {truncated!r}")
+    trained = _trained_model(path, text, raw["model"]) if "model" in raw else None
 
     return Suite(
         name=name.strip(),
@@ -287,7 +324,88 @@ def load_suite(path: Path) -> Suite:
         extra_body=dict(extra_body),
         robustness=robustness,
         truncated=truncated,
+        trained=trained,
     )
+
+
+def set_root(root: Path | None) -> None:
+    """The pytest rootdir: a suite's ``model.train`` not found beside the suite file is looked for there
+    (the working directory when none is set, as for ``python -m harness.comparison``)."""
+    _ROOT[:] = [Path(root).resolve()] if root is not None else []
+
+
+def _sub_line(text: str, key: str, sub: str) -> int | None:
+    """Best-effort line of ``sub`` inside the top-level mapping ``key`` (block or flow style)."""
+    start = _line_of(text, key)
+    if start is None:
+        return None
+    lines = text.splitlines()
+    pattern = re.compile(rf"(^|[\s{{,]){re.escape(sub)}\s*:")
+    for number in range(start, len(lines) + 1):
+        line = lines[number - 1]
+        if number > start and line[:1] not in (" ", "\t", "#", ""):
+            break  # the next top-level key
+        if pattern.search(line.split("#", 1)[0] if number > start else line.partition(":")[2].split("#", 1)[0]):
+            return number
+    return start
+
+
+def _trained_model(path: Path, text: str, raw: Any) -> TrainedModel:
+    """``model: {train: <job folder or job.yaml>, compare: initial | false}``: the path is relative to the
+    suite's folder, else to the rootdir; the job is loaded (YAML and its data's first rows, no torch)."""
+    from harness.training.job import JOB_FILE_NAMES, JobError, is_job_file, load_job
+
+    def fail(sub: str | None, message: str) -> SuiteError:
+        line = _sub_line(text, "model", sub) if sub else _line_of(text, "model")
+        return SuiteError(path, line, message)
+
+    shape = "model: {train: <job folder or job.yaml>, compare: initial | false}"
+    if not isinstance(raw, dict):
+        raise fail(None, f"'model' must be a mapping, {shape}, not {raw!r}")
+    unknown = sorted(str(k) for k in raw if k not in MODEL_KEYS)
+    if unknown:
+        raise fail(unknown[0], f"unknown model key {unknown[0]!r}; known: {', '.join(MODEL_KEYS)} ({shape})")
+    entry = raw.get("train")
+    if "train" not in raw:
+        raise fail(None, f"'model' needs 'train': the training job whose checkpoint this suite evaluates ({shape})")
+    if not isinstance(entry, str) or not entry.strip():
+        raise fail("train", f"'model.train' must be a job folder or job.yaml path, not {entry!r}")
+    compare = raw.get("compare", "initial")
+    if compare not in ("initial", False):
+        raise fail("compare", f"'model.compare' must be initial (compare with the model before training, the "
+                              f"default) or false (the trained model only), not {compare!r}")
+    roots = [path.parent.resolve(), *(_ROOT or [Path.cwd().resolve()])]
+    found = next((candidate for root in roots if (candidate := (root / entry)).exists()), None)
+    if found is None:
+        raise fail("train", f"'model.train' {entry!r} not found (looked in the suite's folder {roots[0]} and the "
+                            f"rootdir {roots[1]})")
+    job = found = found.resolve()
+    if found.is_dir():
+        job = next((found / name for name in JOB_FILE_NAMES if is_job_file(found / name)), found / JOB_FILE_NAMES[0])
+    if not is_job_file(job):
+        what = f"the folder {found} holds no job file" if found.is_dir() else f"{job} is not a job file"
+        raise fail("train", f"'model.train' {entry!r} is not a training job: {what} "
+                            f"(a {' or '.join(JOB_FILE_NAMES)} that declares trainer:)")
+    job = job.resolve()
+    if job in _JOBS_LOADING:  # the job names this suite (its eval or reward): its name is all this needs
+        return TrainedModel(job, _job_name(job), compare is not False, entry, _line_of(text, "model"))
+    _JOBS_LOADING.add(job)
+    try:
+        loaded = load_job(job)
+    except JobError as exc:
+        raise fail("train", f"'model.train' {entry!r}: the training job is not valid: {exc}") from exc
+    finally:
+        _JOBS_LOADING.discard(job)
+    return TrainedModel(loaded.path, loaded.name, compare is not False, entry, _line_of(text, "model"))
+
+
+def _job_name(job: Path) -> str:
+    try:
+        raw = yaml.safe_load(job.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        raw = None
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return name if isinstance(name, str) and name else job.parent.name
 
 
 def _resolve_files(options: Any, base: Path) -> Any:
@@ -403,7 +521,8 @@ def under_suite(file_path: Path, top: Path | None = None) -> bool:
 
 
 @lru_cache(maxsize=None)
-def _suites_in(directory: Path, stamp: tuple[tuple[str, int, int], ...], generation: int) -> tuple[Suite, ...]:
+def _suites_in(directory: Path, stamp: tuple[tuple[str, int, int], ...], generation: int,
+               root: tuple[Path, ...] = ()) -> tuple[Suite, ...]:
     return tuple(load_suite(Path(p)) for p, _, _ in stamp)
 
 
@@ -412,10 +531,11 @@ def suites_in(directory: Path) -> tuple[Suite, ...]:
     glob matches other files (collection and the run's plan match suites by identity)."""
     directory = directory.resolve()
     stamp = tuple((str(p), st.st_mtime_ns, st.st_size) for p in suite_files_in(directory) for st in [p.stat()])
-    suites = _suites_in(directory, stamp, _GENERATIONS.get(directory, 0))
+    # the rootdir is part of the key: a suite's model.train may be relative to it
+    suites = _suites_in(directory, stamp, _GENERATIONS.get(directory, 0), tuple(_ROOT))
     if not all(_globs_current(suite) for suite in suites):
         _GENERATIONS[directory] = _GENERATIONS.get(directory, 0) + 1
-        suites = _suites_in(directory, stamp, _GENERATIONS[directory])
+        suites = _suites_in(directory, stamp, _GENERATIONS[directory], tuple(_ROOT))
     return suites
 
 

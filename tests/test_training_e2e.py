@@ -1,9 +1,10 @@
 """The bundled training jobs, for real (TRL on tiny offline models): their gates pass, each job trains
 once per run with two workers, and the trained checkpoint is evaluated in the same run against the
-model before training (paired comparison gates)."""
+model before training (paired comparison gates): the suite names the job as its model, no models file."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -33,13 +34,20 @@ def test_train_then_evaluate_in_one_run_with_two_workers(tmp_path: Path) -> None
     env = {**__import__("os").environ, "LLM_HARNESS_TRAIN_RUNNER": f"{tmp_path / 'runner.py'}:run_job"}
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "training", "examples/train_then_eval", "-n", "2", "-p", "no:cacheprovider",
-         "--llm-models-file", "examples/train_then_eval/models.yaml", "--llm-report-dir", "out",
-         "--llm-cache", "off", "-q"],
+         "--llm-report-dir", "out", "--llm-cache", "off", "-q"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     # each job trained once, though its gates, and the two engines serving its checkpoints, ran in 3 processes
     runs = sorted(line.split()[0] for line in (tmp_path / "runs.log").read_text().splitlines())
-    assert runs == ["dpo_capitals", "sft_capitals"]
-    assert "capitals_trained: capitals-sft vs capitals-base, 24 paired" in done.stdout
+    assert len(runs) == len(set(runs)) and {"dpo_capitals", "sft_capitals"} <= set(runs), runs
+    # the suite's own models (model: {train: ...}): the job before training is the reference
+    assert "capitals_trained: sft_capitals vs sft_capitals-initial, 24 paired" in done.stdout
     report = (tmp_path / "out" / "report.md").read_text()
+    assert "### capitals_trained: sft_capitals vs sft_capitals-initial" in report
     assert "| **accuracy** (main) | 0 | 1 |" in report  # before training: none right; after: all
+    record = json.loads((tmp_path / "out" / "report.json").read_text())
+    gates = {(s["model"], g["expr"]): g["status"] for s in record["suites"] if s["name"] == "capitals_trained"
+             for g in s["gates"]}
+    assert gates == {("sft_capitals", "delta(accuracy) >= 0.5"): "passed",
+                     ("sft_capitals", "regressed_cases == 0"): "passed"}
+    assert [m["name"] for m in record["run"]["models"]] == ["sft_capitals-initial", "sft_capitals"]  # no other

@@ -3,7 +3,9 @@ and reports alike), comparison gates' verdicts, and the report's ``comparison`` 
 
 In a run of several models each model is compared against the reference model (``--llm-reference``,
 default the first); with ``--llm-baseline`` every model of the run is compared against the saved
-baseline instead."""
+baseline instead. A suite with models of its own (``model: {train: <job>}``) compares them among
+themselves whatever the run's options say: ``<job>`` against ``<job>-initial`` (with ``compare:
+false``, the trained model alone, against the baseline when there is one)."""
 
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ class Comparisons:
         # None: the library's defaults, read when a comparison is made (numpy loads then, not with the plugin)
         self._resamples, self._seed = resamples, seed
         self._pairs: dict[tuple[str, str], PairComparison] = {}
+        self._suite_references: dict[str, str] = {}  # suite -> its own reference model (model: {train: ...})
         self._lock = threading.Lock()
 
     @property
@@ -66,14 +69,29 @@ class Comparisons:
 
     @property
     def active(self) -> bool:
+        """Whether the run's models are compared (suites with models of their own: :meth:`active_for`)."""
         return self.baseline is not None or len(self.models) > 1
 
-    def reference_of(self, model: str) -> str | None:
-        """The model ``model`` is compared against; None: compared against the baseline, or not at all."""
+    def active_for(self, suite: Suite | None) -> bool:
+        """Whether the models of ``suite`` are compared with something."""
+        trained = getattr(suite, "trained", None)
+        if trained is not None:
+            return trained.compare or self.baseline is not None
+        return self.active
+
+    def reference_of(self, model: str, suite: Suite | None = None) -> str | None:
+        """The model ``model`` is compared against on ``suite``; None: compared against the baseline, or not
+        at all. A suite's own models answer for themselves (``<job>`` against ``<job>-initial``)."""
+        trained = getattr(suite, "trained", None)
+        if trained is not None:
+            return trained.reference_of(model)
         return None if model == self.reference else self.reference
 
-    def compared(self, model: str) -> bool:
-        return self.baseline is not None or self.reference_of(model) is not None
+    def compared(self, model: str, suite: Suite | None = None) -> bool:
+        trained = getattr(suite, "trained", None)
+        if trained is not None and trained.compare:
+            return trained.reference_of(model) is not None
+        return self.baseline is not None or self.reference_of(model, suite) is not None
 
     def pair(self, suite: Suite, model: str, main: str, results: Sequence[CaseResult],
              reference_results: Sequence[CaseResult] | None) -> "PairComparison":
@@ -84,14 +102,17 @@ class Comparisons:
             if key in self._pairs:
                 return self._pairs[key]
         clean = [r for r in results if r.attack is None]
-        if self.baseline is not None:
+        reference = self.reference_of(model, suite)
+        if reference is None and self.baseline is not None:
             pair = self._against_baseline(suite, model, main, clean)
         else:
-            assert reference_results is not None and self.reference is not None
+            assert reference_results is not None and reference is not None
             ref = [r for r in reference_results if r.attack is None]
-            pair = compare_suite(suite, Arm.of_run(self.reference, ref), Arm.of_run(model, clean), main,
+            pair = compare_suite(suite, Arm.of_run(reference, ref), Arm.of_run(model, clean), main,
                                  self.resamples, self.seed)
         with self._lock:
+            if getattr(suite, "trained", None) is not None and reference is not None:
+                self._suite_references[suite.name] = reference
             return self._pairs.setdefault(key, pair)
 
     def add(self, pair: "PairComparison") -> None:
@@ -171,9 +192,20 @@ class Comparisons:
         family = [row for pair in pairs for row in pair.rows if row.get("family") and row["p"] is not None]
         for row, adjusted in zip(family, holm([row["p"] for row in family])):
             row["p_holm"] = adjusted
-        reference = (self.baseline.describe() if self.baseline is not None else
-                     {"kind": "model", "name": self.reference, "path": None, "reason": None, "created": None,
-                      "git_commit": None})
+        with self._lock:
+            own = dict(self._suite_references)
+        # a suite's own models are compared among themselves: the run's reference is not theirs
+        run_pairs = [p for p in pairs if p.suite not in own]
+        if self.baseline is not None and run_pairs:
+            reference = self.baseline.describe()
+        else:
+            # only suites' own pairs: their reference, when they share one
+            owned = set(own.values())
+            name = self.reference if run_pairs else (owned.pop() if len(owned) == 1 else None)
+            reference = {"kind": "model", "name": name, "path": None, "reason": None, "created": None,
+                         "git_commit": None}
+        if own:
+            reference["suites"] = own  # suite -> the reference of its own models (<job>-initial)
         pairs.sort(key=lambda p: (p.suite, self.models.index(p.candidate) if p.candidate in self.models else 0))
         return {"reference": reference, "resamples": self.resamples, "confidence": CONFIDENCE, "seed": self.seed,
                 "family": {"size": len(family), "method": "holm",

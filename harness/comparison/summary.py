@@ -25,6 +25,11 @@ def comparison_lines(block: dict[str, Any]) -> list[str]:
     ref = block["reference"]
     head = (f"against baseline {visible(str(ref.get('path')))} ({visible(str(ref.get('reason') or ''))})"
             if ref["kind"] == "baseline" else f"against {visible(str(ref['name']))}")
+    # suites with models of their own (model: {train: ...}) compare them with their own reference
+    own = {suite: name for suite, name in (ref.get("suites") or {}).items() if name != ref.get("name")}
+    if own:
+        each = ", ".join(f"{visible(str(suite))} against {visible(str(name))}" for suite, name in own.items())
+        head = f"{head}; {each}" if ref.get("name") is not None or ref["kind"] == "baseline" else each
     lines = [f"paired comparison {head}: {block['resamples']} bootstrap resamples, "
              f"{block['confidence']:.0%} intervals, Holm over {block['family']['size']} comparison(s)"]
     for pair in block["pairs"]:

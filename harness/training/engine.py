@@ -8,6 +8,9 @@ before training, so a suite can compare the two with paired statistics::
     - {name: capitals-base, engine: trained, model_path: training/sft_capitals/job.yaml,
        options: {checkpoint: initial}}
 
+An eval suite can name the job itself (``model: {train: training/sft_capitals}``): the harness then makes
+these two models for that suite alone, ``<job>-initial`` and ``<job>`` (harness.models.trained_specs).
+
 The job runs once per pytest run, shared with its gate items and ``llm_train`` (whichever needs it
 first trains it); a job whose run failed is an engine that did not start, with the run's error.
 """
