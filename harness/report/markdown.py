@@ -13,7 +13,7 @@ from harness.report.files import write_text
 from harness.report.forest import FILENAME as FOREST_PNG
 from harness.report.forest import forest_rows
 from harness.report.heatmap import confusion_pngs
-from harness.report.training_plots import training_pngs
+from harness.report.training_plots import throughput_pngs, training_pngs
 from harness.textsafe import visible
 
 FILENAME = "report.md"
@@ -28,7 +28,7 @@ def write_markdown(report: dict[str, Any], out_dir: Path) -> Path:
     """Render the envelope as Markdown and write it; return the path."""
     # link the forest plot only if write_reports drew it (matplotlib may be missing)
     forest = (Path(out_dir) / FOREST_PNG).is_file() and bool(forest_rows(report)[0])
-    plots = {name for _, name in training_pngs(report) if (Path(out_dir) / name).is_file()}
+    plots = {name for _, name in [*training_pngs(report), *throughput_pngs(report)] if (Path(out_dir) / name).is_file()}
     # the harness's own Markdown has no control characters: every one left came from a model or a dataset
     return write_text(Path(out_dir) / FILENAME, visible(render_markdown(report, forest=forest, plots=plots)))
 
@@ -138,6 +138,12 @@ def _comparison_header(comparison: dict[str, Any]) -> str:
             line += f"; reason: {_md(ref['reason'])}"
     else:
         line = f"Reference: model **{_md(ref.get('name'))}**"
+    # suites with models of their own (model: {train: ...}) compare them with their own reference
+    own = ref.get("suites") if isinstance(ref.get("suites"), dict) else {}
+    if own := {suite: name for suite, name in own.items() if name != ref.get("name")}:
+        each = ", ".join(f"{_md(suite)}: **{_md(name)}**" for suite, name in own.items())
+        line = f"{line} ({each})" if ref.get("name") is not None or ref.get("kind") == "baseline" else \
+            f"Reference: per suite ({each})"
     family = comparison.get("family") or {}
     confidence = comparison.get("confidence")
     level = f"{confidence * 100:g}%" if _finite(confidence) else _num(confidence)
@@ -304,8 +310,9 @@ def _determinism_audit(report: dict[str, Any]) -> str:
 
 
 def _training(report: dict[str, Any], plots: set[str]) -> str:
-    """Per training job: versions, its gates, its key metrics and the curves' PNG."""
+    """Per training job: versions, its gates, its key metrics, the curves' PNG and the throughput PNG."""
     pngs = {id(entry): name for entry, name in training_pngs(report) if name in plots}
+    throughput = {id(entry): name for entry, name in throughput_pngs(report) if name in plots}
     parts = []
     for entry in report.get("training") or []:
         versions = entry.get("versions") or {}
@@ -323,6 +330,8 @@ def _training(report: dict[str, Any], plots: set[str]) -> str:
             lines.append(_table(["metric", "value"], [[_md(k), _num(v)] for k, v in metrics.items()]))
         if id(entry) in pngs:
             lines.append(f"![training curves of {_alt(_md(entry.get('job')))}]({pngs[id(entry)]})\n")
+        if id(entry) in throughput:
+            lines.append(f"![throughput and memory of {_alt(_md(entry.get('job')))}]({throughput[id(entry)]})\n")
         parts.append("\n".join(lines))
     return "## Training\n\n" + "\n".join(parts) if parts else ""
 

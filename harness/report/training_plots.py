@@ -1,5 +1,6 @@
-"""The training block of a run's reports: one entry per job (gathered from its gate items' reports)
-and ``training_<job>.png``, the job's loss, grad_norm and learning_rate per logged step.
+"""The training block of a run's reports: one entry per job (gathered from its gate items' reports),
+``training_<job>.png``, the job's loss, grad_norm and learning_rate per logged step, and
+``training_<job>_throughput.png``, its samples/s, tokens/s and memory per optimizer step (the run's telemetry).
 
 matplotlib is imported inside the drawing function only, with the Agg canvas and the object API
 (never pyplot), as harness.report.heatmap does.
@@ -14,11 +15,14 @@ from typing import Any
 from harness.report.details import safe_filename, unique_stem
 from harness.report.files import write_atomic
 from harness.textsafe import visible
+from harness.training.telemetry import FIELDS as TELEMETRY_COLUMNS
 
 PREFIX = "training_"
 CURVES = ("loss", "grad_norm", "learning_rate")
 STEP_COLUMNS = ["step", *CURVES]
 _EXTRA_PREFIXES = ("rewards/", "logps/")  # DPO's figures, as TRL logs them
+THROUGHPUT_SUFFIX = "_throughput"
+MEMORY_CURVES = {"rss_mb": "RSS", "cuda_max_allocated_mb": "CUDA max allocated", "gpu_used_mb": "GPU used (NVML)"}
 
 
 def add_training_gate(entries: dict[str, dict[str, Any]], summary: dict[str, Any]) -> None:
@@ -30,6 +34,7 @@ def add_training_gate(entries: dict[str, dict[str, Any]], summary: dict[str, Any
             "job": job, "trainer": summary.get("trainer"), "config": summary.get("config") or {},
             "versions": summary.get("versions") or {}, "metrics": summary.get("metrics") or {},
             "checks": summary.get("checks") or {}, "gates": [], "log_history": summary.get("log_history") or [],
+            "telemetry": summary.get("telemetry") or [],
             "error": summary.get("error"), "output_dir": summary.get("output_dir"), "wall_s": summary.get("wall_s"),
         }  # fmt: skip
     gate = summary.get("gate") or {}
@@ -52,25 +57,66 @@ def step_rows(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [row for row in log_history if isinstance(row, dict) and (any(k in row for k in CURVES) or _has_extra(row))]
 
 
+def telemetry_rows(telemetry: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The telemetry rows (one per optimizer step) that name their step."""
+    return [row for row in telemetry if isinstance(row, dict) and _finite(row.get("step"))]
+
+
+def step_table(entry: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The training sheet's columns and rows: each logged step, with the run's telemetry of that step
+    in extra columns when there is any (steps telemetry saw but the trainer did not log get a row too)."""
+    history = entry.get("log_history") or []
+    columns = step_columns(history)
+    logged = step_rows(history)
+    telemetry = {row["step"]: row for row in telemetry_rows(entry.get("telemetry") or [])}
+    if not telemetry:
+        return columns, [[row.get(key) for key in columns] for row in logged]
+    columns += [key for key in TELEMETRY_COLUMNS if key != "step"]
+    rows = [{**telemetry.pop(row.get("step"), {}), **row} for row in logged]
+    rows += telemetry.values()
+    rows.sort(key=lambda row: row["step"] if _finite(row.get("step")) else math.inf)
+    return columns, [[row.get(key) for key in columns] for row in rows]
+
+
 def training_pngs(report: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
     """(entry, PNG file name) for each job with logged steps; names unique in the run (the writers' one rule)."""
-    out: list[tuple[dict[str, Any], str]] = []
-    used: set[str] = set()
-    for entry in report.get("training") or []:
-        if not isinstance(entry, dict) or not step_rows(entry.get("log_history") or []):
-            continue
-        candidate = unique_stem(PREFIX + safe_filename(str(entry.get("job"))), used)
-        out.append((entry, f"{candidate}.png"))
-    return out
+    return _png_names(report)[0]
+
+
+def throughput_pngs(report: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """(entry, PNG file name) for each job with telemetry: ``training_<job>_throughput.png``, unique in the run."""
+    return _png_names(report)[1]
 
 
 def write_training_pngs(report: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Draw each job's curves into out_dir; return the paths."""
+    """Draw each job's curves, and its throughput and memory, into out_dir; return the paths."""
+    curves, throughput = _png_names(report)
+    drawings = [*((name, _figure, entry, step_rows(entry.get("log_history") or [])) for entry, name in curves),
+                *((name, _throughput_figure, entry, telemetry_rows(entry.get("telemetry") or []))
+                  for entry, name in throughput)]
     paths = []
-    for entry, name in training_pngs(report):
-        figure = _figure(str(entry.get("job")), step_rows(entry.get("log_history") or []))
+    for name, draw, entry, rows in drawings:  # one figure at a time in memory
+        figure = draw(str(entry.get("job")), rows)
         paths.append(write_atomic(Path(out_dir) / name, lambda tmp, f=figure: f.savefig(tmp, format="png")))
     return paths
+
+
+def _png_names(report: dict[str, Any]) -> tuple[list[tuple[dict[str, Any], str]], list[tuple[dict[str, Any], str]]]:
+    """Both kinds of PNG name, from one set of names taken: the curves' first (so their names do not
+    depend on telemetry), then each throughput PNG named after its job's curves."""
+    entries = [entry for entry in report.get("training") or [] if isinstance(entry, dict)]
+    used: set[str] = set()
+    stems: dict[int, str] = {}
+    for entry in entries:
+        if step_rows(entry.get("log_history") or []):
+            stems[id(entry)] = unique_stem(PREFIX + safe_filename(str(entry.get("job"))), used)
+    curves = [(entry, f"{stems[id(entry)]}.png") for entry in entries if id(entry) in stems]
+    throughput = []
+    for entry in entries:
+        if telemetry_rows(entry.get("telemetry") or []):
+            stem = stems.get(id(entry)) or PREFIX + safe_filename(str(entry.get("job")))
+            throughput.append((entry, f"{unique_stem(stem + THROUGHPUT_SUFFIX, used)}.png"))
+    return curves, throughput
 
 
 def _figure(job: str, rows: list[dict[str, Any]]) -> Any:
@@ -88,9 +134,39 @@ def _figure(job: str, rows: list[dict[str, Any]]) -> Any:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(name)
         ax.set_xlabel("step")
+    _title(fig, job)
+    return fig
+
+
+def _throughput_figure(job: str, rows: list[dict[str, Any]]) -> Any:
+    """samples/s, tokens/s and memory (RSS; CUDA max allocated and NVML's GPU use when measured) per step."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    panels = [("samples/s", {"samples_per_s": None}), ("tokens/s", {"tokens_per_s": None}), ("memory (MB)", MEMORY_CURVES)]
+    for ax, (title, curves) in zip(fig.subplots(1, len(panels)), panels):
+        drawn = 0
+        for key, label in curves.items():
+            points = [(row["step"], row[key]) for row in rows if _finite(row.get(key))]
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], label=label,
+                        marker="." if len(points) < 50 else None)
+                drawn += 1
+        if not drawn:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+        elif len(curves) > 1:
+            ax.legend(fontsize="small")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    _title(fig, job)
+    return fig
+
+
+def _title(fig: Any, job: str) -> None:
     # the job name comes from a job file: "$" would start mathtext
     fig.suptitle(visible(job, keep_newlines=False).replace("$", r"\$"))
-    return fig
 
 
 def _has_extra(row: dict[str, Any]) -> bool:

@@ -25,7 +25,7 @@ from harness.report.forest import FILENAME as FOREST_PNG
 from harness.report.forest import forest_rows
 from harness.report.heatmap import confusion_pngs, confusion_table
 from harness.report.markdown import is_bad, tool_table_rows
-from harness.report.training_plots import step_columns, step_rows, training_pngs
+from harness.report.training_plots import step_table, throughput_pngs, training_pngs
 from harness.textsafe import has_unsafe, visible
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ FILENAME = "report.xlsx"
 MAX_CELL_CHARS = 32_000  # Excel refuses cells over 32,767 characters
 TRUNCATION_MARK = "…[truncated]"
 MAX_TITLE = 31
+TRAINING_PNG_ROWS = 18  # a training PNG (320 px tall) spans about 16 default rows: the next one goes below
 _BAD_TITLE_CHARS = re.compile(r"[\[\]:*?/\\]")
 # names the writer takes itself, plus Excel's reserved "History"
 _RESERVED_TITLES = ("summary", "gates", "bad_cases", "history")
@@ -121,19 +122,21 @@ def write_xlsx(report: dict[str, Any], out_dir: Path) -> Path:
 
 
 def _training_sheets(wb: Workbook, report: dict[str, Any], out_dir: Path, taken: set[str]) -> None:
-    """A ``training_<job>`` sheet per job: one row per logged step, its curves' PNG beside them when drawn."""
+    """A ``training_<job>`` sheet per job: one row per logged step (with its throughput and memory when
+    the run recorded them), its curves' PNG and below it its throughput PNG beside them when drawn."""
     from openpyxl.utils import get_column_letter
 
     pngs = {id(entry): out_dir / name for entry, name in training_pngs(report)}
+    throughput = {id(entry): out_dir / name for entry, name in throughput_pngs(report)}
     for entry in report.get("training") or []:
-        history = entry.get("log_history") or []
-        columns = step_columns(history)
-        rows = [[row.get(key) for key in columns] for row in step_rows(history)]
+        columns, rows = step_table(entry)
         ws = wb.create_sheet(sheet_title(f"training_{entry.get('job')}", taken))
         _fill(ws, columns, rows)
-        png = pngs.get(id(entry))
-        if png is not None and png.is_file():
-            _add_image(ws, png, f"{get_column_letter(len(columns) + 2)}2")
+        row = 2
+        for png in (pngs.get(id(entry)), throughput.get(id(entry))):
+            if png is not None and png.is_file():
+                _add_image(ws, png, f"{get_column_letter(len(columns) + 2)}{row}")
+                row += TRAINING_PNG_ROWS
 
 
 def sheet_title(raw: str, taken: set[str]) -> str:

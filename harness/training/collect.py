@@ -15,6 +15,15 @@ from harness.training.api import TrainJob, TrainRun
 from harness.training.job import CHECKS, JobError, load_job
 
 
+GPU_MARKER = "gpu"  # a job on a real model: skipped where torch sees no CUDA device
+
+
+def _cuda() -> bool:
+    import torch  # only for a job marked gpu: collection stays light otherwise
+
+    return bool(torch.cuda.is_available())
+
+
 class TrainGateFailed(Exception):
     """A training gate that did not hold (or whose run failed)."""
 
@@ -30,6 +39,8 @@ class TrainJobFile(pytest.File):
         for marker in job.markers:
             self.config.addinivalue_line("markers", f"{marker}: declared by training job {job.name}")
         marks = [pytest.mark.llm_training, pytest.mark.llm_gate, *(getattr(pytest.mark, m) for m in job.markers)]
+        if GPU_MARKER in job.markers and not _cuda():
+            marks.append(pytest.mark.skip(reason=f"training job {job.name} is marked {GPU_MARKER}: no CUDA GPU here"))
         # the node id spelled out, as harness.collect does for eval gates: --lf then matches a bracketed name
         return [TrainGateItem.from_parent(self, name=f"gate[{gate}]", nodeid=f"{self.nodeid}::gate[{gate}]",
                                           job=job, gate=gate, marks=marks)
@@ -99,7 +110,8 @@ class TrainGateItem(pytest.Item):
         summary = {"job": self.job.name, "trainer": run.trainer, "config": dict(self.job.config),
                    "output_dir": run.output_dir, "checks": run.checks, "metrics": run.metrics,
                    "versions": run.versions, "wall_s": run.wall_s, "error": run.error,
-                   "log_history": run.log_history, "gate": {"expr": self.gate, "passed": passed, "reason": self.reason}}
+                   "log_history": run.log_history, "telemetry": run.telemetry,
+                   "gate": {"expr": self.gate, "passed": passed, "reason": self.reason}}
         # JSON primitives only: the report crosses to the xdist controller through execnet, which refuses
         # library types (torch's TorchVersion, numpy scalars) that the process that trained still holds
         return json.loads(json.dumps(summary, default=str))
