@@ -180,7 +180,7 @@ BAD_INPUTS = [
     pytest.param({15: "  - stop_token"}, None, "job.yaml:15: unknown gate 'stop_token'", id="unknown-gate"),
     pytest.param({16: "  - final_loss <== 3"}, None, "job.yaml:16: unknown gate 'final_loss <== 3'",
                  id="bad-expression"),
-    pytest.param({15: "  - reference_model"}, None, "job.yaml:15: check 'reference_model' applies to dpo jobs",
+    pytest.param({15: "  - reference_model"}, None, "job.yaml:15: check 'reference_model' applies to dpo, kto jobs",
                  id="check-of-another-trainer"),
     pytest.param({5: "chat_template: chatlm"}, None, "job.yaml:5: unknown chat_template 'chatlm'",
                  id="unknown-chat-template"),

@@ -30,6 +30,9 @@ class TrainJob:
     loss: str = "completion_only"  # completion_only | assistant_only | full
     seed: int = 0
     markers: tuple[str, ...] = ()
+    reward: dict[str, Any] | None = None  # grpo: {"suite": "/abs/suite.yaml"}: the suite's extraction and scorer reward
+    eval: dict[str, Any] | None = None  # {"suite": "/abs/suite.yaml", "tolerance": 0.05, "padding_side": "left"}:
+    # the suite evaluated in training and offline (check eval_parity)
 
     def fingerprint(self) -> str:
         """sha256 of everything that changes the run (job file text, data files): the shared run's key."""
@@ -65,6 +68,7 @@ class TrainRun:
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)  # check name -> {"passed": bool, "reason": str, ...}
     metrics: dict[str, float | None] = field(default_factory=dict)  # gateable figures: final_loss, samples_per_s, ...
     versions: dict[str, str] = field(default_factory=dict)  # trl, transformers, torch
+    telemetry: list[dict[str, Any]] = field(default_factory=list)  # per step: step_s, samples/s, tokens/s, memory
     wall_s: float = 0.0
     error: str | None = None  # the run failed: why (every gate of the job fails with it)
 

@@ -54,10 +54,13 @@ def _finite(value: Any) -> bool:
 
 
 def training_happened(
-    log_history: list[dict[str, Any]], params_changed: int, trainer: str, window: int | None = None
+    log_history: list[dict[str, Any]], params_changed: int, trainer: str, window: int | None = None,
+    kto_weights: tuple[float, float] = (1.0, 1.0),
 ) -> dict[str, Any]:
     """Loss and grad norm finite at every logged step, some gradient, parameters moved; SFT: the last
-    window's mean loss below the first's; DPO/KTO: step 1 is the untrained policy (loss ln 2, rewards 0)."""
+    window's mean loss below the first's; DPO/KTO: step 1 is the untrained policy (rewards 0; DPO loss
+    ln 2, KTO loss 0.5 — 1 - sigmoid(0) — times the desirable/undesirable weights); GRPO: some group of
+    generations had rewards that differ (``frac_reward_zero_std`` < 1), else nothing was learnt."""
     steps = _steps(log_history)
     problems = []
     if not steps:
@@ -79,14 +82,29 @@ def training_happened(
             problems.append(f"{len(steps)} steps: too few for two windows of {size}")
         elif not last < first:  # also catches NaN
             problems.append(f"loss did not drop: last {size} steps {last:.4f} vs first {first:.4f}")
+    elif trainer == "grpo":
+        fractions = [s["frac_reward_zero_std"] for s in steps if _finite(s.get("frac_reward_zero_std"))]
+        rewards = [s["reward"] for s in steps if _finite(s.get("reward"))]
+        figures.update(frac_reward_zero_std_mean=sum(fractions) / len(fractions) if fractions else None,
+                       first_reward=rewards[0] if rewards else None, last_reward=rewards[-1] if rewards else None)
+        if not fractions:
+            problems.append("no step logged frac_reward_zero_std")
+        elif min(fractions) >= 1:
+            problems.append("frac_reward_zero_std is 1 at every step: every group of generations got equal rewards, "
+                            "so no advantage and no learning signal (check the reward and num_generations)")
     else:
         first_step = steps[0]
         rewards = [first_step.get("rewards/chosen"), first_step.get("rewards/rejected")]
         figures.update(step1_loss=first_step.get("loss"), step1_rewards=rewards)
-        if not (_finite(first_step.get("loss")) and abs(first_step["loss"] - LN2) <= 1e-3):
-            problems.append(f"step-1 loss {first_step.get('loss')} is not ln 2: the policy and reference differ")
+        low, high = (LN2, LN2) if trainer == "dpo" else (0.5 * min(kto_weights), 0.5 * max(kto_weights))
+        loss = first_step.get("loss")
+        if not (_finite(loss) and low - 1e-3 <= loss <= high + 1e-3):
+            expected = "ln 2" if trainer == "dpo" else (f"{low:g}" if low == high else f"within [{low:g}, {high:g}]")
+            problems.append(f"step-1 loss {loss} is not {expected}: the policy and reference differ")
         if not all(_finite(r) and abs(r) <= 1e-3 for r in rewards):
             problems.append(f"step-1 rewards {rewards} are not 0")
+        if trainer == "kto" and not (_finite(first_step.get("kl")) and abs(first_step["kl"]) <= 1e-3):
+            problems.append(f"step-1 KL {first_step.get('kl')} is not 0")
     return _result(problems, f"{len(steps)} finite steps, parameters changed", **figures)
 
 

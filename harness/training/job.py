@@ -5,8 +5,9 @@ or the dataset file and row for bad data). Shape and defaults::
 
     name: sft_capitals            # default: the job's folder name; letters, digits, _ . -
     trainer: sft                  # required: sft | dpo | kto | grpo
-    model: {tiny: {layers: 2}}    # required: {tiny: {config overrides}} or {path: local folder, relative to the job}
-    tokenizer: {train: {vocab_size: 512}}   # or {path: ...}; default: the model's own (a tiny model has none)
+    model: {tiny: {layers: 2}}    # required: {tiny: {config overrides}}, {path: local folder, relative to the job}
+                                  # or {bundled: gemma-3-270m} (the harness's default model, converted once)
+    tokenizer: {train: {vocab_size: 512}}   # or {path: ...} or {bundled: gemma-3-270m}; default: the model's own
     chat_template: chatml         # raw | chatml | qwen | gemma, or Jinja text; default: the tokenizer's
     dataset: data.jsonl           # required: a path, glob or list of them, in the job's folder or below
     fields: {prompt: prompt, completion: completion}   # role -> column; default: each role's own name
@@ -15,10 +16,17 @@ or the dataset file and row for bad data). Shape and defaults::
     seed: 0                       # default: 0
     gates: [label_mask, "final_loss <= 3.0"]   # default: the trainer's named checks
     markers: []                   # extra pytest markers for the job's gate items
+    reward: {suite: evals/capitals}   # grpo (required): an eval suite whose extraction and scorer reward
+    eval: {suite: evals/capitals, tolerance: 0.05, padding_side: left, every: 50}   # the suite evaluated in
+                                  # training (at the end, and every N steps) and offline on the saved
+                                  # checkpoint (check eval_parity)
+
+A suite path is a suite file or its folder, relative to the job's folder or to any folder above it
+(``evals/capitals`` from ``training/<job>/`` finds the project's ``evals/capitals``).
 
 Roles per trainer: sft prompt/completion (or ``messages`` alone, conversational), dpo
-prompt/chosen/rejected, kto prompt/completion/label, grpo prompt. The first rows of every dataset
-are checked for them.
+prompt/chosen/rejected, kto prompt/completion/label (true: desirable), grpo prompt/target (the
+target the reward suite scores against). The first rows of every dataset are checked for them.
 """
 
 from __future__ import annotations
@@ -34,24 +42,26 @@ from harness.training.api import TRAINERS, TrainJob
 
 JOB_FILE_NAMES = ("job.yaml", "job.yml")
 JOB_KEYS = ("name", "trainer", "model", "tokenizer", "chat_template", "dataset", "datasets", "fields", "loss",
-            "config", "seed", "gates", "markers")
+            "config", "seed", "gates", "markers", "reward", "eval")
 REQUIRED_KEYS = ("trainer", "model", "dataset")
 LOSS_MODES = ("completion_only", "assistant_only", "full")
 ROLES: dict[str, tuple[str, ...]] = {
     "sft": ("prompt", "completion"),
     "dpo": ("prompt", "chosen", "rejected"),
     "kto": ("prompt", "completion", "label"),
-    "grpo": ("prompt",),
+    "grpo": ("prompt", "target"),
 }
 CONVERSATIONAL_ROLES = ("messages",)  # sft on whole conversations, instead of prompt/completion
 CHECKS = ("label_mask", "training_happened", "stop_tokens", "checkpoint_roundtrip", "reference_model", "trajectory", "padding",
-          "grad_accumulation")
-OPT_IN_CHECKS = ("trajectory", "padding", "grad_accumulation")  # trajectory: a committed reference; padding: extra generation;
+          "grad_accumulation", "eval_parity")
+OPT_IN_CHECKS = ("trajectory", "padding", "grad_accumulation", "eval_parity")  # trajectory: a committed reference; padding: extra generation;
 # grad_accumulation: two extra one-step runs
-CHECK_TRAINERS = {"reference_model": ("dpo",), "grad_accumulation": ("sft",)}  # checks the engine computes for some trainers only
+CHECK_TRAINERS = {"reference_model": ("dpo", "kto"), "grad_accumulation": ("sft",), "label_mask": ("sft", "dpo", "kto"),
+                  "padding": ("sft", "dpo", "kto")}  # checks the engine computes for some trainers only
 CONFIG_INTS = ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
                "logging_steps", "num_generations", "max_prompt_length", "max_completion_length")
-CONFIG_NUMBERS = ("learning_rate", "num_train_epochs", "beta", "warmup_ratio", "weight_decay")
+CONFIG_NUMBERS = ("learning_rate", "num_train_epochs", "beta", "warmup_ratio", "weight_decay", "temperature",
+                  "desirable_weight", "undesirable_weight")
 HARNESS_CONFIG = ("output_dir", "seed")  # set from the job's folder and its top-level seed
 ROWS_CHECKED = 20
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -172,9 +182,84 @@ def load_job(path: Path | str) -> TrainJob:
         raise r.fail("markers", "'markers' must be a list of marker names (Python identifiers)")
     for dataset in datasets:
         _check_rows(path, dataset, fields)
+    reward = _reward(r, trainer)
+    evaluation = _eval(r, gates)
     return TrainJob(name=name, path=path, trainer=trainer, model=model, tokenizer=tokenizer,
                     chat_template=chat_template, datasets=datasets, fields=fields, config=config, gates=gates,
-                    loss=loss, seed=seed, markers=tuple(markers))
+                    loss=loss, seed=seed, markers=tuple(markers), reward=reward, eval=evaluation)
+
+
+def find_suite(job_folder: Path, value: str) -> Path | None:
+    """The suite file ``value`` names: a file or a folder holding one, relative to the job's folder or
+    to the nearest folder above it where it exists."""
+    from harness.suite import suite_files_in
+
+    for base in (job_folder, *job_folder.parents):
+        candidate = (base / value).resolve()
+        if candidate.is_file():
+            return candidate
+        if candidate.is_dir():
+            files = suite_files_in(candidate)
+            return files[0] if len(files) == 1 else None
+    return None
+
+
+def _suite_key(r: _Reader, key: str, value: Any) -> str:
+    """A validated suite path (the suite loads: its errors are the job's, at this key's line)."""
+    from harness.suite import SuiteError, load_suite
+
+    if not isinstance(value, str) or not value:
+        raise r.fail(f"{key}.suite", f"'{key}.suite' must be the path of an eval suite (file or folder), not {value!r}")
+    found = find_suite(r.path.parent, value)
+    if found is None:
+        raise r.fail(f"{key}.suite", f"{key}.suite {value!r}: no suite file found there (relative to the job's "
+                                     "folder or a folder above it; a folder must hold exactly one suite)")
+    try:
+        load_suite(found)
+    except SuiteError as exc:
+        raise r.fail(f"{key}.suite", f"{key}.suite {value!r}: {exc}") from exc
+    return str(found)
+
+
+def _reward(r: _Reader, trainer: str) -> dict[str, Any] | None:
+    value = r.raw.get("reward")
+    if value is None:
+        if trainer == "grpo":
+            raise r.fail("trainer", "a grpo job needs a reward: reward: {suite: <eval suite>} (its extraction "
+                                    "and scorer score each completion)")
+        return None
+    if trainer != "grpo":
+        raise r.fail("reward", f"'reward' applies to grpo jobs, not {trainer}")
+    if not isinstance(value, dict) or set(value) != {"suite"}:
+        raise r.fail("reward", f"'reward' must be {{suite: <eval suite>}}, not {value!r}")
+    return {"suite": _suite_key(r, "reward", value["suite"])}
+
+
+EVAL_KEYS = ("suite", "tolerance", "padding_side", "every")
+
+
+def _eval(r: _Reader, gates: tuple[str, ...]) -> dict[str, Any] | None:
+    value = r.raw.get("eval")
+    if value is None:
+        if "eval_parity" in gates:
+            raise r.fail("gates", "check 'eval_parity' needs eval: {suite: <eval suite>} in the job")
+        return None
+    if not isinstance(value, dict) or "suite" not in value:
+        raise r.fail("eval", f"'eval' must be a mapping with a suite (and tolerance, padding_side), not {value!r}")
+    unknown = sorted(str(k) for k in value if k not in EVAL_KEYS)
+    if unknown:
+        raise r.fail(f"eval.{unknown[0]}", f"unknown eval key {unknown[0]!r}; known: {', '.join(EVAL_KEYS)}")
+    tolerance = value.get("tolerance", 0.05)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance <= 1:
+        raise r.fail("eval.tolerance", f"eval.tolerance must be a number from 0 to 1, not {tolerance!r}")
+    side = value.get("padding_side", "left")
+    if side not in ("left", "right"):
+        raise r.fail("eval.padding_side", f"eval.padding_side must be left or right, not {side!r}")
+    every = value.get("every")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise r.fail("eval.every", f"eval.every must be a positive number of steps, not {every!r}")
+    spec = {"suite": _suite_key(r, "eval", value["suite"]), "tolerance": float(tolerance), "padding_side": side}
+    return {**spec, "every": every} if every else spec
 
 
 def _one_of(r: _Reader, key: str, kinds: tuple[str, ...]) -> tuple[str, Any]:
@@ -194,10 +279,20 @@ def _local_path(r: _Reader, key: str, value: Any) -> str:
     return str(folder)
 
 
+def _bundled(r: _Reader, key: str, value: Any) -> dict[str, Any]:
+    from harness.engines.bundled import BUNDLED_MODEL_NAME
+
+    if value not in (BUNDLED_MODEL_NAME, None, {}):
+        raise r.fail(f"{key}.bundled", f"'{key}.bundled' names the bundled model, {BUNDLED_MODEL_NAME}, not {value!r}")
+    return {"bundled": BUNDLED_MODEL_NAME}
+
+
 def _model(r: _Reader) -> dict[str, Any]:
-    kind, value = _one_of(r, "model", ("tiny", "path"))
+    kind, value = _one_of(r, "model", ("tiny", "path", "bundled"))
     if kind == "path":
         return {"path": _local_path(r, "model", value)}
+    if kind == "bundled":
+        return _bundled(r, "model", value)
     if value is not None and not isinstance(value, dict):
         raise r.fail("model.tiny", "'model.tiny' must be a mapping of config overrides (layers, hidden, ...)")
     return {"tiny": dict(value or {})}
@@ -209,9 +304,11 @@ def _tokenizer(r: _Reader, model: dict[str, Any]) -> dict[str, Any]:
             raise r.fail("model", "a tiny model has no tokenizer of its own: add tokenizer: {train: {vocab_size: 512}} "
                                   "or tokenizer: {path: ...}")
         return {}
-    kind, value = _one_of(r, "tokenizer", ("train", "path"))
+    kind, value = _one_of(r, "tokenizer", ("train", "path", "bundled"))
     if kind == "path":
         return {"path": _local_path(r, "tokenizer", value)}
+    if kind == "bundled":
+        return _bundled(r, "tokenizer", value)
     if value is not None and not isinstance(value, dict):
         raise r.fail("tokenizer.train", "'tokenizer.train' must be a mapping (vocab_size, ...)")
     return {"train": dict(value or {})}
@@ -353,6 +450,8 @@ def _check_row(job: Path, dataset: Path, number: int, line: str, fields: dict[st
             raise JobError(dataset, number, f"job {job}: row lacks {mapping}; its columns: "
                                             f"{', '.join(map(str, row)) or 'none'} (map yours with fields:)")
         value = row[column]
+        if role == "target":
+            continue  # whatever the reward suite's scorer takes: a string, a list of answers, a label
         wanted = (bool,) if role == "label" else (str, list)
         if not isinstance(value, wanted):
             kind = "true or false" if role == "label" else "a string or a list of chat messages"

@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 from . import checks
 from .api import LabelAudit, TrainJob, TrainRun
+from .telemetry import step_telemetry
+from .telemetry import summary as telemetry_summary
 from .tiny import resolve_template, tiny_model, train_tokenizer
 
 # Fixture defaults (job.config overrides them). TRL 1.16 turns bf16 and gradient checkpointing on even
@@ -37,9 +39,14 @@ LOSS_FLAGS = {
     "assistant_only": {"completion_only_loss": False, "assistant_only_loss": True},
     "full": {"completion_only_loss": False, "assistant_only_loss": False},
 }
-FIELDS = {"sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected")}
+FIELDS = {"sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected"), "kto": ("prompt", "completion", "label"),
+          "grpo": ("prompt", "target")}
 ROLES = {"prompt": "user", "completion": "assistant", "chosen": "assistant", "rejected": "assistant"}
 
+
+# GRPO generates during training: TRL's defaults (8 generations of 256 tokens) are GPU-sized
+GRPO_DEFAULTS: dict[str, Any] = {"num_generations": 4, "max_completion_length": 16, "per_device_train_batch_size": 8,
+                                 "include_num_input_tokens_seen": False}  # GRPO counts num_tokens itself
 
 INITIAL = "initial"  # sub-folder of the output folder: the checkpoint before training
 
@@ -81,7 +88,8 @@ def load_rows(job: TrainJob) -> list[dict[str, Any]]:
                 if source not in record:
                     raise KeyError(f"{dataset}:{number}: no field {source!r} (for {name})")
                 value = record[source]
-                row[name] = [{"role": ROLES[name], "content": value}] if chat and isinstance(value, str) else value
+                turn = chat and isinstance(value, str) and name in ROLES  # a label or target stays as it is
+                row[name] = [{"role": ROLES[name], "content": value}] if turn else value
             rows.append(row)
     if not rows:
         raise ValueError(f"job {job.name}: no training record in {[str(d) for d in job.datasets]}")
@@ -92,7 +100,10 @@ def _texts(rows: list[dict[str, Any]]) -> list[str]:
     texts = []
     for row in rows:
         for value in row.values():
-            texts += [value] if isinstance(value, str) else [m["content"] for m in value]
+            if isinstance(value, str):
+                texts.append(value)
+            elif isinstance(value, list):  # chat turns; a KTO label (a bool) holds no text
+                texts += [m["content"] for m in value if isinstance(m, dict) and isinstance(m.get("content"), str)]
     return texts + ["system\n", "user\n", "assistant\n", "model\n"] * 4  # role headers of the templates
 
 
@@ -102,7 +113,7 @@ def build_tokenizer(job: TrainJob, rows: list[dict[str, Any]]) -> Any:
         return train_tokenizer(_texts(rows), int(job.tokenizer["train"].get("vocab_size", 512)), job.chat_template)
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(job.tokenizer.get("path") or job.model["path"], local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(_folder(job.tokenizer or job.model), local_files_only=True)
     if source is not None:
         tokenizer.chat_template = source
     return tokenizer
@@ -110,11 +121,27 @@ def build_tokenizer(job: TrainJob, rows: list[dict[str, Any]]) -> Any:
 
 def build_model(job: TrainJob, tokenizer: Any) -> Any:
     if "tiny" in job.model:
-        return tiny_model(dict(job.model["tiny"] or {}), tokenizer, seed=job.seed)
+        end_of_turn = resolve_template(job.chat_template)[1]
+        end_of_turn_id = tokenizer.convert_tokens_to_ids(end_of_turn) if end_of_turn in tokenizer.get_vocab() else None
+        return tiny_model(dict(job.model["tiny"] or {}), tokenizer, seed=job.seed, end_of_turn_id=end_of_turn_id)
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(job.model["path"], dtype=torch.float32, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(_folder(job.model), dtype=torch.float32, local_files_only=True)
+    if "bundled" in job.model:  # the GGUF's config stops on <eos> only; its turns end with <end_of_turn>
+        end_of_turn = resolve_template(job.chat_template)[1] or "<end_of_turn>"
+        stop = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(end_of_turn)} - {None}
+        model.generation_config.eos_token_id = sorted(stop)
+    return model
+
+
+def _folder(source: dict[str, Any]) -> str:
+    """A model or tokenizer's local folder: a path, or the bundled model converted once (cached)."""
+    if "bundled" in source:
+        from harness.engines.bundled import prepare_hf_dir
+
+        return str(prepare_hf_dir())
+    return str(source["path"])
 
 
 def build_config(job: TrainJob, output_dir: Path) -> Any:
@@ -125,8 +152,14 @@ def build_config(job: TrainJob, output_dir: Path) -> Any:
         from trl import SFTConfig as Config
 
         settings.update(LOSS_FLAGS[job.loss])
-    else:
+    elif job.trainer == "dpo":
         from trl import DPOConfig as Config
+    elif job.trainer == "kto":
+        from trl import KTOConfig as Config
+    else:
+        from trl import GRPOConfig as Config
+
+        settings.update(GRPO_DEFAULTS)
     if "gradient_checkpointing" in job.config:  # the deprecated name in a job still decides
         settings.pop("activation_checkpointing")
     return Config(output_dir=str(output_dir), **{**settings, **job.config})
@@ -145,28 +178,55 @@ def _run(job: TrainJob, output_dir: Path, run: TrainRun, make_reference: Callabl
     transformers.utils.logging.disable_progress_bar()
     rows = load_rows(job)
     tokenizer = build_tokenizer(job, rows)
+    template_end = resolve_template(job.chat_template)[1]
+    if template_end and template_end not in tokenizer.get_vocab():
+        # every turn would end in an unknown token: nothing could learn (or be told) to stop
+        raise ValueError(f"the tokenizer has no {template_end!r} token, which ends every turn of chat template "
+                         f"{job.chat_template!r}: use the tokenizer's own template or one whose end-of-turn it knows")
     model = build_model(job, tokenizer)
-    end_of_turn = resolve_template(job.chat_template)[1] or tokenizer.eos_token
+    end_of_turn = template_end or tokenizer.eos_token
     end_of_turn_id = tokenizer.convert_tokens_to_ids(end_of_turn) if end_of_turn else None
     config = build_config(job, output_dir)
     train_dataset = datasets.Dataset.from_list(rows)
     reference_figures: dict[str, str] = {}
+    audit: LabelAudit | None = None
     if job.trainer == "sft":
         trainer = trl.SFTTrainer(model=model, args=config, train_dataset=train_dataset, processing_class=tokenizer)
         audit = audit_sft(trainer, rows, tokenizer, end_of_turn, job.loss)
-    else:
+    elif job.trainer in ("dpo", "kto"):
         initial = checks.weights_sha256(model)
         # an explicit in-memory reference: with ref_model=None TRL 1.16 rebuilds it from the model's path
         reference = make_reference(model) if make_reference else copy.deepcopy(model)
         reference_figures = {"initial": initial, "reference": checks.weights_sha256(reference)}
-        trainer = trl.DPOTrainer(
-            model=model, ref_model=reference, args=config, train_dataset=train_dataset, processing_class=tokenizer
-        )
-        audit = audit_dpo(trainer, rows, tokenizer, end_of_turn)
+        Trainer = trl.DPOTrainer if job.trainer == "dpo" else trl.KTOTrainer
+        trainer = Trainer(model=model, ref_model=reference, args=config, train_dataset=train_dataset,
+                          processing_class=tokenizer)
+        audit = (audit_dpo if job.trainer == "dpo" else audit_kto)(trainer, rows, tokenizer, end_of_turn)
+    else:
+        from .reward import SuiteReward
+
+        assert job.reward is not None  # load_job requires it for grpo
+        reward = SuiteReward(job.reward["suite"])
+        trainer = trl.GRPOTrainer(model=model, reward_funcs=[reward], args=config, train_dataset=train_dataset,
+                                  processing_class=tokenizer)
     _quiet(trainer)
+    if job.eval:  # the suite evaluated with the in-memory model at the end of training (eval_parity)
+        from .eval_parity import callback as eval_callback
+
+        trainer.add_callback(eval_callback(job.eval, tokenizer))
+    telemetry = step_telemetry()  # throughput and memory per optimizer step (gate kind 8)
+    trainer.add_callback(telemetry)
+    run.telemetry = telemetry.steps  # the same list: a failing train() leaves its partial telemetry
     run.log_history = trainer.state.log_history  # the same list: a failing train() leaves its partial log
-    run.label_audit = audit
-    run.checks["label_mask"] = checks.label_mask(audit, job.loss if job.trainer == "sft" else "completion_only")
+    if audit is not None:  # grpo trains on its own generations: no labels to audit
+        run.label_audit = audit
+        run.checks["label_mask"] = checks.label_mask(audit, job.loss if job.trainer == "sft" else "completion_only")
+        if job.trainer == "sft":  # completion-only and assistant-only loss must train the same tokens
+            from .loss_modes import fold, mask_agreement
+
+            args = trainer.args
+            agreement = mask_agreement(rows, trainer.processing_class, job.loss, args.max_length, args.truncation_mode)
+            run.checks["label_mask"] = fold(run.checks["label_mask"], agreement)
     if reference_figures:
         run.checks["reference_model"] = checks.reference_model(reference_figures["reference"], reference_figures["initial"])
 
@@ -186,15 +246,21 @@ def _run(job: TrainJob, output_dir: Path, run: TrainRun, make_reference: Callabl
     changed = sum(not torch.equal(before[name], p.detach()) for name, p in trained.named_parameters() if name in before)
     del before
     run.log_history = list(trainer.state.log_history)
-    run.checks["training_happened"] = checks.training_happened(run.log_history, changed, job.trainer)
+    weights = (float(getattr(config, "desirable_weight", 1.0)), float(getattr(config, "undesirable_weight", 1.0)))
+    run.checks["training_happened"] = checks.training_happened(run.log_history, changed, job.trainer, kto_weights=weights)
 
     trainer.save_model(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
     checks.write_manifest(output_dir)
+    if "eval_parity" in job.gates:  # opt-in: the saved checkpoint through the CPU server's engine
+        from .eval_parity import check as eval_parity_check
+
+        run.checks["eval_parity"] = eval_parity_check(trainer, output_dir, job.eval)
     prompt_ids = _prompt_ids(tokenizer, rows[0]["prompt"])
     run.checks["stop_tokens"] = checks.stop_tokens(trained, tokenizer, end_of_turn_id, prompt_ids)
-    run.checks["checkpoint_roundtrip"] = checks.checkpoint_roundtrip(trained, tokenizer, output_dir, _batch(trainer))
+    run.checks["checkpoint_roundtrip"] = checks.checkpoint_roundtrip(trained, tokenizer, output_dir, _batch(trainer, tokenizer, rows))
     run.metrics = _metrics(run.log_history, train_s, run.checks["stop_tokens"])
+    run.metrics.update(telemetry_summary(run.telemetry))
     if "trajectory" in job.gates:  # opt-in: it reads the committed reference beside the job file
         from .trajectory import check as trajectory_check
 
@@ -234,11 +300,20 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _batch(trainer: Any) -> dict[str, Any]:
-    """The first training batch as the trainer collates it: the round-trip check's logits input."""
+def _batch(trainer: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round-trip check's logits input: the first training batch as the trainer collates it (SFT,
+    DPO), else the first prompts tokenized (KTO and GRPO collate no token batch of their own)."""
     dataset = trainer.train_dataset
-    batch = trainer.data_collator([dataset[i] for i in range(min(4, len(dataset)))])
-    return {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+    if "input_ids" in dataset.column_names or "chosen_ids" in dataset.column_names:
+        batch = trainer.data_collator([dataset[i] for i in range(min(4, len(dataset)))])
+        return {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+    import torch
+
+    prompts = [_prompt_ids(tokenizer, row["prompt"]) for row in rows[:4]]
+    width = max(len(ids) for ids in prompts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return {"input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids in prompts]),
+            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in prompts])}
 
 
 @dataclass
@@ -299,6 +374,18 @@ def audit_dpo(trainer: Any, rows: list[dict[str, Any]], tokenizer: Any, end_of_t
     return _audit(sequences, shown, tokenizer, end_of_turn, check_prompt=True)
 
 
+def audit_kto(trainer: Any, rows: list[dict[str, Any]], tokenizer: Any, end_of_turn: str | None) -> LabelAudit:
+    """KTO's prepared examples: the prompt's tokens then the completion's, which alone carry the loss."""
+    dataset = trainer.train_dataset
+    sequences = []
+    for row in dataset:
+        prompt, completion = list(row["prompt_ids"]), list(row["completion_ids"])
+        sequences.append(_Sequence(prompt + completion, [False] * len(prompt) + [True] * len(completion), len(prompt)))
+    dropped = _dropped(rows, dataset, FIELDS["kto"])
+    shown = [_prompt_ids(tokenizer, r["prompt"])[: trainer.args.max_length] for r in dropped]
+    return _audit(sequences, shown, tokenizer, end_of_turn, check_prompt=True)
+
+
 def _audit(
     sequences: list[_Sequence], dropped: list[list[int]], tokenizer: Any, end_of_turn: str | None, check_prompt: bool
 ) -> LabelAudit:
@@ -354,4 +441,21 @@ def _metrics(log_history: list[dict[str, Any]], train_s: float, stop: dict[str, 
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
         "train_s": round(train_s, 3),
         "sample_stopped": float(stop["sample_stopped"]) if "sample_stopped" in stop else None,
+        **_preference_metrics(steps),
     }
+
+
+def _preference_metrics(steps: list[dict[str, Any]]) -> dict[str, float | None]:
+    """DPO/KTO: the last step's reward margin; GRPO: mean reward over the first and last quarter of steps."""
+    out: dict[str, float | None] = {}
+    margins = [e["rewards/margins"] for e in steps if "rewards/margins" in e]
+    if margins:
+        out["final_reward_margin"] = margins[-1]
+    rewards = [e["reward"] for e in steps if "reward" in e]
+    if rewards:
+        size = max(1, len(rewards) // 4)
+        first, last = sum(rewards[:size]) / size, sum(rewards[-size:]) / size
+        out.update(first_reward=first, final_reward=last, reward_gain=last - first)
+        zero = [e["frac_reward_zero_std"] for e in steps if "frac_reward_zero_std" in e]
+        out["frac_reward_zero_std_mean"] = sum(zero) / len(zero) if zero else None
+    return out

@@ -114,8 +114,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, chat_template: 
     return wrapped
 
 
-def tiny_model(config_overrides: dict[str, Any], tokenizer: Any, seed: int = 0) -> PreTrainedModel:
-    """A randomly initialised Llama-architecture causal LM (seeded), sized by TINY_DEFAULTS + overrides."""
+def tiny_model(config_overrides: dict[str, Any], tokenizer: Any, seed: int = 0,
+               end_of_turn_id: int | None = None) -> PreTrainedModel:
+    """A randomly initialised Llama-architecture causal LM (seeded), sized by TINY_DEFAULTS + overrides;
+    it stops on the tokenizer's eos and on ``end_of_turn_id`` (a real tokenizer's eos is often not the
+    template's end-of-turn token)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -129,6 +132,7 @@ def tiny_model(config_overrides: dict[str, Any], tokenizer: Any, seed: int = 0) 
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    stop = sorted({i for i in (tokenizer.eos_token_id, end_of_turn_id) if i is not None})
+    model.generation_config.eos_token_id = stop[0] if len(stop) == 1 else stop
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
