@@ -4,6 +4,8 @@ Prints the median wall time over --repeat runs of each (a fresh process every ti
 
     python benchmarks/training_overhead.py --repeat 3
 
+- pytest training/: every bundled job and its gates, the whole folder as a user runs it (the goal:
+  under 3 minutes on a 2-core machine);
 - pytest: ``pytest training/sft_capitals -p no:cacheprovider -q`` (collection, the shared run, its gates);
 - run_job: the same job through ``harness.training.runner.run_job`` in a plain ``python -c``;
 - trl: with ``--plain-trl``, hand-written SFTTrainer code on the same tiny model, tokenizer and config,
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("--plain-trl", action="store_true", help="also time hand-written SFTTrainer code")
     args = parser.parse_args()
     commands = {
+        "pytest training/": [sys.executable, "-m", "pytest", "training/", "-p", "no:cacheprovider", "-q"],
         "pytest training/sft_capitals": [sys.executable, "-m", "pytest", "training/sft_capitals",
                                          "-p", "no:cacheprovider", "-q"],
         "python -c run_job(...)": [sys.executable, "-c", RUN_JOB],
@@ -78,6 +81,8 @@ def main() -> None:
         print(f"{label:36} {medians[label]:7.2f} s   runs: {', '.join(f'{v:.2f}' for v in values)}")
     base = medians["python -c run_job(...)"]
     for label, median in medians.items():
+        if label == "pytest training/":
+            continue  # several jobs: no single bare run to compare with
         print(f"ratio {label:30} {median / base:6.2f} x run_job")
 
 

@@ -169,3 +169,16 @@ def test_reward_and_eval_belong_to_the_right_jobs(tmp_path: Path) -> None:
     path.write_text(text + "eval: {suite: ../reward, tolerance: 0.1}\n")
     assert load_job(path).eval == {"suite": str((tmp_path / "reward" / "suite.yaml").resolve()), "tolerance": 0.1,
                                    "padding_side": "left"}
+
+
+def test_the_training_plot_gains_reward_and_kl_panels_when_the_trainer_logs_them() -> None:
+    from harness.report.training_plots import _figure, step_columns
+
+    sft = [{"step": 1, "loss": 2.0, "grad_norm": 1.0, "learning_rate": 1e-3}]
+    kto = [{**sft[0], "kl": 0.0, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/margins": 0.0}]
+    grpo = [{**sft[0], "reward": 0.1, "frac_reward_zero_std": 0.5}]
+    titles = {name: [ax.get_title() for ax in _figure(name, rows).axes] for name, rows in
+              (("sft", sft), ("kto", kto), ("grpo", grpo))}
+    assert titles["sft"] == ["loss", "grad_norm", "learning_rate"]
+    assert titles["kto"] == titles["grpo"] == [*titles["sft"], "rewards", "KL / zero-std groups"]
+    assert {"kl", "rewards/margins"} <= set(step_columns(kto)) and "frac_reward_zero_std" in step_columns(grpo)

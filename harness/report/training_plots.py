@@ -20,7 +20,14 @@ from harness.training.telemetry import FIELDS as TELEMETRY_COLUMNS
 PREFIX = "training_"
 CURVES = ("loss", "grad_norm", "learning_rate")
 STEP_COLUMNS = ["step", *CURVES]
-_EXTRA_PREFIXES = ("rewards/", "logps/")  # DPO's figures, as TRL logs them
+# DPO/KTO rewards and log-probs, KTO and GRPO KL, GRPO rewards and zero-std fraction, as TRL logs them
+_EXTRA_PREFIXES = ("rewards/", "logps/", "kl", "reward", "frac_reward_zero_std")
+# the panels drawn beside the curves when a trainer logs them: (title, {key: legend label})
+PREFERENCE_PANELS = (
+    ("rewards", {"rewards/chosen": "chosen", "rewards/rejected": "rejected", "rewards/margins": "margin",
+                 "reward": "mean reward (GRPO)"}),
+    ("KL / zero-std groups", {"kl": "KL", "frac_reward_zero_std": "frac_reward_zero_std"}),
+)
 THROUGHPUT_SUFFIX = "_throughput"
 MEMORY_CURVES = {"rss_mb": "RSS", "cuda_max_allocated_mb": "CUDA max allocated", "gpu_used_mb": "GPU used (NVML)"}
 
@@ -123,16 +130,24 @@ def _figure(job: str, rows: list[dict[str, Any]]) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 3.2), dpi=100, layout="constrained")
+    extra = [(title, curves) for title, curves in PREFERENCE_PANELS
+             if any(_finite(row.get(key)) for row in rows for key in curves)]
+    fig = Figure(figsize=(10 + 3.3 * len(extra), 3.2), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(CURVES))
-    for ax, name in zip(axes, CURVES):
-        points = [(row.get("step", i), row[name]) for i, row in enumerate(rows) if _finite(row.get(name))]
-        if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 50 else None)
-        else:
+    panels = [(name, {name: None}) for name in CURVES] + extra
+    for ax, (title, curves) in zip(fig.subplots(1, len(panels)), panels):
+        drawn = 0
+        for key, label in curves.items():
+            points = [(row.get("step", i), row[key]) for i, row in enumerate(rows) if _finite(row.get(key))]
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], label=label,
+                        marker="." if len(points) < 50 else None)
+                drawn += 1
+        if not drawn:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title(name)
+        elif label is not None and drawn > 1:
+            ax.legend(fontsize="small")
+        ax.set_title(title)
         ax.set_xlabel("step")
     _title(fig, job)
     return fig

@@ -1,5 +1,6 @@
-"""Engine kind ``trained``: the checkpoint of a training job of this run, served on the CPU by
-``harness.engines.cpu_server`` (train, then evaluate, in one pytest run).
+"""Engine kind ``trained``: the checkpoint of a training job of this run, served by
+``harness.engines.cpu_server`` on a CPU, or by ``vllm serve`` where torch sees a CUDA device and vLLM
+is installed (``options.server``: auto | cpu | vllm; train, then evaluate, in one pytest run).
 
 A models-file entry names the job file; ``options.checkpoint: initial`` serves the model as it was
 before training, so a suite can compare the two with paired statistics::
@@ -27,11 +28,25 @@ from harness.engines.registry import EngineContext
 from harness.models import ModelSpec
 
 CHECKPOINTS = ("trained", "initial")
+SERVERS = ("auto", "cpu", "vllm")  # auto: vLLM where torch sees a CUDA device and vllm is installed, else the CPU server
+
+
+def resolve_server(choice: str) -> str:
+    """The server that will serve a checkpoint: ``cpu`` or ``vllm``."""
+    if choice != "auto":
+        return choice
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return "cpu"
+    import torch
+
+    return "vllm" if torch.cuda.is_available() else "cpu"
 
 
 class TrainedEngine(ManagedServer):
     kind = "trained"
-    record_kind = "trained-cpu"
+    record_kind = "trained"  # the server (cpu or vllm) is in the launch record
 
     @classmethod
     def check(cls, spec: ModelSpec) -> str | None:
@@ -39,11 +54,13 @@ class TrainedEngine(ManagedServer):
 
         if not spec.model_path or Path(spec.model_path).name not in JOB_FILE_NAMES:
             return "engine trained needs model_path: the job file (training/<job>/job.yaml)"
-        unknown = sorted(set(spec.options) - {"checkpoint"})
+        unknown = sorted(set(spec.options) - {"checkpoint", "server"})
         if unknown:
-            return f"unknown trained option {unknown[0]!r} (options: checkpoint)"
+            return f"unknown trained option {unknown[0]!r} (options: checkpoint, server)"
         if spec.options.get("checkpoint", "trained") not in CHECKPOINTS:
             return f"options.checkpoint must be one of {', '.join(CHECKPOINTS)}"
+        if spec.options.get("server", "auto") not in SERVERS:
+            return f"options.server must be one of {', '.join(SERVERS)}"
         return super().check(spec)
 
     @property
@@ -67,10 +84,17 @@ class TrainedEngine(ManagedServer):
         if run.error:
             raise EngineStartError(f"model {self.spec.name}: training job {job.name} failed: {run.error}")
         folder = Path(run.output_dir) / (INITIAL if self.checkpoint == "initial" else "")
+        server = resolve_server(str(self.spec.options.get("server", "auto")))
+        record = {"job": str(job.path), "checkpoint": self.checkpoint, "server": server}
+        if server == "vllm":
+            from harness.engines.launchers import launch_for
+
+            launch = launch_for("vllm", str(folder), self.spec.name, port, {}, self.spec.args, self.spec.gpus)
+            return launch.argv, launch.env, {**launch.to_dict(), **record}
         argv = [sys.executable, "-m", "harness.engines.cpu_server", "--model", str(folder),
                 "--served-model-name", self.spec.name, "--host", "127.0.0.1", "--port", str(port),
                 "--max-batch", str(ctx.settings.max_batch), "--batch-wait-ms", "20", "--parent-pid", str(ctx.owner_pid)]
-        return argv, {}, {"argv": argv, "job": str(job.path), "checkpoint": self.checkpoint}
+        return argv, {}, {"argv": argv, **record}
 
     def identity(self) -> dict[str, Any]:
         # a seeded job on the same job file and data gives the same weights: its fingerprint keys the cache

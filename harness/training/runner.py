@@ -9,12 +9,13 @@ import copy
 import json
 import resource
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from . import checks
 from .api import LabelAudit, TrainJob, TrainRun
+from .job import ROLES
+from .label_audit import audit_dpo, audit_kto, audit_sft, prompt_ids
 from .telemetry import step_telemetry
 from .telemetry import summary as telemetry_summary
 from .tiny import resolve_template, tiny_model, train_tokenizer
@@ -39,9 +40,7 @@ LOSS_FLAGS = {
     "assistant_only": {"completion_only_loss": False, "assistant_only_loss": True},
     "full": {"completion_only_loss": False, "assistant_only_loss": False},
 }
-FIELDS = {"sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected"), "kto": ("prompt", "completion", "label"),
-          "grpo": ("prompt", "target")}
-ROLES = {"prompt": "user", "completion": "assistant", "chosen": "assistant", "rejected": "assistant"}
+TURN_ROLES = {"prompt": "user", "completion": "assistant", "chosen": "assistant", "rejected": "assistant"}
 
 
 # GRPO generates during training: TRL's defaults (8 generations of 256 tokens) are GPU-sized
@@ -73,8 +72,6 @@ def run_job(
 def load_rows(job: TrainJob) -> list[dict[str, Any]]:
     """The job's JSONL records in TRL's vocabulary; with a chat template, plain strings become turns
     (a prompt a user turn, a completion an assistant turn) so that the template applies."""
-    if job.trainer not in FIELDS:
-        raise ValueError(f"trainer {job.trainer!r} is not supported yet (supported: {', '.join(FIELDS)})")
     chat = resolve_template(job.chat_template)[0] is not None
     rows = []
     for dataset in job.datasets:
@@ -83,13 +80,13 @@ def load_rows(job: TrainJob) -> list[dict[str, Any]]:
                 continue
             record = json.loads(line)
             row = {}
-            for name in FIELDS[job.trainer]:
+            for name in ROLES[job.trainer]:
                 source = job.fields.get(name, name)
                 if source not in record:
                     raise KeyError(f"{dataset}:{number}: no field {source!r} (for {name})")
                 value = record[source]
-                turn = chat and isinstance(value, str) and name in ROLES  # a label or target stays as it is
-                row[name] = [{"role": ROLES[name], "content": value}] if turn else value
+                turn = chat and isinstance(value, str) and name in TURN_ROLES  # a label or target stays as it is
+                row[name] = [{"role": TURN_ROLES[name], "content": value}] if turn else value
             rows.append(row)
     if not rows:
         raise ValueError(f"job {job.name}: no training record in {[str(d) for d in job.datasets]}")
@@ -188,27 +185,8 @@ def _run(job: TrainJob, output_dir: Path, run: TrainRun, make_reference: Callabl
     end_of_turn_id = tokenizer.convert_tokens_to_ids(end_of_turn) if end_of_turn else None
     config = build_config(job, output_dir)
     train_dataset = datasets.Dataset.from_list(rows)
-    reference_figures: dict[str, str] = {}
-    audit: LabelAudit | None = None
-    if job.trainer == "sft":
-        trainer = trl.SFTTrainer(model=model, args=config, train_dataset=train_dataset, processing_class=tokenizer)
-        audit = audit_sft(trainer, rows, tokenizer, end_of_turn, job.loss)
-    elif job.trainer in ("dpo", "kto"):
-        initial = checks.weights_sha256(model)
-        # an explicit in-memory reference: with ref_model=None TRL 1.16 rebuilds it from the model's path
-        reference = make_reference(model) if make_reference else copy.deepcopy(model)
-        reference_figures = {"initial": initial, "reference": checks.weights_sha256(reference)}
-        Trainer = trl.DPOTrainer if job.trainer == "dpo" else trl.KTOTrainer
-        trainer = Trainer(model=model, ref_model=reference, args=config, train_dataset=train_dataset,
-                          processing_class=tokenizer)
-        audit = (audit_dpo if job.trainer == "dpo" else audit_kto)(trainer, rows, tokenizer, end_of_turn)
-    else:
-        from .reward import SuiteReward
-
-        assert job.reward is not None  # load_job requires it for grpo
-        reward = SuiteReward(job.reward["suite"])
-        trainer = trl.GRPOTrainer(model=model, reward_funcs=[reward], args=config, train_dataset=train_dataset,
-                                  processing_class=tokenizer)
+    trainer, audit, reference_figures = _trainer(job, model, tokenizer, config, train_dataset, rows, end_of_turn,
+                                                 make_reference)
     _quiet(trainer)
     if job.eval:  # the suite evaluated with the in-memory model at the end of training (eval_parity)
         from .eval_parity import callback as eval_callback
@@ -252,24 +230,62 @@ def _run(job: TrainJob, output_dir: Path, run: TrainRun, make_reference: Callabl
     trainer.save_model(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
     checks.write_manifest(output_dir)
-    if "eval_parity" in job.gates:  # opt-in: the saved checkpoint through the CPU server's engine
-        from .eval_parity import check as eval_parity_check
-
-        run.checks["eval_parity"] = eval_parity_check(trainer, output_dir, job.eval)
-    prompt_ids = _prompt_ids(tokenizer, rows[0]["prompt"])
-    run.checks["stop_tokens"] = checks.stop_tokens(trained, tokenizer, end_of_turn_id, prompt_ids)
+    first_prompt = prompt_ids(tokenizer, rows[0]["prompt"])
+    run.checks["stop_tokens"] = checks.stop_tokens(trained, tokenizer, end_of_turn_id, first_prompt)
     run.checks["checkpoint_roundtrip"] = checks.checkpoint_roundtrip(trained, tokenizer, output_dir, _batch(trainer, tokenizer, rows))
     run.metrics = _metrics(run.log_history, train_s, run.checks["stop_tokens"])
     run.metrics.update(telemetry_summary(run.telemetry))
-    if "trajectory" in job.gates:  # opt-in: it reads the committed reference beside the job file
+    _opt_in_checks(job, run, trainer, tokenizer, rows, output_dir)
+
+
+def _trainer(
+    job: TrainJob, model: Any, tokenizer: Any, config: Any, dataset: Any, rows: list[dict[str, Any]],
+    end_of_turn: str | None, make_reference: Callable[[Any], Any] | None,
+) -> tuple[Any, LabelAudit | None, dict[str, str]]:
+    """The job's TRL trainer, its label audit (None for GRPO, which trains on its own generations) and,
+    for DPO/KTO, the weights hashes of the initial policy and the reference."""
+    import trl
+
+    if job.trainer == "sft":
+        trainer = trl.SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+        return trainer, audit_sft(trainer, rows, tokenizer, end_of_turn, job.loss), {}
+    if job.trainer in ("dpo", "kto"):
+        initial = checks.weights_sha256(model)
+        # an explicit in-memory reference: with ref_model=None TRL 1.16 rebuilds it from the model's path
+        reference = make_reference(model) if make_reference else copy.deepcopy(model)
+        figures = {"initial": initial, "reference": checks.weights_sha256(reference)}
+        Trainer = trl.DPOTrainer if job.trainer == "dpo" else trl.KTOTrainer
+        trainer = Trainer(model=model, ref_model=reference, args=config, train_dataset=dataset,
+                          processing_class=tokenizer)
+        audit = (audit_dpo if job.trainer == "dpo" else audit_kto)(trainer, rows, tokenizer, end_of_turn)
+        return trainer, audit, figures
+    from .reward import SuiteReward
+
+    assert job.reward is not None  # load_job requires it for grpo
+    trainer = trl.GRPOTrainer(model=model, reward_funcs=[SuiteReward(job.reward["suite"])], args=config,
+                              train_dataset=dataset, processing_class=tokenizer)
+    return trainer, None, {}
+
+
+def _opt_in_checks(job: TrainJob, run: TrainRun, trainer: Any, tokenizer: Any, rows: list[dict[str, Any]],
+                   output_dir: Path) -> None:
+    """The checks a job asks for by name only: each costs extra generation or training."""
+    import torch
+
+    trained = trainer.model
+    if "eval_parity" in job.gates:  # the saved checkpoint through the CPU server's engine
+        from .eval_parity import check as eval_parity_check
+
+        run.checks["eval_parity"] = eval_parity_check(trainer, output_dir, job.eval)
+    if "trajectory" in job.gates:  # it reads the committed reference beside the job file
         from .trajectory import check as trajectory_check
 
         run.checks["trajectory"] = trajectory_check(run.log_history, job.path)
-    if "padding" in job.gates:  # opt-in: batched and one-by-one greedy generation
+    if "padding" in job.gates:  # batched and one-by-one greedy generation
         from .padding import check as padding_check
 
         run.checks["padding"] = padding_check(trained, tokenizer, rows, trainer)
-    if "grad_accumulation" in job.gates:  # opt-in: two one-step runs from the saved initial weights
+    if "grad_accumulation" in job.gates:  # two one-step runs from the saved initial weights
         from transformers import AutoModelForCausalLM
 
         from .accumulation import grad_accumulation_equivalence
@@ -286,20 +302,6 @@ def _quiet(trainer: Any) -> None:
     trainer.remove_callback(ProgressCallback)
 
 
-def _prompt_ids(tokenizer: Any, prompt: Any) -> list[int]:
-    """The prompt as TRL tokenizes it (conversational: with the generation prompt)."""
-    if isinstance(prompt, list):
-        return list(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])
-    return list(tokenizer(text=prompt)["input_ids"])
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
-
-
 def _batch(trainer: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The round-trip check's logits input: the first training batch as the trainer collates it (SFT,
     DPO), else the first prompts tokenized (KTO and GRPO collate no token batch of their own)."""
@@ -309,116 +311,11 @@ def _batch(trainer: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> dict[str
         return {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
     import torch
 
-    prompts = [_prompt_ids(tokenizer, row["prompt"]) for row in rows[:4]]
+    prompts = [prompt_ids(tokenizer, row["prompt"]) for row in rows[:4]]
     width = max(len(ids) for ids in prompts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return {"input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids in prompts]),
             "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in prompts])}
-
-
-@dataclass
-class _Sequence:
-    ids: list[int]
-    trained: list[bool]
-    prompt_len: int
-
-
-def _key(row: dict[str, Any], names: tuple[str, ...]) -> str:
-    return json.dumps([row[n] for n in names], sort_keys=True)
-
-
-def _dropped(rows: list[dict[str, Any]], dataset: Any, names: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Rows missing from the prepared dataset: TRL silently drops examples that truncation left untrained."""
-    kept: dict[str, int] = {}
-    for row in dataset:
-        kept[_key(row, names)] = kept.get(_key(row, names), 0) + 1
-    missing = []
-    for row in rows:
-        key = _key(row, names)
-        if kept.get(key):
-            kept[key] -= 1
-        else:
-            missing.append(row)
-    return missing
-
-
-def audit_sft(trainer: Any, rows: list[dict[str, Any]], tokenizer: Any, end_of_turn: str | None, loss: str) -> LabelAudit:
-    """Collate the prepared dataset with the trainer's collator and read which tokens carry a label."""
-    dataset, size = trainer.train_dataset, trainer.args.per_device_train_batch_size
-    sequences = []
-    for start in range(0, len(dataset), size):
-        chunk = [dataset[i] for i in range(start, min(start + size, len(dataset)))]
-        batch = trainer.data_collator([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in chunk])
-        for row, labels in zip(chunk, batch["labels"]):
-            ids = list(row["input_ids"])
-            prompt_len = _common_prefix(_prompt_ids(tokenizer, row["prompt"]), ids) if "prompt" in row else 0
-            sequences.append(_Sequence(ids, (labels[: len(ids)] != -100).tolist(), prompt_len))
-    dropped = _dropped(rows, dataset, FIELDS["sft"]) if "prompt" in dataset.column_names else []
-    shown = [_prompt_ids(tokenizer, r["prompt"])[: trainer.args.max_length] for r in dropped]
-    return _audit(sequences, shown, tokenizer, end_of_turn, check_prompt=loss != "full")
-
-
-def audit_dpo(trainer: Any, rows: list[dict[str, Any]], tokenizer: Any, end_of_turn: str | None) -> LabelAudit:
-    """Chosen and rejected sequences as the preference collator builds them (trained: completion_mask)."""
-    dataset, size = trainer.train_dataset, trainer.args.per_device_train_batch_size
-    sequences = []
-    for start in range(0, len(dataset), size):
-        chunk = [dataset[i] for i in range(start, min(start + size, len(dataset)))]
-        batch = trainer.data_collator([{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in chunk])
-        prompt_lens = [len(r["prompt_ids"]) for r in chunk] * 2  # rows: every chosen, then every rejected
-        for ids, attention, mask, prompt_len in zip(batch["input_ids"], batch["attention_mask"], batch["completion_mask"], prompt_lens):
-            n = int(attention.sum())
-            sequences.append(_Sequence(ids[:n].tolist(), (mask[:n] == 1).tolist(), min(prompt_len, n)))
-    dropped = _dropped(rows, dataset, FIELDS["dpo"])
-    shown = [_prompt_ids(tokenizer, r["prompt"])[: trainer.args.max_length] for r in dropped for _ in range(2)]
-    return _audit(sequences, shown, tokenizer, end_of_turn, check_prompt=True)
-
-
-def audit_kto(trainer: Any, rows: list[dict[str, Any]], tokenizer: Any, end_of_turn: str | None) -> LabelAudit:
-    """KTO's prepared examples: the prompt's tokens then the completion's, which alone carry the loss."""
-    dataset = trainer.train_dataset
-    sequences = []
-    for row in dataset:
-        prompt, completion = list(row["prompt_ids"]), list(row["completion_ids"])
-        sequences.append(_Sequence(prompt + completion, [False] * len(prompt) + [True] * len(completion), len(prompt)))
-    dropped = _dropped(rows, dataset, FIELDS["kto"])
-    shown = [_prompt_ids(tokenizer, r["prompt"])[: trainer.args.max_length] for r in dropped]
-    return _audit(sequences, shown, tokenizer, end_of_turn, check_prompt=True)
-
-
-def _audit(
-    sequences: list[_Sequence], dropped: list[list[int]], tokenizer: Any, end_of_turn: str | None, check_prompt: bool
-) -> LabelAudit:
-    audit = LabelAudit(examples=len(sequences) + len(dropped), end_of_turn=end_of_turn)
-    end_id = tokenizer.convert_tokens_to_ids(end_of_turn) if end_of_turn else None
-    audit.examples_without_trained_tokens = len(dropped)
-    offenders: list[str] = [f"{_marked(tokenizer, ids, [False] * len(ids))} (dropped: no trained token)" for ids in dropped[:1]]
-    for seq in sequences:
-        prompt_trained = sum(seq.trained[: seq.prompt_len]) if check_prompt else 0
-        audit.prompt_tokens_trained += prompt_trained
-        positions = [i for i, t in enumerate(seq.trained) if t]
-        # the end-of-turn may be followed by its newline (ChatML "<|im_end|>\n"), trained too
-        while positions and seq.ids[positions[-1]] != end_id and not tokenizer.decode([seq.ids[positions[-1]]]).strip():
-            positions.pop()
-        no_tokens = not any(seq.trained)
-        not_ending = not no_tokens and (not positions or seq.ids[positions[-1]] != end_id)
-        audit.examples_without_trained_tokens += no_tokens
-        audit.examples_not_ending_with_eos += not_ending
-        if prompt_trained or no_tokens or not_ending:
-            offenders.append(_marked(tokenizer, seq.ids, seq.trained))
-    audit.offending = offenders[0] if offenders else None
-    return audit
-
-
-def _marked(tokenizer: Any, ids: list[int], trained: list[bool]) -> str:
-    """The sequence decoded, each run of trained tokens inside [[...]]."""
-    parts, start = [], 0
-    for i in range(1, len(ids) + 1):
-        if i == len(ids) or trained[i] != trained[start]:
-            text = tokenizer.decode(ids[start:i])
-            parts.append(f"[[{text}]]" if trained[start] else text)
-            start = i
-    return "".join(parts)
 
 
 def _metrics(log_history: list[dict[str, Any]], train_s: float, stop: dict[str, Any]) -> dict[str, float | None]:
