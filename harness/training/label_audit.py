@@ -102,7 +102,7 @@ def _audit(
     audit = LabelAudit(examples=len(sequences) + len(dropped), end_of_turn=end_of_turn)
     end_id = tokenizer.convert_tokens_to_ids(end_of_turn) if end_of_turn else None
     audit.examples_without_trained_tokens = len(dropped)
-    offenders: list[str] = [f"{_marked(tokenizer, ids, [False] * len(ids))} (dropped: no trained token)" for ids in dropped[:1]]
+    offenders: list[str] = [f"{marked(tokenizer, ids, [False] * len(ids))} (dropped: no trained token)" for ids in dropped[:1]]
     for seq in sequences:
         prompt_trained = sum(seq.trained[: seq.prompt_len]) if check_prompt else 0
         audit.prompt_tokens_trained += prompt_trained
@@ -115,17 +115,17 @@ def _audit(
         audit.examples_without_trained_tokens += no_tokens
         audit.examples_not_ending_with_eos += not_ending
         if prompt_trained or no_tokens or not_ending:
-            offenders.append(_marked(tokenizer, seq.ids, seq.trained))
+            offenders.append(marked(tokenizer, seq.ids, seq.trained))
     audit.offending = offenders[0] if offenders else None
     return audit
 
 
-def _marked(tokenizer: Any, ids: list[int], trained: list[bool]) -> str:
-    """The sequence decoded, each run of trained tokens inside [[...]]."""
+def marked(tokenizer: Any, ids: list[int], trained: list[bool], opening: str = "[[", closing: str = "]]") -> str:
+    """The sequence decoded, each run of trained tokens between ``opening`` and ``closing``."""
     parts, start = [], 0
     for i in range(1, len(ids) + 1):
         if i == len(ids) or trained[i] != trained[start]:
             text = tokenizer.decode(ids[start:i])
-            parts.append(f"[[{text}]]" if trained[start] else text)
+            parts.append(f"{opening}{text}{closing}" if trained[start] else text)
             start = i
     return "".join(parts)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .label_audit import marked
+
 LIMIT = 64  # rows compared: masks are a property of the template, a few dozen rows show a disagreement
 _NAME = "completion-only/assistant-only agreement"
 
@@ -146,17 +148,6 @@ def _describe(tokenizer: Any, ids_c: list[int], by_c: list[bool], ids_a: list[in
         start = next((i for i, (x, y) in enumerate(zip(ids_c, ids_a)) if x != y), min(len(ids_c), len(ids_a)))
         what = f"the token ids differ from position {start}"
     return (
-        f"{what}:\ncompletion-only: {_marked(tokenizer, ids_c, by_c, '[[', ']]')}"
-        f"\nassistant-only: {_marked(tokenizer, ids_a, by_a, '{{', '}}')}"
+        f"{what}:\ncompletion-only: {marked(tokenizer, ids_c, by_c, '[[', ']]')}"
+        f"\nassistant-only: {marked(tokenizer, ids_a, by_a, '{{', '}}')}"
     )
-
-
-def _marked(tokenizer: Any, ids: list[int], trained: list[bool], opening: str, closing: str) -> str:
-    """The sequence decoded, each run of trained tokens between ``opening`` and ``closing``."""
-    parts, start = [], 0
-    for i in range(1, len(ids) + 1):
-        if i == len(ids) or trained[i] != trained[start]:
-            text = tokenizer.decode(ids[start:i])
-            parts.append(f"{opening}{text}{closing}" if trained[start] else text)
-            start = i
-    return "".join(parts)
