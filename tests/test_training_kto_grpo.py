@@ -4,7 +4,6 @@ GRPO reward is the eval suite's own extraction and scorer."""
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from pathlib import Path
@@ -17,6 +16,8 @@ pytest.importorskip("trl")
 from harness.training.job import JobError, load_job  # noqa: E402
 from harness.training.reward import SuiteReward  # noqa: E402
 from harness.training.runner import run_job  # noqa: E402
+
+from tests.test_training_runner import perturbed  # noqa: E402
 
 CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Spain": "Madrid", "Germany": "Berlin",
             "Egypt": "Cairo", "Canada": "Ottawa", "Peru": "Lima"}
@@ -82,15 +83,6 @@ def test_kto_job_starts_at_the_untrained_policy_and_passes_every_check(tmp_path:
 
 
 def test_kto_with_a_reference_other_than_the_initial_policy_fails(tmp_path: Path) -> None:
-    def perturbed(model: Any) -> Any:
-        import torch
-
-        reference = copy.deepcopy(model)
-        with torch.no_grad():
-            for p in reference.parameters():
-                p.add_(torch.randn_like(p) * 0.5)
-        return reference
-
     run = run_job(load_job(kto_job(tmp_path / "kto")), tmp_path / "out", _make_reference=perturbed)
     assert run.error is None
     assert failed(run) == {"reference_model", "training_happened"}

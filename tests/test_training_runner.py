@@ -164,18 +164,20 @@ def test_dpo_job_starts_at_ln2_against_the_initial_policy(tmp_path: Path) -> Non
     assert run.label_audit.examples == 32  # chosen and rejected sequences
 
 
+def perturbed(model: Any) -> Any:
+    """A reference that is not the initial policy: a copy with noise on every weight."""
+    import copy
+
+    import torch
+
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    return reference
+
+
 def test_dpo_with_a_different_reference_fails_reference_model(tmp_path: Path) -> None:
-    def perturbed(model: Any) -> Any:
-        import copy
-
-        import torch
-
-        reference = copy.deepcopy(model)
-        with torch.no_grad():
-            for p in reference.parameters():
-                p.add_(torch.randn_like(p) * 0.5)
-        return reference
-
     run = run_job(dpo_job(tmp_path), tmp_path / "out", _make_reference=perturbed)
     assert run.error is None
     assert failed(run) == {"reference_model", "training_happened"}

@@ -127,14 +127,27 @@ def _png_names(report: dict[str, Any]) -> tuple[list[tuple[dict[str, Any], str]]
 
 
 def _figure(job: str, rows: list[dict[str, Any]]) -> Any:
+    """loss, grad_norm and learning rate per step, then the reward and KL panels a trainer logged."""
+    extra = [(title, curves) for title, curves in PREFERENCE_PANELS
+             if any(_finite(row.get(key)) for row in rows for key in curves)]
+    panels = [(name, {name: None}) for name in CURVES] + extra
+    return _panels_figure(job, rows, panels, "not logged", width=10 + 3.3 * len(extra))
+
+
+def _throughput_figure(job: str, rows: list[dict[str, Any]]) -> Any:
+    """samples/s, tokens/s and memory (RSS; CUDA max allocated and NVML's GPU use when measured) per step."""
+    panels = [("samples/s", {"samples_per_s": None}), ("tokens/s", {"tokens_per_s": None}), ("memory (MB)", MEMORY_CURVES)]
+    return _panels_figure(job, rows, panels, "not measured")
+
+
+def _panels_figure(job: str, rows: list[dict[str, Any]], panels: list[tuple[str, dict[str, str | None]]],
+                   empty: str, width: float = 10) -> Any:
+    """One panel per (title, {key: legend label}): each key's finite values against the step."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    extra = [(title, curves) for title, curves in PREFERENCE_PANELS
-             if any(_finite(row.get(key)) for row in rows for key in curves)]
-    fig = Figure(figsize=(10 + 3.3 * len(extra), 3.2), dpi=100, layout="constrained")
+    fig = Figure(figsize=(width, 3.2), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    panels = [(name, {name: None}) for name in CURVES] + extra
     for ax, (title, curves) in zip(fig.subplots(1, len(panels)), panels):
         drawn = 0
         for key, label in curves.items():
@@ -144,33 +157,7 @@ def _figure(job: str, rows: list[dict[str, Any]]) -> Any:
                         marker="." if len(points) < 50 else None)
                 drawn += 1
         if not drawn:
-            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
-        elif label is not None and drawn > 1:
-            ax.legend(fontsize="small")
-        ax.set_title(title)
-        ax.set_xlabel("step")
-    _title(fig, job)
-    return fig
-
-
-def _throughput_figure(job: str, rows: list[dict[str, Any]]) -> Any:
-    """samples/s, tokens/s and memory (RSS; CUDA max allocated and NVML's GPU use when measured) per step."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 3.2), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    panels = [("samples/s", {"samples_per_s": None}), ("tokens/s", {"tokens_per_s": None}), ("memory (MB)", MEMORY_CURVES)]
-    for ax, (title, curves) in zip(fig.subplots(1, len(panels)), panels):
-        drawn = 0
-        for key, label in curves.items():
-            points = [(row["step"], row[key]) for row in rows if _finite(row.get(key))]
-            if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], label=label,
-                        marker="." if len(points) < 50 else None)
-                drawn += 1
-        if not drawn:
-            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
         elif len(curves) > 1:
             ax.legend(fontsize="small")
         ax.set_title(title)
