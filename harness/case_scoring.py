@@ -6,6 +6,7 @@ from functools import lru_cache
 from typing import Any
 
 from harness.gates import parse_gate
+from harness.judging.scores import JudgeFailed
 from harness.results import CaseResult
 from harness.scoring.base import ScorerUnavailable
 from harness.scoring.extract import ExtractionError, run_pipeline
@@ -36,12 +37,17 @@ def score_reply(suite: Suite, case: Case, model: str, nodeid: str, dataset: str,
         attempts=reply.get("attempts"), ttft_ms=reply.get("ttft_ms"), tpot_ms=reply.get("tpot_ms"),
         sent_at=reply.get("sent_at"), done_at=reply.get("done_at"), tool_calls=reply.get("tool_calls"),
         attack=case.attack, cluster=case.cluster, truncated=bool(reply.get("truncated") or reply.get("finish_reason") == "length"),
+        human_label=case.human_label,
     )
     if result.truncated and result.error is None and suite.truncated == "error":
         # applied when scoring, not sending: the cached reply stays valid whatever the suite says
         result.error = TRUNCATED_ERROR
     try:
-        _score(suite, case, result)
+        _score(suite, case, result, reply)
+    except JudgeFailed as exc:
+        # no verdict is not a wrong answer: an error with the judge's raw reply, never a silent 0
+        result.score, result.error = 0.0, str(exc)
+        result.reason = result.error
     except Exception as exc:  # noqa: BLE001
         # a scorer that raises did not judge the case: an error (error_rate counts it), not a wrong answer
         result.score, result.error = 0.0, _scorer_error(exc)
@@ -49,7 +55,13 @@ def score_reply(suite: Suite, case: Case, model: str, nodeid: str, dataset: str,
     if hook is not None:
         hook.pytest_llm_case_result(result=result, suite=suite, case=case)
     # record-only suites leave `passed` unset: their gates alone judge
-    if suite.pass_rule is not None:
+    threshold = suite.judge.pass_threshold if suite.judge is not None else None
+    judge_passed = result.data.get("judge_passed") if threshold is not None else None
+    if judge_passed is not None and result.error is None:
+        result.passed = bool(judge_passed)  # the judge's pass_threshold decides
+        if not result.passed and not result.reason:
+            result.reason = f"judge verdict below pass_threshold {threshold:g}"
+    elif suite.pass_rule is not None:
         result.passed = result.error is None and parse_gate(suite.pass_rule).holds(result.score or 0.0)
         if not result.passed and not result.reason:
             result.reason = f"score {result.score:.3g} fails '{suite.pass_rule}'"
@@ -62,7 +74,7 @@ def _scorer_error(exc: Exception) -> str:
     return f"scorer raised {type(exc).__name__}: {exc}"
 
 
-def _score(suite: Suite, case: Case, result: CaseResult) -> None:
+def _score(suite: Suite, case: Case, result: CaseResult, reply: dict[str, Any]) -> None:
     if result.error:
         result.score, result.reason = 0.0, f"model error: {result.error}"
         return
@@ -80,5 +92,12 @@ def _score(suite: Suite, case: Case, result: CaseResult) -> None:
             result.extracted = ""
             result.score, result.reason = 0.0, f"extraction failed: {exc}"
             return
-    scored = scorer.score(result.extracted, case.target, case)
+    if suite.judge is not None:
+        from harness.judging.scores import judge_score
+
+        result.judge = {}
+        scored = judge_score(suite.scorer, suite.judge, reply.get("judge"), result.extracted, case.target,
+                             result.judge)
+    else:
+        scored = scorer.score(result.extracted, case.target, case)
     result.score, result.reason, result.data = float(scored.value), scored.reason, dict(scored.data)

@@ -116,6 +116,15 @@ def _check_scorer(suite: Suite) -> None:
                                            f"{type(exc).__name__}: {exc}") from exc
 
 
+def _check_judge(config: pytest.Config, suite: Suite) -> None:
+    """A judged suite's judge model must be part of the run (harness.judging.models)."""
+    if suite.judge is not None:
+        from harness.judging.models import check_judge
+        from harness.run import run_state
+
+        check_judge(suite, run_state(config))
+
+
 def _check_prompts(suite: Suite, cases: list[Case], keep: bool) -> None:
     """Render every case now: a template that cannot render one (an undefined variable, a type
     error, the sandbox refusing) is a collection error naming the suite, the line and the problem,
@@ -198,6 +207,7 @@ class JsonlFile(pytest.File):
                 return []
             cases = catalog(self.config).cases(suite, self.path.resolve())  # read once, if its suite file read it first
             _check_scorer(suite)
+            _check_judge(self.config, suite)
             # an xdist worker builds no requests: it checks without keeping 100,000 prompts
             _check_prompts(suite, cases, keep=not hasattr(self.config, "workerinput"))
         except SuiteError as exc:
@@ -237,6 +247,7 @@ class SuiteFile(pytest.File):
             models_of = {}
             for suite in suites:
                 _check_scorer(suite)
+                _check_judge(self.config, suite)
                 _check_datasets(self.config, suite)
                 models_of[id(suite)] = suite_models(self.config, suite)
         except SuiteError as exc:
@@ -375,8 +386,7 @@ def _show(value: Any, limit: int = 2000) -> str:
 
 def format_case(result: CaseResult, prompt: Any) -> str:
     """Everything a reader needs to see why a case failed."""
-    if isinstance(prompt, list):
-        prompt = "\n".join(f"[{m.get('role')}] {m.get('content')}" for m in prompt)
+    prompt = _messages(prompt)
     lines = [
         f"case {result.id} of suite {result.suite} on {result.model} ({result.dataset}:{result.line})",
         f"reason:    {result.reason}",
@@ -387,4 +397,20 @@ def format_case(result: CaseResult, prompt: Any) -> str:
         "prompt:",
         *("    " + line for line in _show(prompt, 4000).splitlines()),
     ]
+    judge = result.judge or {}
+    if judge:
+        lines.append(f"judge:     {judge.get('model')}, verdict {_show(judge.get('verdict'))}"
+                     + (f", human label {_show(result.human_label)}" if result.human_label is not None else ""))
+        for number, raw in enumerate(judge.get("raw") or [], 1):
+            lines.append(f"judge reply{f' {number}' if len(judge.get('raw') or []) > 1 else ''}:")
+            lines.extend("    " + line for line in _show(raw, 2000).splitlines())
+        if judge.get("prompt"):
+            lines.append("judge prompt:")
+            lines.extend("    " + line for line in _show(_messages(judge["prompt"]), 4000).splitlines())
     return "\n".join(lines)
+
+
+def _messages(prompt: Any) -> Any:
+    if isinstance(prompt, list):
+        return "\n".join(f"[{m.get('role')}] {m.get('content')}" for m in prompt if isinstance(m, dict))
+    return prompt

@@ -25,6 +25,7 @@ from harness.engines.loop import submit
 from harness.redact import redact_url
 
 if TYPE_CHECKING:
+    from harness.judging.stage import JudgeStage
     from harness.plan import Task
 
 FLUSH_S = 0.01  # board and cache writes are batched over this window
@@ -41,8 +42,12 @@ class Generation:
 
     def __init__(self, tasks: Sequence[Task], clients: dict[str, Any], concurrency: int,
                  board: Board, on_replies: Callable[[list[Posted]], None] | None = None,
-                 passes: int = 1) -> None:
+                 passes: int = 1, judging: JudgeStage | None = None,
+                 answered: Sequence[tuple[Task, dict[str, Any]]] = ()) -> None:
         self.tasks = list(tasks)
+        self.judging = judging
+        self.answered = list(answered)  # cached replies of judged cases: judged, then posted
+        self._judges: set[asyncio.Task[None]] = set()
         self.clients = clients
         self.concurrency = max(1, concurrency)
         self.board = board
@@ -112,6 +117,8 @@ class Generation:
         limiter = next((c.limiter for c in clients if c.limiter is not None), None)
         if limiter is not None:
             stats["in_flight"] = limiter.stats()
+        if self.judging is not None:
+            stats["judge"] = self.judging.stats()
         return stats
 
     # -- on the request loop ----------------------------------------------------------------
@@ -119,15 +126,23 @@ class Generation:
         self._started.set()
         held: list[tuple[Task, Reply]] = []
         try:
+            for task, payload in self.answered:
+                self._judge_then_post(task, payload)
             held = await self._pass(self.tasks, final=self.passes == 0)
             for number in range(self.passes):
                 if not held or self.aborted:
                     break
                 self.resent += len(held)
                 held = await self._pass([task for task, _ in held], final=number == self.passes - 1)
+            while self._judges:
+                await asyncio.gather(*self._judges)
         finally:
             for task, reply in held:  # only when aborted or cancelled: still, no case is lost
                 self._post(task, reply)
+            for judging in list(self._judges):
+                judging.cancel()
+            if self._judges:
+                await asyncio.gather(*self._judges, return_exceptions=True)
             self._flush()
             self.board.finish(self.aborted)
             self._first.set()
@@ -216,7 +231,36 @@ class Generation:
         self.output_tokens += reply.output_tokens or 0
         if reply.done_at is not None:
             self.last_done = max(self.last_done or 0.0, reply.done_at)
-        self._posted.append((task.nodeid, reply.to_dict()))
+        payload = reply.to_dict()
+        if reply.error is None and self.judging is not None and self.judging.wants(task):
+            self._judge_then_post(task, payload)
+        else:
+            self._publish(task.nodeid, payload)
+
+    def _judge_then_post(self, task: Task, payload: dict[str, Any]) -> None:
+        """Ask the judge about a case's reply, then post both; a judge cut short posts the reply with
+        the reason, so no case is lost."""
+        assert self.judging is not None
+        judging = self.judging
+
+        async def judge() -> None:
+            try:
+                await judging.judge(task, payload)
+            except asyncio.CancelledError:
+                payload["judge"] = {"model": None, "prompt": None, "error": "generation stopped before the judge answered"}
+                raise
+            except Exception as exc:  # noqa: BLE001 - a judging bug fails its case, with the reason
+                payload["judge"] = {"model": None, "prompt": None,
+                                    "error": f"judging raised {type(exc).__name__}: {exc}"}
+            finally:
+                self._publish(task.nodeid, payload)
+
+        job = asyncio.get_running_loop().create_task(judge())
+        self._judges.add(job)
+        job.add_done_callback(self._judges.discard)
+
+    def _publish(self, nodeid: str, payload: dict[str, Any]) -> None:
+        self._posted.append((nodeid, payload))
         self._first.set()
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_S, self._flush)

@@ -12,7 +12,8 @@ from harness.engines.bundled import BUNDLED_MODEL_NAME
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 REMOTE = "openai"  # a server someone else runs; every other kind is in harness.engines.registry
-_KEYS = {"name", "base_url", "base_urls", "api_key_env", "engine", "model_path", "options", "args", "gpus"}
+_KEYS = {"name", "base_url", "base_urls", "api_key_env", "engine", "model_path", "options", "args", "gpus", "role"}
+ROLES = ("test", "judge")  # judge: a judge model only, never a model under test
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class ModelSpec:
     options: dict[str, Any] = field(default_factory=dict)  # engine settings (tensor_parallel_size, ...)
     args: tuple[str, ...] = ()  # extra command-line arguments of a managed server
     gpus: tuple[int, ...] | None = None
+    role: str = "test"  # "judge": serves judge requests only (no suite runs on it)
 
     @property
     def base_url(self) -> str | None:
@@ -35,14 +37,15 @@ class ModelSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "base_urls": list(self.base_urls), "api_key_env": self.api_key_env,
                 "engine": self.engine, "model_path": self.model_path, "options": dict(self.options),
-                "args": list(self.args), "gpus": list(self.gpus) if self.gpus is not None else None}
+                "args": list(self.args), "gpus": list(self.gpus) if self.gpus is not None else None,
+                "role": self.role}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ModelSpec":
         gpus = raw.get("gpus")
         return cls(raw["name"], tuple(raw.get("base_urls") or ()), raw.get("api_key_env") or DEFAULT_API_KEY_ENV,
                    raw.get("engine") or "bundled", raw.get("model_path"), dict(raw.get("options") or {}),
-                   tuple(raw.get("args") or ()), tuple(gpus) if gpus is not None else None)
+                   tuple(raw.get("args") or ()), tuple(gpus) if gpus is not None else None, raw.get("role") or "test")
 
 
 class ModelConfigError(ValueError):
@@ -100,8 +103,9 @@ def resolve_models(names: list[str], base_url: str | None, api_key_env: str | No
                 "itself; vLLM, SGLang and llama.cpp servers it starts are declared in --llm-models-file)")
         else:
             specs.append(ModelSpec(name, urls, key_env, REMOTE))
-    if not specs:
-        specs.append(ModelSpec(BUNDLED_MODEL_NAME))
+    if all(spec.role == "judge" for spec in specs):
+        # a models file of judges only: the models under test are still the default
+        specs.insert(0, ModelSpec(BUNDLED_MODEL_NAME))
     seen: set[str] = set()
     for spec in specs:
         if spec.name in seen:
@@ -144,9 +148,12 @@ def _entry(path: Path, index: int, entry: Any, key_env: str, default_gpus: tuple
     if not isinstance(args, list):
         raise ModelConfigError(f"{path}: model {name!r}: args must be a list")
     gpus = entry.get("gpus")
+    role = entry.get("role", "test")
+    if role not in ROLES:
+        raise ModelConfigError(f"{path}: model {name!r}: role must be one of {', '.join(ROLES)}, not {role!r}")
     spec = ModelSpec(name, urls, entry.get("api_key_env") or key_env, engine, entry.get("model_path"),
                      dict(options), tuple(str(a) for a in args),
-                     tuple(int(g) for g in gpus) if gpus is not None else default_gpus)
+                     tuple(int(g) for g in gpus) if gpus is not None else default_gpus, role)
     problem = check(spec) if check is not None else None
     if problem:
         raise ModelConfigError(f"{path}: model {name!r}: {problem}")

@@ -60,6 +60,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     option("baseline-reason", "why the baseline is saved (required with --llm-baseline-save; kept in the file)")
     option("audit", "determinism audit: re-send K cases of each suite with the cache off and fail a gate "
            "whose outcome flips (0: off)", default="0")
+    option("judge-model", "the model that grades judge-scored suites whose scorer names no model: a model of "
+           "the run, a models-file entry (role: judge serves judging only), or the bundled gemma-3-270m")
     parser.addini("llm_allow_imports", "module prefixes a suite file may import (classifier: 'pkg.mod:attr') "
                   "besides the project's own modules under the rootdir", type="args", default=[])
     option("known-failures", "ledger of cases known to fail (YAML list or CSV of suite, id, reason, model?; "
@@ -86,6 +88,7 @@ def _settings(config: pytest.Config) -> Settings:
             deadline_s=float(_value(config, "llm_deadline")),
             retry_passes=int(_value(config, "llm_retry_passes")),
             stream=bool(_value(config, "llm_stream")),
+            judge_model=str(_value(config, "llm_judge_model") or "").strip(),
         )
     except ValueError as exc:
         raise pytest.UsageError(f"llm-harness: bad numeric option: {exc}") from exc
@@ -129,7 +132,14 @@ def pytest_configure(config: pytest.Config) -> None:
                                 lambda spec: spec_problem(spec, config.hook))
     except ModelConfigError as exc:
         raise pytest.UsageError(f"llm-harness: {exc}") from exc
-    state = RunState.new(models, _settings(config))
+    settings = _settings(config)
+    from harness.judging.models import add_judge_model
+
+    try:
+        models = add_judge_model(models, settings.judge_model)
+    except ValueError as exc:
+        raise pytest.UsageError(f"llm-harness: {exc}") from exc
+    state = RunState.new(models, settings)
     state.hook = config.hook
     config.stash[STATE_KEY] = state
     from harness.session import PLUGIN_NAME, SESSION_KEY, EvalSession

@@ -44,6 +44,9 @@ class CaseResult:
     attack: str | None = None  # robustness copies: the perturbation of the input
     cluster: str | None = None  # the case's cluster (`cluster` field): paired intervals resample clusters
     metadata: dict[str, Any] = field(default_factory=dict)
+    human_label: Any = None  # a person's verdict (the ``human_label`` field): a judge's agreement is measured on it
+    # a model-graded case: the judge's model, prompt, raw replies, verdict and reasoning (harness.judging.scores)
+    judge: dict[str, Any] | None = None
     # scorer-specific values that suite aggregation needs (e.g. predicted label)
     data: dict[str, Any] = field(default_factory=dict)
 

@@ -44,6 +44,7 @@ class Settings:
     deadline_s: float = 900.0  # per request, all attempts and waits included; 0: none
     retry_passes: int = 1  # passes over transiently failed requests after the main pass
     stream: bool = False  # stream every request (time to first token, time per output token)
+    judge_model: str = ""  # the judge of suites whose judge names no model (--llm-judge-model)
 
 
 @dataclass
@@ -85,7 +86,7 @@ class RunState:
     @property
     def model_names(self) -> list[str]:
         """The run's models: those every suite without a model of its own runs on."""
-        return [m.name for m in self.models]
+        return [m.name for m in self.models if m.role != "judge"]
 
     @property
     def all_models(self) -> list[ModelSpec]:

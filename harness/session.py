@@ -275,33 +275,49 @@ class EvalSession:
         board.plan(t.nodeid for t in plan.tasks)
         board.put_many((t.nodeid, Reply(None, t.error, 0.0).to_dict()) for t in plan.tasks if t.request is None)
         sendable = [t for t in plan.tasks if t.request is not None]
-        pending = self._from_cache(sendable, board)
+        pending, answered = self._from_cache(sendable, board)
         self.generation_stats = {"cases": len(plan.tasks), "cached": len(sendable) - len(pending),
                                  "gate_only_cases": len(plan.pulled)}
         if plan.pulled:
             self._pulled = threading.Thread(target=self._score_pulled, name="llm-harness-gate-cases", daemon=True)
             self._pulled.start()
-        if not pending:
+        if not pending and not answered:
             board.finish()
             return
-        self._send(pending, board)
+        self._send(pending, answered, board)
 
-    def _send(self, pending: list[Task], board: Board) -> None:
+    def _judge_of(self, task: Task) -> tuple[Any, str] | None:
+        """The judge spec and judge model of a task's suite, or None when no model grades it."""
+        from harness.judging.models import judge_model
+
+        spec = task.ref.suite.judge
+        return (spec, judge_model(spec, self.state)) if spec is not None else None
+
+    def _send(self, pending: list[Task], answered: list[tuple[Task, dict[str, Any]]], board: Board) -> None:
         from harness.engines.managed import EngineStartError
         from harness.generation import Generation, GenerationAborted
         from harness.report import warm_writers
 
         settings = self.state.settings
         models = list(dict.fromkeys(t.model for t in pending))
+        judges = list(dict.fromkeys(found[1] for t in [*pending, *(t for t, _ in answered)]
+                                    if (found := self._judge_of(t)) is not None))
         try:
-            clients = {model: self._client(model) for model in models}
+            clients = {model: self._client(model) for model in dict.fromkeys([*models, *judges])}
         except EngineStartError as exc:
             board.finish(f"engine did not start: {exc}")
             pytest.exit(f"llm-harness: {exc}", returncode=pytest.ExitCode.INTERNAL_ERROR)
+        judging = None
+        if judges:
+            from harness.judging.stage import JudgeStage
+
+            judging = JudgeStage(self._judge_of, {m: clients[m] for m in judges},
+                                 {m: self.state.model_identity(m) for m in judges}, self.state.response_cache())
         self._generation = Generation(pending, clients, settings.concurrency, board, self._to_cache,
-                                      passes=settings.retry_passes)
-        self._say(f"llm-harness: sending {len(pending)} requests to {', '.join(models)}, "
-                  f"at most {settings.concurrency} in flight")
+                                      passes=settings.retry_passes, judging=judging, answered=answered)
+        judged = f"; judged by {', '.join(judges)}" if judges else ""
+        self._say(f"llm-harness: sending {len(pending)} requests to {', '.join(models) or 'no model (all cached)'}, "
+                  f"at most {settings.concurrency} in flight{judged}")
         self._generation.start()
         warm_writers()  # while the model answers, not after its last reply
         try:
@@ -323,26 +339,30 @@ class EvalSession:
         self.generation_stats.update(generation.stats())
         self._generation = None
 
-    def _from_cache(self, tasks: list[Task], board: Board) -> list[Task]:
-        """Put cached replies on the board; return the tasks still to send."""
+    def _from_cache(self, tasks: list[Task], board: Board) -> tuple[list[Task], list[tuple[Task, dict[str, Any]]]]:
+        """Put cached replies on the board; return the tasks still to send, and the cached replies of
+        judged cases (their judge is asked, or answers from the cache too, before they are posted)."""
         cache = self.state.response_cache()
         if cache is None:
-            return tasks
+            return tasks, []
         identities = {model: self.state.model_identity(model) for model in dict.fromkeys(t.model for t in tasks)}
         self._keys = {t.nodeid: (cache_key(identities[t.model], t.request), t.model) for t in tasks}
         hits = cache.get_many(key for key, _ in self._keys.values())
-        cached = [(t.nodeid, {**hits[self._keys[t.nodeid][0]], "cached": True}) for t in tasks
+        cached = [(t, {**hits[self._keys[t.nodeid][0]], "cached": True}) for t in tasks
                   if self._keys[t.nodeid][0] in hits]
-        board.put_many(cached)
+        board.put_many((t.nodeid, reply) for t, reply in cached if t.ref.suite.judge is None)
         if cached:
             self._say(f"llm-harness: {len(cached)} of {len(tasks)} replies from the cache ({cache.path})")
-        return [t for t in tasks if self._keys[t.nodeid][0] not in hits]
+        return ([t for t in tasks if self._keys[t.nodeid][0] not in hits],
+                [(t, reply) for t, reply in cached if t.ref.suite.judge is not None])
 
     def _to_cache(self, replies: list[tuple[str, dict[str, Any]]]) -> None:
-        """Successful replies go into the cache as they arrive: a killed run resumes."""
+        """Successful replies go into the cache as they arrive: a killed run resumes. A judged reply is
+        cached without its judge's replies, which the judge stage caches under their own keys."""
         cache = self.state.response_cache()
         if cache is not None:
-            cache.put_many((*self._keys[nodeid], reply) for nodeid, reply in replies)
+            cache.put_many((*self._keys[nodeid], {k: v for k, v in reply.items() if k != "judge"})
+                           for nodeid, reply in replies if not reply.get("cached"))
 
     def _client(self, model: str) -> Any:
         engine = self.state.engine_of(model)

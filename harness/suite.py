@@ -63,6 +63,7 @@ class Case:
     line: int
     attack: str | None = None  # a robustness copy: the attack its input went through
     cluster: str | None = None  # cases sharing a context (a document): comparisons resample them together
+    human_label: Any = None  # a person's verdict on the reply (``human_label`` field): judges are checked against it
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class Suite:
     robustness: RobustnessSpec | None = None
     truncated: str = "record"  # a reply cut off at max_tokens: "record" it, or make it an "error"
     trained: TrainedModel | None = None  # model: {train: ...}: the suite runs on its own models only
+    judge: Any = None  # harness.judging.spec.JudgeSpec: a model grades the replies (scorer judge, method: judge)
 
     def config_dict(self) -> dict[str, Any]:
         """The suite's settings as they appear in report metadata."""
@@ -143,6 +145,7 @@ class Suite:
             "robustness": self.robustness.config_dict() if self.robustness else None,
             "truncated": self.truncated,
             **({"model": self.trained.config_dict()} if self.trained is not None else {}),
+            **({"judge": self.judge.config_dict()} if self.judge is not None else {}),
         }
 
 
@@ -195,12 +198,14 @@ def load_suite(path: Path) -> Suite:
     _DATASET_ENTRIES[path.resolve()] = tuple(data_list)
 
     fields = {"id": "id", "input": "input", "target": "target", "metadata": "metadata", "cluster": "cluster"}
+    # human_label is mapped only when named (a suite's fingerprint in saved baselines stays as it was)
+    known_fields = (*fields, "human_label")
     mapped = raw.get("fields") or {}
     if not isinstance(mapped, dict) or not all(isinstance(v, str) for v in mapped.values()):
-        raise fail("fields", "'fields' maps id/input/target/metadata/cluster to your column names")
-    bad = set(mapped) - set(fields)
+        raise fail("fields", f"'fields' maps {'/'.join(known_fields)} to your column names")
+    bad = set(mapped) - set(known_fields)
     if bad:
-        raise fail("fields", f"unknown field {sorted(bad)[0]!r} in 'fields'; use id, input, target, metadata, cluster")
+        raise fail("fields", f"unknown field {sorted(bad)[0]!r} in 'fields'; use {', '.join(known_fields)}")
     fields.update(mapped)
 
     prompt_raw = raw.get("prompt") or {}
@@ -261,6 +266,12 @@ def load_suite(path: Path) -> Suite:
         scorer_options = _resolve_files(scorer_options, path.parent)
     except FileNotFoundError as exc:
         raise fail("scorer", f"scorer option {exc.args[0]!r}: file {exc.args[1]!r} not found") from exc
+    from harness.judging.options import split_judge
+
+    try:
+        judge, scorer_options = split_judge(scorer, scorer_options, f"scorer {scorer!r}")
+    except ValueError as exc:
+        raise fail("scorer", str(exc)) from exc
 
     pass_rule = raw.get("pass", "score >= 1")
     if pass_rule in ("record", None, False):
@@ -325,6 +336,7 @@ def load_suite(path: Path) -> Suite:
         robustness=robustness,
         truncated=truncated,
         trained=trained,
+        judge=judge,
     )
 
 
@@ -665,7 +677,7 @@ def _case(suite: Suite, dataset: Path, number: int, record: dict[str, Any], seen
     if cluster is not None and (not isinstance(cluster, (str, int)) or isinstance(cluster, bool)):
         raise SuiteError(dataset, number, f"cluster {cluster!r} must be a string or an integer")
     return Case(case_id, value, record[f["target"]], metadata, record, dataset, number,
-                cluster=None if cluster is None else str(cluster))
+                cluster=None if cluster is None else str(cluster), human_label=record.get(f.get("human_label", "human_label")))
 
 
 def file_digest(path: Path) -> tuple[str, int]:

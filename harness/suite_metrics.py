@@ -150,6 +150,14 @@ def suite_result(suite: Suite, model: str, results: Sequence[CaseResult], total_
     recorded as skipped with ``unjudged_reason``. ``hook`` (a pytest hook relay) lets
     ``pytest_llm_suite_metrics`` add or change metrics before any gate is judged."""
     main, metrics = suite_metrics(suite, results)
+    judge_table = None
+    if suite.judge is not None:
+        from harness.judging.quality import judge_quality
+
+        judge = next((r.judge["model"] for r in results if r.judge and r.judge.get("model")), None)
+        figures, judge_table = judge_quality(suite.judge, judge or suite.judge.model or "", model,
+                                             [r for r in results if r.attack is None])
+        metrics.update(figures)
     if hook is not None:
         hook.pytest_llm_suite_metrics(suite=suite, model=model, results=list(results), metrics=metrics)
     unmeasured = unmeasured_reason(results)
@@ -167,5 +175,7 @@ def suite_result(suite: Suite, model: str, results: Sequence[CaseResult], total_
     clean = [r for r in results if r.attack is None]  # tables, like quality metrics, are the clean cases
     tables = scorer.tables(clean) if scorer is not None and hasattr(scorer, "tables") else {}
     tables = {**tables, "by_dataset": by_dataset(suite, main, clean, metrics)}
+    if judge_table is not None:
+        tables["judge"] = judge_table
     subset = len(results) < total_cases
     return SuiteResult(suite.name, model, main, metrics, gates, len(results), total_cases, subset, tables)

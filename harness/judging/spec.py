@@ -57,6 +57,12 @@ class JudgeSpec:
     language: str = "en"
     builtin: str | None = None  # the built-in rubric's name, if the rubric is one
 
+    def config_dict(self) -> dict[str, Any]:
+        """The spec as report metadata shows it (a built-in rubric by name, not its text)."""
+        return {"model": self.model, "rubric": self.builtin or self.rubric, "scale": list(self.scale),
+                "samples": self.samples, "temperature": self.temperature, "max_tokens": self.max_tokens,
+                "pass_threshold": self.pass_threshold, "positive": self.positive, "language": self.language}
+
     @property
     def numeric(self) -> bool:
         """Whether the scale is a [lo, hi] range of numbers (else a list of labels)."""

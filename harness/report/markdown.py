@@ -52,6 +52,7 @@ def render_markdown(report: dict[str, Any], forest: bool = False, plots: set[str
         _gates(suites),
         _determinism_audit(report),
         _confusion(report),
+        _judges(suites),
         _tool_calls(suites),
         _worst(suites, cases),
         _training(report, plots or set()),
@@ -266,6 +267,45 @@ def _confusion(report: dict[str, Any]) -> str:
         parts.append(f"### {title}\n\n" + _table(["target \\ predicted", *labels], rows)
                      + f"\n![confusion matrix heatmap: {_alt(title)}]({png})\n")
     return "## Confusion matrices\n\n" + "\n".join(parts) if parts else ""
+
+
+def _judges(suites: list[dict[str, Any]]) -> str:
+    """Judge-graded suites: the judge, its agreement with people and with itself, and self-grading."""
+    parts = []
+    for s in suites:
+        table = (s.get("tables") or {}).get("judge")
+        if not isinstance(table, dict):
+            continue
+        metrics = s.get("metrics") or {}
+        lines = [f"### {_md(s.get('name'))} ({_md(s.get('model'))})\n",
+                 f"Judge {_code(_md(table.get('model'), html=False))}, rubric {_code(_md(table.get('rubric'), html=False))}, "
+                 f"{_num(metrics.get('judge_cases'))} cases judged, verdict errors "
+                 f"{_num(metrics.get('judge_error_rate'))}{_interval(metrics, 'judge_error_rate')}.\n"]
+        if table.get("self_grading"):
+            lines.append(f"> ⚠️ {_md(table['self_grading'])}\n")
+        found = table.get("agreement")
+        if isinstance(found, dict):
+            weights = f" ({found['weights']} weights)" if found.get("weights") else ""
+            lines.append(
+                f"Agreement with human labels on {_num(found.get('n'))} cases: accuracy "
+                f"{_num(found.get('accuracy'))}{_interval(found, 'accuracy')}, Cohen's kappa{weights} "
+                f"{_num(found.get('kappa'))}{_interval(found, 'kappa')} (95% bootstrap intervals); "
+                f"{_num(found.get('missing'))} without a verdict, {_num(found.get('unlabelled'))} without a "
+                f"label on the scale.\n")
+            if found.get("note"):
+                lines.append(f"Note: {_md(found['note'])}\n")
+            confusion = found.get("confusion") or {}
+            labels = [_md(label) for label in confusion.get("labels") or []]
+            if labels:
+                rows = [[f"**{label}**", *(str(v) for v in row)] for label, row in zip(labels, confusion["matrix"])]
+                lines.append(_table(["human \\ judge", *labels], rows))
+        own = table.get("self_agreement")
+        if isinstance(own, dict):
+            lines.append(f"Self-agreement over {_num(own.get('samples'))} samples per case: "
+                         f"{_num(own.get('mean_agreement'))} of sample pairs agree, Fleiss' kappa "
+                         f"{_num(own.get('fleiss_kappa'))} ({_num(own.get('n'))} cases).\n")
+        parts.append("\n".join(lines))
+    return "## Judges\n\n" + "\n".join(parts) if parts else ""
 
 
 def _tool_calls(suites: list[dict[str, Any]]) -> str:

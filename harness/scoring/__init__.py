@@ -2,4 +2,4 @@
 
 Importing the package registers the built-in scorers (each registers when its module loads)."""
 
-from harness.scoring import checklist, scorers, toxicity  # noqa: F401
+from harness.scoring import checklist, judged, scorers, toxicity  # noqa: F401
