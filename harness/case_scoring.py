@@ -55,6 +55,9 @@ def score_reply(suite: Suite, case: Case, model: str, nodeid: str, dataset: str,
     if hook is not None:
         hook.pytest_llm_case_result(result=result, suite=suite, case=case)
     # record-only suites leave `passed` unset: their gates alone judge
+    if result.data.get("pairwise") == "reference" and result.error is None:
+        result.passed = None  # the pairwise reference: the other models are judged against its answers
+        return result
     threshold = suite.judge.pass_threshold if suite.judge is not None else None
     judge_passed = result.data.get("judge_passed") if threshold is not None else None
     if judge_passed is not None and result.error is None:

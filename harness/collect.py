@@ -122,7 +122,8 @@ def _check_judge(config: pytest.Config, suite: Suite) -> None:
         from harness.judging.models import check_judge
         from harness.run import run_state
 
-        check_judge(suite, run_state(config))
+        check_judge(suite, run_state(config), suite_models(config, suite),
+                    bool(config.getoption("llm_baseline", None)))
 
 
 def _check_prompts(suite: Suite, cases: list[Case], keep: bool) -> None:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 FLUSH_S = 0.01  # board and cache writes are batched over this window
 
 Posted = tuple[str, dict[str, Any]]
+STOPPED = "generation stopped before the judge answered"
 
 
 class GenerationAborted(RuntimeError):
@@ -48,6 +49,7 @@ class Generation:
         self.judging = judging
         self.answered = list(answered)  # cached replies of judged cases: judged, then posted
         self._judges: set[asyncio.Task[None]] = set()
+        self._unjudged: dict[str, dict[str, Any]] = {}  # node id -> reply waiting for its judge
         self.clients = clients
         self.concurrency = max(1, concurrency)
         self.board = board
@@ -127,6 +129,8 @@ class Generation:
         held: list[tuple[Task, Reply]] = []
         try:
             for task, payload in self.answered:
+                if self.judging is not None:
+                    self.judging.arrived(task, payload)
                 self._judge_then_post(task, payload)
             held = await self._pass(self.tasks, final=self.passes == 0)
             for number in range(self.passes):
@@ -134,15 +138,22 @@ class Generation:
                     break
                 self.resent += len(held)
                 held = await self._pass([task for task, _ in held], final=number == self.passes - 1)
+            if self.judging is not None:
+                self.judging.close()  # every answer is in: a pairwise judgement without its partner gives up
             while self._judges:
                 await asyncio.gather(*self._judges)
         finally:
             for task, reply in held:  # only when aborted or cancelled: still, no case is lost
                 self._post(task, reply)
+            if self.judging is not None:
+                self.judging.close()
             for judging in list(self._judges):
                 judging.cancel()
             if self._judges:
                 await asyncio.gather(*self._judges, return_exceptions=True)
+            for nodeid, payload in list(self._unjudged.items()):  # judgements cancelled before they began
+                payload["judge"] = {"model": None, "prompt": None, "error": STOPPED}
+                self._publish(nodeid, payload)
             self._flush()
             self.board.finish(self.aborted)
             self._first.set()
@@ -232,10 +243,12 @@ class Generation:
         if reply.done_at is not None:
             self.last_done = max(self.last_done or 0.0, reply.done_at)
         payload = reply.to_dict()
-        if reply.error is None and self.judging is not None and self.judging.wants(task):
-            self._judge_then_post(task, payload)
-        else:
-            self._publish(task.nodeid, payload)
+        if self.judging is not None and self.judging.wants(task):
+            self.judging.arrived(task, payload)  # a pairwise judgement may wait for this answer, failed or not
+            if reply.error is None:
+                self._judge_then_post(task, payload)
+                return
+        self._publish(task.nodeid, payload)
 
     def _judge_then_post(self, task: Task, payload: dict[str, Any]) -> None:
         """Ask the judge about a case's reply, then post both; a judge cut short posts the reply with
@@ -243,11 +256,13 @@ class Generation:
         assert self.judging is not None
         judging = self.judging
 
+        self._unjudged[task.nodeid] = payload
+
         async def judge() -> None:
             try:
                 await judging.judge(task, payload)
             except asyncio.CancelledError:
-                payload["judge"] = {"model": None, "prompt": None, "error": "generation stopped before the judge answered"}
+                payload["judge"] = {"model": None, "prompt": None, "error": STOPPED}
                 raise
             except Exception as exc:  # noqa: BLE001 - a judging bug fails its case, with the reason
                 payload["judge"] = {"model": None, "prompt": None,
@@ -260,6 +275,7 @@ class Generation:
         job.add_done_callback(self._judges.discard)
 
     def _publish(self, nodeid: str, payload: dict[str, Any]) -> None:
+        self._unjudged.pop(nodeid, None)
         self._posted.append((nodeid, payload))
         self._first.set()
         if self._flush_handle is None:

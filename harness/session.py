@@ -312,7 +312,8 @@ class EvalSession:
             from harness.judging.stage import JudgeStage
 
             judging = JudgeStage(self._judge_of, {m: clients[m] for m in judges},
-                                 {m: self.state.model_identity(m) for m in judges}, self.state.response_cache())
+                                 {m: self.state.model_identity(m) for m in judges}, self.state.response_cache(),
+                                 lambda task: self.comparisons.reference_of(task.model, task.ref.suite))
         self._generation = Generation(pending, clients, settings.concurrency, board, self._to_cache,
                                       passes=settings.retry_passes, judging=judging, answered=answered)
         judged = f"; judged by {', '.join(judges)}" if judges else ""

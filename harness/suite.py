@@ -273,7 +273,8 @@ def load_suite(path: Path) -> Suite:
     except ValueError as exc:
         raise fail("scorer", str(exc)) from exc
 
-    pass_rule = raw.get("pass", "score >= 1")
+    # a pairwise case passes unless the reference's answer won (a tie scores 0.5)
+    pass_rule = raw.get("pass", "score >= 0.5" if scorer == "judge_pairwise" else "score >= 1")
     if pass_rule in ("record", None, False):
         pass_rule = None
     else:

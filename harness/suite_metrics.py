@@ -126,6 +126,12 @@ TIMING_METRICS = frozenset({"throughput_rps", "output_tokens_per_s", "wall_s"} |
     f"{stem}_p{q}_ms" for stem in ("latency", "ttft", "tpot") for q in (50, 90, 99)})
 
 
+def _operational_metric(metric: str) -> bool:
+    """Errors, caching, latency and throughput: measured on any model, judged or not."""
+    base = metric.split(".", 1)[0]
+    return is_timing_metric(base) or base in ("errors", "cached", "error_rate", "truncated_rate", "cases")
+
+
 def is_timing_metric(metric: str) -> bool:
     """Latency and throughput figures (TTFT and TPOT too)."""
     return metric in TIMING_METRICS
@@ -161,11 +167,15 @@ def suite_result(suite: Suite, model: str, results: Sequence[CaseResult], total_
     if hook is not None:
         hook.pytest_llm_suite_metrics(suite=suite, model=model, results=list(results), metrics=metrics)
     unmeasured = unmeasured_reason(results)
+    reference_of_pairwise = any(r.data.get("pairwise") == "reference" for r in results)
     gates = []
     for expr in suite.gates:
         gate = parse_gate(expr)
         if judged is not None and gate.expr not in judged:
             gates.append(unjudged_gate(gate, metrics.get(gate.metric), unjudged_reason))
+        elif reference_of_pairwise and not _operational_metric(gate.metric):
+            gates.append(unjudged_gate(gate, None, "the reference of a pairwise judge: the other models' answers "
+                                                   "are judged against this model's, which has no win rate of its own"))
         elif unmeasured and is_timing_metric(gate.metric) and metrics.get(gate.metric) is None:
             # a warm-cache re-run measured no time: nothing to hold the gate to, and no reason to fail it
             gates.append(unjudged_gate(gate, None, unmeasured))

@@ -468,5 +468,7 @@ def test_the_deadline_bounds_a_request_across_passes(pytester):
                         by_id["hang"]["error"]), by_id["hang"]["error"]
     # fast failures leave their budget to later passes: 3 failures, then the answer in the fourth pass
     assert by_id["late"]["error"] is None and by_id["late"]["score"] == 1.0
-    assert requests == 3 + 4  # with a fresh deadline per pass the hang was sent in all four
+    # with a fresh deadline per pass the hang would be sent in all four passes (3 + 4 + 1); on a loaded
+    # machine a slow first attempt may spend the budget before the third pass (3 + 3)
+    assert requests in (3 + 3, 3 + 4), requests
     assert elapsed < 25

@@ -35,8 +35,9 @@ def judge_model(spec: Any, state: RunState) -> str:
     return spec.model or state.settings.judge_model
 
 
-def check_judge(suite: Suite, state: RunState) -> None:
-    """A judged suite's judge must be a model of the run: else a SuiteError at the scorer's line."""
+def check_judge(suite: Suite, state: RunState, models: list[str], baseline: bool = False) -> None:
+    """A judged suite's judge must be a model of the run, and a pairwise judge needs two models of the
+    run answering the suite (``models``): else a SuiteError at the scorer's line."""
     from harness.suite import SuiteError, _line_of
 
     if suite.judge is None:
@@ -56,6 +57,12 @@ def check_judge(suite: Suite, state: RunState) -> None:
     if name not in state.all_model_names:
         raise fail(f"judge model {name!r} is not a model of this run ({', '.join(state.all_model_names)}): "
                    f"add it to the models file (role: judge for a judge only), or name one with --llm-judge-model")
+    if suite.judge.pairwise and len(models) < 2:
+        raise fail(f"scorer 'judge_pairwise' compares two models' answers to each case, and this suite runs on "
+                   f"one ({', '.join(models)}): add a model (--llm-model, or the models file)")
+    if suite.judge.pairwise and baseline:
+        raise fail("scorer 'judge_pairwise' compares the answers of models of this run; it cannot judge against a "
+                   "saved baseline (--llm-baseline)")
 
 
 def self_grading(suite: Suite, models: list[str], state: RunState) -> str | None:

@@ -31,6 +31,10 @@ def split_judge(scorer: str, options: dict[str, Any], where: str) -> tuple[Judge
     scorer itself. Raises ValueError naming the option."""
     if scorer == "judge":
         return parse_spec(options, where), {}
+    if scorer == "judge_pairwise":
+        from harness.judging.pairwise import parse_pairwise
+
+        return parse_pairwise(options, where), {}
     if scorer not in JUDGED_BY_RUBRIC:
         return None, options
     method = options.get("method", "rules")

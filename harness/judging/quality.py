@@ -7,7 +7,9 @@ Metrics (gates can use them, e.g. ``judge_kappa.lower >= 0.6``):
   requests, apart from the model's (cache hits left out of latency);
 - with human labels (the ``human_label`` field): ``judge_labelled``, ``judge_accuracy`` and
   ``judge_kappa`` (Cohen's, as scikit-learn's) with ``.lower``/``.upper`` bootstrap intervals;
-- with ``samples > 1``: ``judge_self_agreement`` (agreeing sample pairs) and ``judge_fleiss_kappa``.
+- with ``samples > 1``: ``judge_self_agreement`` (agreeing sample pairs) and ``judge_fleiss_kappa``;
+- pairwise judges: ``judge_position_consistency``, how often the two orders gave the same verdict;
+  human labels are the compared model's outcome (win, tie or loss).
 
 Verdicts compare with human labels on the judge's scale: labels match ignoring case; a numeric
 scale of whole numbers with at most 11 points (1 to 5, 0 to 10) compares the rounded verdict
@@ -25,10 +27,13 @@ from harness.results import CaseResult
 __all__ = ["judge_quality", "scale_labels"]
 
 _MAX_ORDINAL = 11
+PAIRWISE_OUTCOMES = ("win", "tie", "loss")  # a pairwise verdict, for the compared model
 
 
 def scale_labels(spec: JudgeSpec) -> tuple[list[Any], str | None]:
     """The categories verdicts and human labels are compared on, and the kappa weights."""
+    if spec.pairwise:
+        return list(PAIRWISE_OUTCOMES), None
     if not spec.numeric:
         return list(spec.labels), None
     if _ordinal(spec):
@@ -44,6 +49,9 @@ def _category(spec: JudgeSpec, value: Any) -> Any:
     """A verdict or a human label as one of :func:`scale_labels`; None when it is not on the scale."""
     if value is None or isinstance(value, bool):
         return None
+    if spec.pairwise:
+        text = str(value).strip().casefold()
+        return text if text in PAIRWISE_OUTCOMES else None
     if not spec.numeric:
         text = str(value).strip().casefold()
         return next((label for label in spec.labels if label.casefold() == text), None)
@@ -64,7 +72,7 @@ def judge_quality(spec: JudgeSpec, judge: str, model: str,
     from harness.scoring.metrics import percentile
     from harness.scoring.stats import wilson, with_interval
 
-    judged = [r for r in results if r.judge is not None]
+    judged = [r for r in results if r.judge is not None and not r.judge.get("reference")]
     failed = sum("verdict" not in r.judge for r in judged)  # type: ignore[operator]
     latencies = [float(r.judge["latency_ms"]) for r in judged  # type: ignore[index]
                  if not r.judge.get("cached") and r.judge.get("latency_ms")]  # type: ignore[union-attr]
@@ -80,6 +88,20 @@ def judge_quality(spec: JudgeSpec, judge: str, model: str,
     if judge == model:
         table["self_grading"] = (f"the judge {judge!r} grades its own replies (self-grading): its verdicts on "
                                  f"them may be biased; use a judge that is not under test (role: judge)")
+    if spec.pairwise and judged:
+        from harness.judging.agreement import position_consistency
+
+        position = position_consistency([r.judge.get("first") for r in judged],  # type: ignore[union-attr]
+                                        [r.judge.get("swapped") for r in judged])  # type: ignore[union-attr]
+        position.pop("verdicts", None)
+        table["position"] = position
+        metrics["judge_position_consistency"] = position["consistent"]
+    against = next((r.judge.get("against") for r in judged if r.judge.get("against")), None)  # type: ignore[union-attr]
+    if spec.pairwise and judge == against:
+        table["self_grading"] = (f"the judge {judge!r} is the reference model these answers are compared with: "
+                                 f"it grades its own answers (self-grading); use a judge that is not under test")
+    if spec.pairwise and any(r.judge and r.judge.get("reference") for r in results):
+        return metrics, table  # the reference's own cases: nothing was judged
     labels, weights = scale_labels(spec)
     labelled = [r for r in results if r.human_label is not None]
     if labelled:

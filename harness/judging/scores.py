@@ -41,7 +41,7 @@ def verdict_of(spec: JudgeSpec, payload: dict[str, Any] | None, details: dict[st
     verdicts = []
     for reply in replies:
         try:
-            verdicts.append(parse_verdict(spec, reply.get("text") or ""))
+            verdicts.append(parse_verdict(spec, payload.get("prefix", "") + (reply.get("text") or "")))
         except VerdictError as exc:
             raise JudgeFailed(f"judge verdict unreadable: {exc}") from exc
     if len(verdicts) > 1:
@@ -59,6 +59,8 @@ def judge_score(scorer: str, spec: JudgeSpec, payload: dict[str, Any] | None, pr
                 details: dict[str, Any]) -> Score:
     """The case's score under ``scorer`` (``judge``, or ``refusal``/``toxicity``/``key_points`` with
     ``method: judge``), from its judge payload. Raises :class:`JudgeFailed`."""
+    if spec.pairwise:
+        return _pairwise_score(spec, payload, details)
     verdict = verdict_of(spec, payload, details)
     reasoning = _short(verdict.reasoning)
     if scorer == "refusal":
@@ -86,3 +88,42 @@ def judge_score(scorer: str, spec: JudgeSpec, payload: dict[str, Any] | None, pr
 def _short(text: str) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= REASON_LIMIT else flat[:REASON_LIMIT - 3] + "..."
+
+
+_OUTCOME = {"B": "win", "A": "loss", "tie": "tie"}  # the first order shows the reference as A
+_SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
+
+
+def _pairwise_score(spec: JudgeSpec, payload: dict[str, Any] | None, details: dict[str, Any]) -> Score:
+    """A compared model's case from the judge's two orders; the reference's own case scores 0.5."""
+    from harness.judging.agreement import combine_pairwise
+
+    if payload and payload.get("reference"):
+        details.update(model=payload.get("model"), reference=True)
+        return Score(0.5, None, {"pairwise": "reference"})
+    if not payload:
+        raise JudgeFailed("judge: no judge reply (the judge was not asked)")
+    details.update(model=payload.get("model"), prompt=payload.get("prompt"), against=payload.get("against"))
+    if payload.get("error"):
+        raise JudgeFailed(f"pairwise judge: {payload['error']}")
+    replies = payload.get("replies") or []
+    details.update(raw=[r.get("text") for r in replies], cached=all(r.get("cached") for r in replies),
+                   latency_ms=sum(r.get("latency_ms") or 0.0 for r in replies if not r.get("cached")),
+                   output_tokens=sum(r.get("output_tokens") or 0 for r in replies))
+    failed = [r for r in replies if r.get("error")]
+    if failed or len(replies) != 2:
+        raise JudgeFailed(f"pairwise judge request failed: {failed[0]['error'] if failed else 'no reply'}")
+    labels = []
+    for order, reply in zip(("first", "swapped"), replies):
+        try:
+            labels.append(parse_verdict(spec, reply.get("text") or "").label)
+        except VerdictError as exc:
+            raise JudgeFailed(f"pairwise judge verdict unreadable ({order} order): {exc}") from exc
+    first, swapped = labels
+    outcome = _OUTCOME[combine_pairwise(first, swapped)]
+    consistent = combine_pairwise(first, swapped) != "tie" or (first == "tie" and swapped == "tie")
+    details.update(verdict=outcome, first=first, swapped=swapped, consistent=consistent)
+    reason = None if outcome == "win" else (
+        f"judge prefers {payload.get('against')!r}'s answer in both orders" if outcome == "loss"
+        else f"tie (first order: {first}, swapped order: {swapped}; A is the first answer shown)")
+    return Score(_SCORE[outcome], reason, {"pairwise": outcome, "consistent": consistent})

@@ -15,6 +15,8 @@ Suite file::
       pass_threshold: 0.5       # numeric scales: a case passes when the verdict is >= this (scale units)
       positive: answer          # label scales: the label that scores 1 (default: the first label)
       language: en              # en | zh: the built-in rubrics' and the system message's language
+      api: chat                 # completion: the rubric alone is the prompt, for small base models; a
+                                # rubric ending in "VERDICT:" then reads the one-line continuation as the verdict
 
 ``rubric`` may instead name a built-in rubric (``refusal``, ``toxicity``, ``key_points``, see
 :mod:`harness.judging.rubrics`), which brings its own scale and positive label.
@@ -34,7 +36,8 @@ from harness.judging.rubrics import BUILTIN_RUBRICS, LANGUAGES, builtin_rubric
 __all__ = ["ALLOWED_VARIABLES", "SPEC_KEYS", "JudgeSpec", "parse_spec", "rubric_source"]
 
 SPEC_KEYS = ("model", "rubric", "scale", "samples", "temperature", "max_tokens", "pass_threshold", "positive",
-             "language")
+             "language", "api")
+JUDGE_APIS = ("chat", "completion")
 ALLOWED_VARIABLES = frozenset({"input", "output", "target", "metadata", "prediction", "labels", "scale"})
 DEFAULT_MAX_TOKENS = 256
 # characters a label cannot hold: the verdict parser strips markdown (* and `) around the value, and
@@ -56,10 +59,13 @@ class JudgeSpec:
     positive: str | None = None  # label scales: the label scoring 1 (always set for a label scale)
     language: str = "en"
     builtin: str | None = None  # the built-in rubric's name, if the rubric is one
+    pairwise: bool = False  # judge_pairwise: which of two models' answers is better (scale A, B, tie)
+    api: str = "chat"  # "completion": the rendered rubric is the whole prompt (no system message)
 
     def config_dict(self) -> dict[str, Any]:
         """The spec as report metadata shows it (a built-in rubric by name, not its text)."""
         return {"model": self.model, "rubric": self.builtin or self.rubric, "scale": list(self.scale),
+                "pairwise": self.pairwise, "api": self.api,
                 "samples": self.samples, "temperature": self.temperature, "max_tokens": self.max_tokens,
                 "pass_threshold": self.pass_threshold, "positive": self.positive, "language": self.language}
 
@@ -138,7 +144,8 @@ def _unsafe_attributes(node: Any) -> Iterator[str]:
             yield name
 
 
-def _check_rubric(source: str, where: str) -> None:
+def _check_rubric(source: str, where: str, allowed: frozenset[str] = ALLOWED_VARIABLES,
+                  shows: tuple[str, ...] = ("output", "prediction")) -> None:
     import jinja2
     from jinja2 import meta
 
@@ -148,18 +155,23 @@ def _check_rubric(source: str, where: str) -> None:
         tree = jinja_env().parse(source)
     except jinja2.TemplateSyntaxError as exc:
         raise ValueError(f"{where}: rubric is not a valid Jinja template: line {exc.lineno}: {exc.message}") from exc
-    undefined = sorted(meta.find_undeclared_variables(tree) - ALLOWED_VARIABLES)
+    undefined = sorted(meta.find_undeclared_variables(tree) - allowed)
     if undefined:
         raise ValueError(f"{where}: rubric uses undefined variable(s) {', '.join(undefined)}; "
-                         f"a rubric may read {', '.join(sorted(ALLOWED_VARIABLES))}")
+                         f"a rubric may read {', '.join(sorted(allowed))}")
     unsafe = sorted(set(_unsafe_attributes(tree)))
     if unsafe:
         raise ValueError(f"{where}: rubric is blocked by the template sandbox: it reads the attribute(s) "
                          f"{', '.join(unsafe)} (names starting with '_' are not accessible)")
-    if not meta.find_undeclared_variables(tree) & {"output", "prediction"}:
+    if shows == ("output", "prediction") and not meta.find_undeclared_variables(tree) & set(shows):
         # a rubric that never shows the judge the answer grades nothing; a common slip in a new rubric
         raise ValueError(f"{where}: rubric never shows the answer to grade: use {{{{ output }}}} "
                          f"(the reply) or {{{{ prediction }}}} (the extracted prediction)")
+    missing = [name for name in shows if shows != ("output", "prediction")
+               and name not in meta.find_undeclared_variables(tree)]
+    if missing:
+        raise ValueError(f"{where}: rubric never shows {' and '.join(missing)}: a pairwise rubric shows both "
+                         f"answers, {{{{ output_a }}}} and {{{{ output_b }}}}")
 
 
 def rubric_source(name: str, language: str) -> str:
@@ -267,6 +279,12 @@ def parse_spec(options: dict[str, Any], where: str) -> JudgeSpec:
     elif options.get("positive") is not None:
         raise ValueError(f"{where}: positive applies to a label scale; a numeric scale scores (v - lo) / (hi - lo)")
 
-    return JudgeSpec(rubric=source, scale=scale, model=model, samples=samples, temperature=temperature,
+    api = options.get("api", "chat")
+    if api not in JUDGE_APIS:
+        raise ValueError(f"{where}: api must be one of {', '.join(JUDGE_APIS)}, not {api!r}")
+    if api == "completion" and builtin is not None:
+        raise ValueError(f"{where}: api: completion sends the rubric alone, and built-in rubric {builtin.name!r} is "
+                         f"written for a chat model; write a rubric of your own (ending in 'VERDICT:') for a base model")
+    return JudgeSpec(rubric=source, scale=scale, model=model, samples=samples, temperature=temperature, api=api,
                      max_tokens=max_tokens, pass_threshold=pass_threshold, positive=positive, language=language,
                      builtin=builtin.name if builtin is not None else None)

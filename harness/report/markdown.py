@@ -283,6 +283,14 @@ def _judges(suites: list[dict[str, Any]]) -> str:
                  f"{_num(metrics.get('judge_error_rate'))}{_interval(metrics, 'judge_error_rate')}.\n"]
         if table.get("self_grading"):
             lines.append(f"> ⚠️ {_md(table['self_grading'])}\n")
+        if table.get("scale") == ["A", "B", "tie"] and not metrics.get("judge_cases"):
+            lines[1] = (f"Judge {_code(_md(table.get('model'), html=False))}, pairwise: this model is the reference, "
+                        f"the other models' answers are judged against its answers.\n")
+        position = table.get("position")
+        if isinstance(position, dict):
+            lines.append(f"Position-swap consistency: {_num(position.get('consistent'))} of {_num(position.get('n'))} "
+                         f"cases got the same verdict with the answers shown in both orders (the others count as "
+                         f"ties).\n")
         found = table.get("agreement")
         if isinstance(found, dict):
             weights = f" ({found['weights']} weights)" if found.get("weights") else ""
@@ -498,6 +506,8 @@ def is_bad(case: dict[str, Any]) -> bool:
     """A case that errored, was judged a failure, or (record-only suites) scored below 1."""
     if case.get("error") is not None or case.get("passed") is False:
         return True
+    if (case.get("data") or {}).get("pairwise") == "reference":
+        return False  # a pairwise judge's reference: its answers were not judged
     score = case.get("score")
     return case.get("passed") is None and isinstance(score, (int, float)) and score < 1
 
