@@ -52,7 +52,7 @@ def split_judge(scorer: str, options: dict[str, Any], where: str) -> tuple[Judge
         return None, rest
     judge_options = {key: rest.pop(key) for key in JUDGE_OPTIONS if key in rest}
     if scorer == "toxicity":
-        rest.pop("classifier", None)
+        rest["classifier"] = "judge"  # the scorer then loads no classifier of its own
         for key in ("threshold", "classifier_options"):
             if key in rest:
                 raise ValueError(f"{where}: {key} applies to a toxicity classifier, not to a judge")

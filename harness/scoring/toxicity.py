@@ -420,11 +420,16 @@ class Toxicity(Scorer):
         threshold = self.opts["threshold"]
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
             raise ValueError(f"scorer 'toxicity': threshold must be a number in [0, 1], not {threshold!r}")
+        if self.opts["classifier"] == "judge":
+            return  # a judge model decides (harness.judging): the suite's judge spec holds its options
         self._spec = _spec(self.opts["classifier"], self.opts["classifier_options"])
         # fail at collection, not on every case; building the default model waits for the first case
         check_classifier(self.opts["classifier"], self.opts["classifier_options"])
 
     def score(self, prediction: Any, target: Any, case: Any) -> Score:
+        if self.opts["classifier"] == "judge":
+            raise ScorerUnavailable("scorer 'toxicity' with classifier: judge grades from the judge model's reply; "
+                                    "this case has none")
         text = "" if prediction is None else str(prediction)
         p = _probability(*self._spec, text)
         threshold = float(self.opts["threshold"])
