@@ -109,12 +109,16 @@ class Generation:
                 self._ended.wait(30)
 
     def stats(self) -> dict[str, Any]:
-        wall = (self.last_done - self.first_sent) if self.first_sent and self.last_done else None
+        """The models' requests; with a judge, ``wall_s`` and ``requests_per_s`` cover its requests too
+        (they share the pool) and ``judge`` counts them apart."""
+        judged = self.judging.sent if self.judging is not None else 0
+        last = max(filter(None, (self.last_done, self.judging.last_done if self.judging else None)), default=None)
+        wall = (last - self.first_sent) if self.first_sent and last else None
         clients = list(self.clients.values())
         stats: dict[str, Any] = {"requests": self.total, "answered": self.done, "errors": self.errors,
                                  "resent": self.resent, "output_tokens": self.output_tokens,
                                  "wall_s": round(wall, 3) if wall else None,
-                                 "requests_per_s": round(self.done / wall, 3) if wall else None,
+                                 "requests_per_s": round((self.done + judged) / wall, 3) if wall else None,
                                  "output_tokens_per_s": round(self.output_tokens / wall, 3) if wall else None}
         limiter = next((c.limiter for c in clients if c.limiter is not None), None)
         if limiter is not None:

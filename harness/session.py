@@ -520,7 +520,10 @@ class EvalSession:
             return task.request if task is not None else None
 
         def score(original: CaseResult, reply: dict[str, Any]) -> CaseResult:
-            ref = plan.by_id[original.nodeid].ref
+            task = plan.by_id[original.nodeid]
+            if task.ref.suite.judge is not None and reply.get("error") is None:
+                self._judge_again(task, reply)
+            ref = task.ref
             return score_reply(ref.suite, ref.case, ref.model, ref.nodeid, ref.dataset, reply, hook)
 
         record, gates = audit_run(run.suite, run.model, self._ordered(run.results.values()), run.result.gates,
@@ -529,6 +532,34 @@ class EvalSession:
         run.result.gates = gates
         with self._lock:
             self.audits.append(record)
+
+    def _judge_again(self, task: Task, payload: dict[str, Any]) -> None:
+        """--llm-audit: a re-sent judged case's reply is judged as the run judged it (the response cache
+        answers the judge for a reply that did not change). A pairwise case is judged against the
+        reference's answer from the run."""
+        from harness.engines.loop import run_sync
+        from harness.judging.stage import JudgeStage
+
+        assert self.plan is not None
+        found = self._judge_of(task)
+        if found is None:
+            return
+        spec, judge = found
+        reference_of = lambda t: self.comparisons.reference_of(t.model, t.ref.suite)  # noqa: E731
+        stage = JudgeStage(self._judge_of, {judge: self._client(judge)}, {judge: self.state.model_identity(judge)},
+                           self.state.response_cache(), reference_of)
+        reference = reference_of(task) if spec.pairwise else None
+        if reference is not None:
+            case = task.ref.case
+            partner = next((t for t in self.plan.by_id.values() if t.model == reference and t.ref.suite is task.ref.suite
+                            and t.ref.dataset == task.ref.dataset and t.ref.case.line == case.line
+                            and t.ref.case.attack == case.attack), None)
+            run = self.plan.run_of.get(partner.nodeid) if partner is not None else None
+            answer = run.results.get(partner.nodeid) if run is not None and partner is not None else None
+            if partner is not None and answer is not None:
+                stage.arrived(partner, {"text": answer.output, "error": answer.error})
+        stage.close()
+        run_sync(stage.judge(task, payload))
 
     def _post(self, run: SuiteRun, gates: dict[str, str]) -> None:
         """Post the verdicts of some of a run's gates (node id -> expression) to the board."""

@@ -27,12 +27,24 @@ def suite_metrics(suite: Suite, results: Sequence[CaseResult]) -> tuple[str, dic
     clean = [r for r in results if r.attack is None]
     perturbed = [r for r in results if r.attack is not None]
     main, metrics = _metrics(suite, clean)
+    if suite.judge is not None:
+        metrics.update(_judge_figures(suite, clean, None)[0])
     if suite.robustness is not None:
         from harness.robustness import robustness_metrics
 
         metrics.update(_operational(results))
         metrics.update(robustness_metrics(suite.robustness, _scorer(suite), main, clean, perturbed, set(metrics)))
     return main, metrics
+
+
+def _judge_figures(suite: Suite, results: Sequence[CaseResult],
+                   model: str | None) -> tuple[dict[str, float | None], dict[str, Any]]:
+    """A judged suite's judge metrics and report table, over its clean cases (harness.judging.quality)."""
+    from harness.judging.quality import judge_quality
+
+    clean = [r for r in results if r.attack is None]
+    judge = next((r.judge["model"] for r in clean if r.judge and r.judge.get("model")), None)
+    return judge_quality(suite.judge, judge or suite.judge.model or "", model, clean)
 
 
 def _operational(results: Sequence[CaseResult]) -> dict[str, float | None]:
@@ -156,14 +168,7 @@ def suite_result(suite: Suite, model: str, results: Sequence[CaseResult], total_
     recorded as skipped with ``unjudged_reason``. ``hook`` (a pytest hook relay) lets
     ``pytest_llm_suite_metrics`` add or change metrics before any gate is judged."""
     main, metrics = suite_metrics(suite, results)
-    judge_table = None
-    if suite.judge is not None:
-        from harness.judging.quality import judge_quality
-
-        judge = next((r.judge["model"] for r in results if r.judge and r.judge.get("model")), None)
-        figures, judge_table = judge_quality(suite.judge, judge or suite.judge.model or "", model,
-                                             [r for r in results if r.attack is None])
-        metrics.update(figures)
+    judge_table = _judge_figures(suite, results, model)[1] if suite.judge is not None else None
     if hook is not None:
         hook.pytest_llm_suite_metrics(suite=suite, model=model, results=list(results), metrics=metrics)
     unmeasured = unmeasured_reason(results)

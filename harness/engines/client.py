@@ -162,7 +162,12 @@ class OpenAICompatClient:
             attempt += 1
             timeout = min(self.timeout_s, deadline - time.monotonic())
             try:
-                reply, retry, advised = await self._limited_attempt(request, started, max(timeout, 0.001), failed_at)
+                reply, retry, advised, queued = await self._limited_attempt(request, started, max(timeout, 0.001),
+                                                                            failed_at, first=attempt == 1)
+                if attempt == 1 and queued:
+                    # the clocks start when the request leaves, not while it waits for a slot of the run's
+                    # in-flight ceiling (judge requests share it): the deadline and latency are the request's
+                    sent_at, deadline, started = sent_at + queued, deadline + queued, started + queued
             except Exception as exc:  # noqa: BLE001 - a case the client did not foresee fails this request only
                 reply = Reply(None, f"client error: {type(exc).__name__}: {exc}",
                               (time.perf_counter() - started) * 1000)
@@ -200,21 +205,28 @@ class OpenAICompatClient:
         reply.transient = False
         return reply
 
-    async def _limited_attempt(self, request: Request, started: float, timeout: float,
-                               avoid: str | None) -> tuple[Reply, bool, float | None]:
+    async def _limited_attempt(self, request: Request, started: float, timeout: float, avoid: str | None,
+                               first: bool = False) -> tuple[Reply, bool, float | None, float]:
+        """One attempt within the in-flight ceiling; the last value is the seconds it waited for a slot
+        (measured on the first attempt only, where the clocks then start)."""
         url = self._pick(avoid)
         self._in_flight[url] += 1
+        queued = 0.0
         try:
             if self.limiter is None:
                 result = await self._attempt(url, request, started, timeout)
             else:
+                waiting = time.perf_counter()
                 async with self.limiter.slot() as slot:
+                    if first:
+                        queued = time.perf_counter() - waiting
+                        started += queued
                     result = await self._attempt(url, request, started, timeout)
                     slot.throttled = result[0].status == 429
         finally:
             self._in_flight[url] -= 1
         result[0].replica = url
-        return result
+        return (*result, queued)
 
     async def _attempt(self, url: str, request: Request, started: float,
                        timeout: float) -> tuple[Reply, bool, float | None]:

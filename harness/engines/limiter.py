@@ -46,17 +46,33 @@ class AdaptiveLimit:
         return max(self.floor, int(self.limit))
 
     async def acquire(self) -> None:
-        while self.in_flight >= self.allowed:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                raise
+        """A slot, first come first served: while anyone waits, a newcomer queues behind them (a
+        request that just finished cannot take its slot back ahead of a judge request waiting for one)."""
+        if self.in_flight < self.allowed and not self._waiters:
+            self._take()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # resolved by _wake, which took the slot for this waiter
+        except asyncio.CancelledError:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            elif waiter.done() and not waiter.cancelled():
+                self.in_flight -= 1  # handed a slot, but cancelled before using it: pass it on
+                self._wake()
+            raise
+
+    def _take(self) -> None:
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self.allowed:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._take()
+                waiter.set_result(None)
 
     def release(self, throttled: bool) -> None:
         self.in_flight -= 1
@@ -69,12 +85,7 @@ class AdaptiveLimit:
                 self.throttles += 1
         else:
             self.limit = min(float(self.maximum), self.limit + 1 / self.limit)
-        free = self.allowed - self.in_flight
-        while free > 0 and self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                free -= 1
+        self._wake()
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[Slot]:

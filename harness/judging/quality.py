@@ -66,9 +66,10 @@ def _category(spec: JudgeSpec, value: Any) -> Any:
     return "pass" if number >= threshold else "fail"
 
 
-def judge_quality(spec: JudgeSpec, judge: str, model: str,
+def judge_quality(spec: JudgeSpec, judge: str, model: str | None,
                   results: Sequence[CaseResult]) -> tuple[dict[str, float | None], dict[str, Any]]:
-    """The judge's metrics over one suite's results on one model, and its report table."""
+    """The judge's metrics over one suite's results on one model, and its report table (``model``
+    None: the self-grading note is left out)."""
     from harness.scoring.metrics import percentile
     from harness.scoring.stats import wilson, with_interval
 

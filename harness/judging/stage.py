@@ -101,6 +101,7 @@ class JudgeStage:
         self.errors = 0
         self.output_tokens = 0
         self.latencies: list[float] = []
+        self.last_done: float | None = None  # epoch seconds of the last judge reply sent for
 
     def wants(self, task: Task) -> bool:
         return self.judge_of(task) is not None
@@ -206,6 +207,7 @@ class JudgeStage:
         except Exception as exc:  # noqa: BLE001 - one judge request's failure is its case's error
             reply = Reply(None, f"client error: {type(exc).__name__}: {exc}", (time.monotonic() - begun) * 1000)
         self.sent += 1
+        self.last_done = time.time()
         if reply.error is None:
             self.output_tokens += reply.output_tokens or 0
             self.latencies.append(reply.latency_ms)
