@@ -259,6 +259,48 @@ def test_a_429_never_starves_the_run_below_its_floor():
     assert asyncio.run(scenario(16, floor=5)) == (5, 5)
 
 
+def test_the_limit_serves_waiters_first_come_first_served():
+    """A request that just finished cannot take its slot back ahead of one already waiting (judge
+    requests wait for slots the generation workers would otherwise keep)."""
+    async def scenario() -> list[str]:
+        limit = AdaptiveLimit(1, cooldown_s=0.0)
+        order: list[str] = []
+        await limit.acquire()  # a worker holds the only slot
+
+        async def waiter() -> None:
+            await limit.acquire()
+            order.append("waiter")
+            limit.release(throttled=False)
+
+        waiting = asyncio.create_task(waiter())
+        await asyncio.sleep(0)  # the waiter queues
+        limit.release(throttled=False)
+        await limit.acquire()  # the worker comes straight back for its next request
+        order.append("worker")
+        limit.release(throttled=False)
+        await waiting
+        return order
+
+    assert asyncio.run(scenario()) == ["waiter", "worker"]
+
+
+def test_a_waiter_cancelled_after_it_was_handed_a_slot_passes_it_on():
+    async def scenario() -> tuple[int, bool]:
+        limit = AdaptiveLimit(1, cooldown_s=0.0)
+        await limit.acquire()
+        first = asyncio.create_task(limit.acquire())
+        await asyncio.sleep(0)
+        second = asyncio.create_task(limit.acquire())
+        await asyncio.sleep(0)
+        limit.release(throttled=False)  # hands the slot to `first`...
+        first.cancel()  # ...which is cancelled before it runs again
+        await asyncio.gather(first, return_exceptions=True)
+        await asyncio.wait_for(second, 1)  # the slot went on to `second`
+        return limit.in_flight, second.done()
+
+    assert asyncio.run(scenario()) == (1, True)
+
+
 # -- against a real stub server -------------------------------------------------------------------------------
 
 @contextmanager
@@ -428,6 +470,25 @@ def test_throttled_requests_shrink_the_limit_down_to_its_floor(stub_url):
     assert all(r.status == 429 and "above the 60 s limit" in r.error for r in replies[:24])
     assert all(r.text == "a" for r in replies[24:])
     assert limit.throttles >= 3 and limit.lowest_limit == 2 == limit.floor  # max(1, 16 // 8), never 1
+
+
+def test_time_waiting_for_a_slot_is_not_the_requests_deadline_or_latency(stub_url):
+    async def go() -> tuple[Reply, float]:
+        limit = AdaptiveLimit(1, cooldown_s=0.0)
+        client = OpenAICompatClient(stub_url, retries=0, deadline_s=1.0, limiter=limit)
+        await limit.acquire()  # another request holds the run's only slot for 1.5 s, beyond the deadline
+        asyncio.get_running_loop().call_later(1.5, limit.release, False)
+        started = time.monotonic()
+        try:
+            reply = await client.send(Request("chat", "stub", [{"role": "user", "content": "SLEEP:100\nANSWER: a"}]))
+        finally:
+            await client.close()
+        return reply, time.monotonic() - started
+
+    reply, elapsed = asyncio.run(go())
+    assert reply.error is None and reply.text == "a"
+    assert elapsed >= 1.5
+    assert reply.latency_ms < 1000  # the 100 ms answer, not the 1.5 s in the queue
 
 
 def test_a_run_against_a_spent_quota_ends_without_waiting(pytester):
