@@ -62,8 +62,8 @@ def score_reply(suite: Suite, case: Case, model: str, nodeid: str, dataset: str,
     judge_passed = result.data.get("judge_passed") if threshold is not None else None
     if judge_passed is not None and result.error is None:
         result.passed = bool(judge_passed)  # the judge's pass_threshold decides
-        if not result.passed and not result.reason:
-            result.reason = f"judge verdict below pass_threshold {threshold:g}"
+        if not result.passed:
+            result.reason = f"{result.reason or 'judge verdict'} (below pass_threshold {threshold:g})"
     elif suite.pass_rule is not None:
         result.passed = result.error is None and parse_gate(suite.pass_rule).holds(result.score or 0.0)
         if not result.passed and not result.reason:

@@ -41,8 +41,10 @@ def build_envelope(record: RunRecord, args: list[str], workers: int,
     finished = datetime.now(timezone.utc)
     commit, dirty = git_state(record.root)
     suites = record.suites
-    used_models = {r.model for r in record.results}
-    sent = {r.model for r in record.results if not r.cached}
+    # the judges that graded cases are models of the run too (their records, weights, launch lines)
+    judges = {r.judge["model"] for r in record.results if r.judge and r.judge.get("model")}
+    used_models = {r.model for r in record.results} | judges
+    sent = {r.model for r in record.results if not r.cached} | judges
     engines = state.started_engines()
     for spec in state.all_models:  # a remote server answered from the cache alone still gets its record
         if spec.name in used_models - sent and spec.name not in engines and not state.engine_of(spec.name).loads:
@@ -62,8 +64,9 @@ def build_envelope(record: RunRecord, args: list[str], workers: int,
         "rootdir": str(record.root),
         "pytest_args": args,
         "xdist_workers": workers,
-        "models": [model_metadata(spec, state.engine_of(spec.name), engines.get(spec.name)) for spec in
-                   state.all_models if spec.name in used_models],
+        "models": [{**model_metadata(spec, state.engine_of(spec.name), engines.get(spec.name)),
+                    **({"role": spec.role} if spec.role != "test" else {})}
+                   for spec in state.all_models if spec.name in used_models],
         "generation": {"concurrency": state.settings.concurrency, "timeout_s": state.settings.timeout_s,
                        "retries": state.settings.retries, "deadline_s": state.settings.deadline_s,
                        "retry_passes": state.settings.retry_passes, "stream": state.settings.stream,

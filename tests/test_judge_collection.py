@@ -31,16 +31,16 @@ def judge(**options: Any) -> dict[str, Any]:
 
 BAD_SCORERS = {
     "undefined-variable": (judge(rubric="Is {{ answer }} right? {{ output }}"),
-                           "rubric uses undefined variable(s) answer; a rubric may read input, labels, metadata, "
-                           "output, prediction, scale, target"),
+                           ("rubric uses undefined variable(s) answer; a rubric may read input, labels, metadata, "
+                            "output, prediction, scale, target")),
     "no-output-shown": (judge(rubric="Is {{ input }} hard?"), "rubric never shows the answer to grade"),
     "judge-not-in-run": (judge(model="gpt-judge"), "judge model 'gpt-judge' is not a model of this run (stub, judge)"),
     "one-number-scale": (judge(scale=[1]), "a numeric scale has exactly two numbers, not 1: [1]"),
     "one-label-scale": (judge(scale=["ok"]), "one label 'ok' cannot tell replies apart"),
     "boolean-label": (judge(scale=[True, False]), "scale label True is a YAML boolean"),
     "no-judge-named": ({"name": "refusal", "method": "judge"},
-                       "scorer 'refusal' is graded by a judge model, and none is named: add model: NAME to the "
-                       "scorer, or run with --llm-judge-model NAME"),
+                       ("scorer 'refusal' is graded by a judge model, and none is named: add model: NAME to the "
+                        "scorer, or run with --llm-judge-model NAME")),
     "toxicity-threshold": ({"name": "toxicity", "classifier": "judge", "model": "judge", "threshold": 0.3},
                            "threshold applies to a toxicity classifier, not to a judge"),
     "greedy-samples": (judge(samples=3), "samples: 3 with temperature 0 asks the same greedy question 3 times"),
@@ -74,7 +74,8 @@ def test_a_collection_error_under_xdist_names_the_suite_file(pytester):
     result = run_inline(pytester, "-n", "2", "evals")
     # xdist runs the collected suites on (the good one passes) and fails the run on the error
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.assert_outcomes(passed=1, errors=1)
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed") == 1 and outcomes.get("errors", outcomes.get("error", 0)) >= 1, outcomes
     result.stdout.fnmatch_lines(["*evals/bad/suite.yaml:*judge model 'gpt-judge' is not a model of this run*"])
 
 

@@ -48,30 +48,29 @@ def workers(request: pytest.FixtureRequest) -> str:
 # -- helpers -------------------------------------------------------------------------------------
 
 def models(pytester: pytest.Pytester, replies: dict[str, str] | None = None, *, judge_delay_ms: float = 0,
-           model_delay_ms: float = 0, judge_role: str | None = "judge", model_replies: dict[str, str] | None = None,
-           name: str = "models.yaml") -> str:
-    """A models file: ``stub`` (the model under test) and, unless ``judge_role`` is None, a scripted
-    judge ``judge`` answering from ``replies``."""
-    stub: dict[str, Any] = {"name": "stub", "engine": "scripted", "options": {"delay_ms": model_delay_ms}}
+           judge_role: str | None = "judge", model_replies: dict[str, str] | None = None) -> None:
+    """models.yaml: ``stub`` (the model under test, answering from the directives in its prompt, or
+    first from ``model_replies``) and, unless ``judge_role`` is None, a scripted judge ``judge``
+    answering from ``replies`` (first) and the directives in its prompt."""
+    stub: dict[str, Any] = {"name": "stub", "engine": "scripted"}
     if model_replies:
-        stub["options"]["replies"] = model_replies
+        stub["options"] = {"replies": model_replies}
     entries = [stub]
     if judge_role is not None:
         options: dict[str, Any] = {"delay_ms": judge_delay_ms}
         if replies:
             options["replies"] = replies
         entries.append({"name": JUDGE, "engine": "scripted", "role": judge_role, "options": options})
-    (pytester.path / name).write_text(yaml.safe_dump(entries, allow_unicode=True), encoding="utf-8")
-    return name
+    (pytester.path / "models.yaml").write_text(yaml.safe_dump(entries, allow_unicode=True), encoding="utf-8")
 
 
-def run(pytester: pytest.Pytester, *args: str, workers: str = "0", models: str = "models.yaml") -> pytest.RunResult:
-    return run_inline(pytester, "-n", workers, "evals", *args, models=models)
+def run(pytester: pytest.Pytester, *args: str, workers: str = "0") -> pytest.RunResult:
+    return run_inline(pytester, "-n", workers, "evals", *args)
 
 
-def reply_cases(rows: list[tuple[str, str, Any]], **extra: Any) -> list[dict[str, Any]]:
+def reply_cases(rows: list[tuple[str, str, Any]]) -> list[dict[str, Any]]:
     """Cases whose scripted reply is the given text: (id, reply, target)."""
-    return [{"id": i, "input": f"request {i}\nANSWER: {reply}", "target": target, **extra} for i, reply, target in rows]
+    return [{"id": i, "input": f"request {i}\nANSWER: {reply}", "target": target} for i, reply, target in rows]
 
 
 def judge_suite(pytester: pytest.Pytester, name: str, cases: list[dict[str, Any]], *,
@@ -198,18 +197,25 @@ def test_key_points_method_judge_counts_1000_written_as_1_000(pytester):
     models(pytester, {covered: "1. covered: 1,000 is 1000\nVERDICT: 1",
                       partly: "1. missing: 1500 is not 1000\n2. covered\nVERDICT: 0.5"})
     write_suite(pytester.path / "evals", "points",
-                reply_cases([("thousand", covered, ["1000 dollars"]), ("half", partly, ["1000 dollars", "blue"])]),
+                reply_cases([("thousand", covered, ["1000 dollars"]), ("half", partly, ["1000 dollars", "blue"]),
+                             ("pointless", covered, None)]),
                 scorer={"name": "key_points", "method": "judge", "model": JUDGE}, **{"pass": "record"})
-    run(pytester).assert_outcomes(passed=2)
+    run(pytester).assert_outcomes(passed=3)
     report = load_report(pytester)
     rows = cases_of(report, "points")
+    # a case without key points cannot be graded: an error saying so, and the judge is not asked
+    assert rows["pointless"]["error"] == ("judge: judge built-in rubric 'key_points' (en) cannot render this case: "
+                                          "it needs the case's target (the key points), and the case has none")
+    assert report["run"]["generation"]["judge"]["requests"] == 2
     assert rows["thousand"]["judge"]["verdict"] == 1.0 and rows["thousand"]["score"] == 1.0
     assert rows["half"]["judge"]["verdict"] == 0.5 and rows["half"]["score"] == 0.5
     # the key points are listed for the judge, numbered
     assert "1. 1000 dollars\n2. blue\n" in rows["half"]["judge"]["prompt"][-1]["content"]
     metrics = suite_of(report, "points")["metrics"]
-    assert metrics["key_point_coverage"] == pytest.approx(0.75)
-    assert metrics["key_points_full"] == pytest.approx(0.5)
+    # the errored case counts 0, as a rule-scored error does
+    assert metrics["key_point_coverage"] == pytest.approx(1.5 / 3)
+    assert metrics["key_points_full"] == pytest.approx(1 / 3)
+    assert metrics["error_rate"] == pytest.approx(1 / 3) and metrics["judge_error_rate"] == pytest.approx(1 / 3)
 
 
 # -- 2. agreement with human labels, under -n 0 and -n 2 -----------------------------------------
@@ -451,6 +457,7 @@ def test_the_judge_grades_early_replies_while_later_ones_are_still_generated(pyt
     # the first judge request was sent after its reply and answered before the last model reply
     assert rows["s0"]["done_at"] < scored["s0"] < last_reply
     assert rows["s0"]["judge"]["latency_ms"] >= 90
+    assert suite_of(report, "slow")["metrics"]["judge_latency_p50_ms"] >= 90
     assert all(row["judge"]["verdict"] == "pass" and not row["judge"]["cached"] for row in rows.values())
 
 
