@@ -340,6 +340,14 @@ def test_an_unreadable_verdict_is_a_case_error_quoting_the_judge(pytester, worke
     result.stdout.fnmatch_lines(["*judge verdict unreadable*", "*judge:*judge, verdict*", "judge reply:",
                                  "*The reply looks fine to me.", "*Final grade: good", "judge prompt:",
                                  "*[[]system[]] You are an evaluator.*", "*[[]user[]] Does this reply pass? odd NEEDLE_NOLINE"])
+    # report.xlsx: the case sheet shows the judge's verdict and raw reply beside the case
+    sheet = openpyxl.load_workbook(pytester.path / "out" / "report.xlsx")["unreadable"]
+    rows_xlsx = list(sheet.iter_rows(values_only=True))
+    header = list(rows_xlsx[0])
+    assert header[-3:] == ["human_label", "judge_verdict", "judge_reply"]
+    by_id = {row[header.index("id")]: row for row in rows_xlsx[1:]}
+    assert by_id["ok"][header.index("judge_verdict")] == "pass"
+    assert by_id["noline"][header.index("judge_reply")] == "The reply looks fine to me.\nFinal grade: good"
 
 
 # -- 5. samples ------------------------------------------------------------------------------------

@@ -47,6 +47,8 @@ CASE_COLUMNS = [
     "id", "model", "prompt", "output", "extracted", "target", "score",
     "passed", "error", "reason", "latency_ms", "output_tokens", "attempts", "ttft_ms",
 ]  # fmt: skip
+# a judge-scored suite's case sheet: what people said, what the judge said, and its raw reply
+JUDGE_COLUMNS = ["human_label", "judge_verdict", "judge_reply"]
 GATE_COLUMNS = ["suite", "model", "expr", "metric", "op", "threshold", "value", "status", "reason"]
 SUMMARY_COLUMNS = [
     "suite", "model", "main_metric", "main_value", "main_lower", "main_upper", "cases", "total_cases",
@@ -104,7 +106,10 @@ def write_xlsx(report: dict[str, Any], out_dir: Path) -> Path:
     for (suite, model), group in groups.items():
         raw = suite if len(models) <= 1 else f"{suite}@{model}"
         ws = wb.create_sheet(sheet_title(raw, taken))
-        _fill(ws, CASE_COLUMNS, [[c.get(k) for k in CASE_COLUMNS] for c in group])
+        judged = any(c.get("judge") for c in group)
+        columns = [*CASE_COLUMNS, *JUDGE_COLUMNS] if judged else CASE_COLUMNS
+        _fill(ws, columns, [[*(c.get(k) for k in CASE_COLUMNS), *(_judge_cells(c) if judged else ())]
+                            for c in group])
         if (s := by_key.get((suite, model))) is not None:
             _table_sheets(wb, s, group, raw, taken, pngs.get(id(s)))
 
@@ -351,6 +356,12 @@ def _group_cases(
     for c in cases:
         groups.setdefault((str(c.get("suite")), str(c.get("model"))), []).append(c)
     return groups
+
+
+def _judge_cells(case: dict[str, Any]) -> list[Any]:
+    judge = case.get("judge") or {}
+    raw = judge.get("raw") or []
+    return [case.get("human_label"), judge.get("verdict"), "\n---\n".join(str(r) for r in raw) if raw else None]
 
 
 def _fill(ws: WriteOnlyWorksheet, headers: list[str], rows: list[list[Any]]) -> None:
