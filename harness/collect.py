@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import pytest
 
 from harness.results import CaseResult, GateResult
+from harness.selection import Selection
 from harness.scoring.scorers import get_scorer
 from harness.suite import (Case, Suite, SuiteError, load_cases, suite_files_in, suite_for_dataset, suites_in,
                            under_suite)
@@ -36,7 +37,10 @@ def gate_item_name(expr: str, model: str, multi_model: bool) -> str:
 
 def cases_of(suite: Suite, dataset: Path) -> list[Case]:
     """A dataset's cases, then, for a robustness suite, their perturbed copies."""
-    cases = load_cases(suite, dataset)
+    return _with_copies(suite, load_cases(suite, dataset))
+
+
+def _with_copies(suite: Suite, cases: list[Case]) -> list[Case]:
     if suite.robustness is None:
         return cases
     from harness.robustness import perturbed_cases
@@ -57,10 +61,14 @@ CATALOG_KEY = pytest.StashKey["Catalog"]()
 
 
 class Catalog:
-    """A suite's cases by dataset, read once per process: collection records what it read."""
+    """A suite's cases by dataset, read once per process: collection records what it read. With a
+    quick run's selection (``--llm-limit``, ``--llm-sample``), only the cases it keeps."""
 
-    def __init__(self) -> None:
+    def __init__(self, selection: Selection | None = None) -> None:
+        self.selection = selection or Selection()
         self._cases: dict[tuple[int, Path], list[Case]] = {}
+        self._kept: dict[int, tuple[set[Any], int]] = {}  # suite -> kept (dataset, line) keys, and of how many
+        self._names: dict[int, str] = {}
 
     def record(self, suite: Suite, dataset: Path, cases: list[Case]) -> None:
         self._cases[(id(suite), dataset)] = cases
@@ -68,14 +76,51 @@ class Catalog:
     def cases(self, suite: Suite, dataset: Path) -> list[Case]:
         key = (id(suite), dataset)
         if key not in self._cases:
-            self._cases[key] = cases_of(suite, dataset)
+            if not self.selection.active:
+                self._cases[key] = cases_of(suite, dataset)
+            else:
+                kept, _ = self._selected(suite)
+                clean = [case for case in load_cases(suite, dataset) if (dataset, case.line) in kept]
+                self._cases[key] = _with_copies(suite, clean)
         return self._cases[key]
+
+    def _selected(self, suite: Suite) -> tuple[set[Any], int]:
+        if id(suite) not in self._kept:
+            keys = [(dataset, case.line) for dataset in suite.datasets for case in load_cases(suite, dataset)]
+            self._kept[id(suite)] = (self.selection.choose(keys, suite.name), len(keys))
+            self._names[id(suite)] = suite.name
+        return self._kept[id(suite)]
+
+    def sample_note(self, suite: Suite) -> str | None:
+        """What a gate of this suite says about a quick run's selection; None for a whole suite."""
+        if not self.selection.active:
+            return None
+        kept, total = self._selected(suite)
+        return self.selection.note(len(kept), total)
+
+    def sampled_suites(self) -> dict[str, dict[str, int]]:
+        """Suite name -> cases kept and of how many (report.json), for the suites this process read."""
+        return {self._names[key]: {"cases": len(kept), "of": total} for key, (kept, total) in self._kept.items()}
 
 
 def catalog(config: pytest.Config) -> Catalog:
     if CATALOG_KEY not in config.stash:
-        config.stash[CATALOG_KEY] = Catalog()
+        config.stash[CATALOG_KEY] = Catalog(selection_of(config))
     return config.stash[CATALOG_KEY]
+
+
+def selection_of(config: pytest.Config) -> Selection:
+    """The quick run's selection from --llm-limit / --llm-sample / --llm-seed (a usage error if bad)."""
+    from harness.selection import parse_selection
+
+    def value(name: str) -> Any:
+        cli = config.getoption(name, None)
+        return cli if cli not in (None, "") else config.getini(name)
+
+    try:
+        return parse_selection(value("llm_limit"), value("llm_sample"), value("llm_seed"))
+    except ValueError as exc:
+        raise pytest.UsageError(f"llm-harness: {exc}") from exc
 
 
 class CaseFailed(Exception):
@@ -365,6 +410,8 @@ class GateItem(pytest.Item):
         self.user_properties.extend([("metric", gate.metric), ("value", gate.value), ("threshold", gate.threshold),
                                      ("op", gate.op), ("cases", verdict["cases"]),
                                      ("total_cases", verdict["total_cases"])])
+        if verdict.get("sample"):
+            self.user_properties.append(("sample", verdict["sample"]))
         if gate.status == "skipped":
             pytest.skip(gate.reason)
         if gate.status == "failed":

@@ -60,6 +60,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     option("baseline-reason", "why the baseline is saved (required with --llm-baseline-save; kept in the file)")
     option("audit", "determinism audit: re-send K cases of each suite with the cache off and fail a gate "
            "whose outcome flips (0: off)", default="0")
+    option("limit", "quick run: the first N cases of each suite")
+    option("sample", "quick run: a random sample of each suite, N cases or a share such as 10%")
+    option("seed", "the seed of --llm-sample (the same seed draws the same cases)", default="0")
     option("judge-model", "the model that grades judge-scored suites whose scorer names no model: a model of "
            "the run, a models-file entry (role: judge serves judging only), or the bundled gemma-3-270m")
     parser.addini("llm_allow_imports", "module prefixes a suite file may import (classifier: 'pkg.mod:attr') "
@@ -117,6 +120,9 @@ def pytest_configure(config: pytest.Config) -> None:
     from harness.suite import set_root
 
     set_root(config.rootpath)  # every process: a suite's model.train may be relative to the rootdir
+    from harness.collect import catalog
+
+    catalog(config)  # every process: a quick run's options (--llm-limit, --llm-sample) checked before collection
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and WORKERINPUT_KEY in workerinput:
         config.stash[STATE_KEY] = RunState.from_workerinput(workerinput[WORKERINPUT_KEY])
@@ -306,3 +312,6 @@ def llm_train(request: pytest.FixtureRequest) -> Any:
     from harness.training.shared import train
 
     return partial(train, request.config)
+
+
+from harness.openai_fixtures import llm_async_openai, llm_openai  # noqa: E402,F401

@@ -158,6 +158,9 @@ class EvalSession:
         envelope = build_envelope(record, list(self.config.invocation_params.args), workers, engines)
         if self.comparison is not None:
             envelope["comparison"] = self.comparison
+        selection = catalog(self.config).selection
+        if selection.active:  # a quick run: which part of each suite ran
+            envelope["run"]["selection"] = {**selection.to_dict(), "suites": catalog(self.config).sampled_suites()}
         if self.training:
             from harness.redact import redact_data
 
@@ -269,6 +272,11 @@ class EvalSession:
         for run in plan.runs:
             if (run.gates or run.reference_for) and not run.missing:
                 self._conclude(run)
+        selection = catalog(self.config).selection
+        if selection.active:
+            kept = catalog(self.config).sampled_suites()
+            self._say(f"llm-harness: quick run ({selection.option}): "
+                      + ", ".join(f"{name} {n['cases']} of {n['of']}" for name, n in sorted(kept.items())))
         if not plan.tasks:
             board.finish()
             return
@@ -491,6 +499,10 @@ class EvalSession:
             run.result = SuiteResult(run.suite.name, run.model, run.suite.scorer, {}, gates, len(results), run.total,
                                      len(results) < run.total)
             comparing = set()
+        sample = catalog(self.config).sample_note(run.suite)
+        if sample:  # a quick run: every gate says it judged part of the suite
+            for gate in run.result.gates:
+                gate.reason = f"{gate.reason}; judged {sample}" if gate.reason else f"judged {sample}"
         if not self.comparisons.compared(run.model, run.suite) and self.comparisons.active_for(run.suite):
             # the reference model is what comparison gates compare against: they have no items on it
             run.result.gates = [g for g in run.result.gates if not is_comparison(g.metric)]
@@ -565,8 +577,10 @@ class EvalSession:
         """Post the verdicts of some of a run's gates (node id -> expression) to the board."""
         assert self._board is not None and run.result is not None
         by_expr = {g.expr: g for g in run.result.gates}
+        sample = catalog(self.config).sample_note(run.suite)  # a quick run: the gate judged part of the suite
         self._board.put_verdicts(
-            (nodeid, {"gate": by_expr[expr].to_dict(), "cases": run.result.cases, "total_cases": run.total})
+            (nodeid, {"gate": by_expr[expr].to_dict(), "cases": run.result.cases, "total_cases": run.total,
+                      **({"sample": sample} if sample else {})})
             for nodeid, expr in gates.items())
 
     def _compare(self, suite: Suite, stopped: str | None = None) -> None:
