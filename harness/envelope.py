@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.metadata import dataset_metadata, environment, git_state, model_metadata, model_secrets
+from harness.packages import FREEZE_FILENAME
 from harness.redact import redact_data, redact_text
 from harness.results import REPORT_SCHEMA, SCHEMA_VERSION, CaseResult, SuiteResult
 from harness.run import RunState
@@ -47,9 +48,10 @@ def build_envelope(record: RunRecord, args: list[str], workers: int,
     sent = {r.model for r in record.results if not r.cached} | judges
     engines = state.started_engines()
     for spec in state.all_models:  # a remote server answered from the cache alone still gets its record
-        if spec.name in used_models - sent and spec.name not in engines and not state.engine_of(spec.name).loads:
+        served = state.served_name(spec.name)
+        if spec.name in used_models - sent and served not in engines and not state.engine_of(spec.name).loads:
             try:
-                engines[spec.name] = state.engine(spec.name)
+                engines[served] = state.engine(spec.name)
             except Exception:  # noqa: BLE001 - a server gone by now costs the report its record, not the report
                 pass
     engines.update({engine["model"]: engine for engine in managed_engines})
@@ -59,17 +61,22 @@ def build_envelope(record: RunRecord, args: list[str], workers: int,
         "finished_at": finished.isoformat(timespec="seconds"),
         "duration_s": round((finished - record.started_at).total_seconds(), 3),
         **environment(),
+        # every installed distribution, name==version, in a side file of the report folder
+        "packages_freeze": FREEZE_FILENAME,
         "git_commit": commit,
         "git_dirty": dirty,
         "rootdir": str(record.root),
         "pytest_args": args,
         "xdist_workers": workers,
-        "models": [{**model_metadata(spec, state.engine_of(spec.name), engines.get(spec.name)),
-                    **({"role": spec.role} if spec.role != "test" else {})}
+        "models": [{**model_metadata(spec, state.engine_of(spec.name), engines.get(state.served_name(spec.name))),
+                    **({"role": spec.role} if spec.role != "test" else {}),
+                    **({"variant_of": spec.variant_of} if spec.variant_of else {}),
+                    **({"generation": dict(spec.generation)} if spec.generation else {})}
                    for spec in state.all_models if spec.name in used_models],
         "generation": {"concurrency": state.settings.concurrency, "timeout_s": state.settings.timeout_s,
                        "retries": state.settings.retries, "deadline_s": state.settings.deadline_s,
                        "retry_passes": state.settings.retry_passes, "stream": state.settings.stream,
+                       **({"set": dict(state.settings.generation_set)} if state.settings.generation_set else {}),
                        **record.generation},
         "datasets": dataset_metadata(suites, record.root),
         "suites_config": [s.config_dict() for s in suites],

@@ -12,7 +12,9 @@ from harness.engines.bundled import BUNDLED_MODEL_NAME
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 REMOTE = "openai"  # a server someone else runs; every other kind is in harness.engines.registry
-_KEYS = {"name", "base_url", "base_urls", "api_key_env", "engine", "model_path", "options", "args", "gpus", "role"}
+_KEYS = {"name", "base_url", "base_urls", "api_key_env", "engine", "model_path", "options", "args", "gpus", "role",
+         "generation", "variant_of"}
+_VARIANT_KEYS = {"name", "variant_of", "generation", "role"}
 ROLES = ("test", "judge")  # judge: a judge model only, never a model under test
 
 
@@ -29,6 +31,8 @@ class ModelSpec:
     args: tuple[str, ...] = ()  # extra command-line arguments of a managed server
     gpus: tuple[int, ...] | None = None
     role: str = "test"  # "judge": serves judge requests only (no suite runs on it)
+    generation: dict[str, Any] = field(default_factory=dict)  # this model's own settings, over every suite's
+    variant_of: str | None = None  # served by that model's engine, under that name (one model, other settings)
 
     @property
     def base_url(self) -> str | None:
@@ -38,14 +42,15 @@ class ModelSpec:
         return {"name": self.name, "base_urls": list(self.base_urls), "api_key_env": self.api_key_env,
                 "engine": self.engine, "model_path": self.model_path, "options": dict(self.options),
                 "args": list(self.args), "gpus": list(self.gpus) if self.gpus is not None else None,
-                "role": self.role}
+                "role": self.role, "generation": dict(self.generation), "variant_of": self.variant_of}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ModelSpec":
         gpus = raw.get("gpus")
         return cls(raw["name"], tuple(raw.get("base_urls") or ()), raw.get("api_key_env") or DEFAULT_API_KEY_ENV,
                    raw.get("engine") or "bundled", raw.get("model_path"), dict(raw.get("options") or {}),
-                   tuple(raw.get("args") or ()), tuple(gpus) if gpus is not None else None, raw.get("role") or "test")
+                   tuple(raw.get("args") or ()), tuple(gpus) if gpus is not None else None, raw.get("role") or "test",
+                   dict(raw.get("generation") or {}), raw.get("variant_of"))
 
 
 class ModelConfigError(ValueError):
@@ -123,7 +128,19 @@ def _read_models_file(path: Path, key_env: str, default_gpus: tuple[int, ...] | 
     entries = raw.get("models") if isinstance(raw, dict) else raw
     if not isinstance(entries, list):
         raise ModelConfigError(f"{path}: expected a list of models (or a mapping with 'models')")
-    return [_entry(path, index, entry, key_env, default_gpus, check) for index, entry in enumerate(entries, 1)]
+    specs = [_entry(path, index, entry, key_env, default_gpus, check) for index, entry in enumerate(entries, 1)]
+    names = {spec.name: spec for spec in specs}
+    for spec in specs:
+        if spec.variant_of is None:
+            continue
+        base = names.get(spec.variant_of)
+        if base is None and spec.variant_of != BUNDLED_MODEL_NAME:
+            raise ModelConfigError(f"{path}: model {spec.name!r}: variant_of {spec.variant_of!r} is not a model of this "
+                                   f"file (nor the bundled {BUNDLED_MODEL_NAME})")
+        if base is not None and base.variant_of is not None:
+            raise ModelConfigError(f"{path}: model {spec.name!r}: variant_of {spec.variant_of!r}, itself a variant: "
+                                   f"name the model that has the engine ({base.variant_of!r})")
+    return specs
 
 
 def _entry(path: Path, index: int, entry: Any, key_env: str, default_gpus: tuple[int, ...] | None,
@@ -147,13 +164,35 @@ def _entry(path: Path, index: int, entry: Any, key_env: str, default_gpus: tuple
     args = entry.get("args") or []
     if not isinstance(args, list):
         raise ModelConfigError(f"{path}: model {name!r}: args must be a list")
+    generation = entry.get("generation") or {}
+    if not isinstance(generation, dict):
+        raise ModelConfigError(f"{path}: model {name!r}: generation must be a mapping of settings")
+    from harness.suite import GENERATION_KEYS
+
+    unknown_gen = sorted(set(generation) - set(GENERATION_KEYS))
+    if unknown_gen:
+        raise ModelConfigError(f"{path}: model {name!r}: unknown generation setting {unknown_gen[0]!r} "
+                               f"(known: {', '.join(GENERATION_KEYS)})")
+    variant_of = entry.get("variant_of")
+    if variant_of is not None:
+        if not isinstance(variant_of, str) or not variant_of.strip() or variant_of == name:
+            raise ModelConfigError(f"{path}: model {name!r}: variant_of names another model of the file, whose "
+                                   f"engine serves this one, not {variant_of!r}")
+        extra = sorted(set(entry) - _VARIANT_KEYS)
+        if extra:
+            raise ModelConfigError(f"{path}: model {name!r}: a variant (variant_of) takes its engine from "
+                                   f"{variant_of!r}: {extra[0]!r} does not apply (keys: {', '.join(sorted(_VARIANT_KEYS))})")
+        role = entry.get("role", "test")
+        if role not in ROLES:
+            raise ModelConfigError(f"{path}: model {name!r}: role must be one of {', '.join(ROLES)}, not {role!r}")
+        return ModelSpec(name, role=role, generation=dict(generation), variant_of=variant_of)
     gpus = entry.get("gpus")
     role = entry.get("role", "test")
     if role not in ROLES:
         raise ModelConfigError(f"{path}: model {name!r}: role must be one of {', '.join(ROLES)}, not {role!r}")
     spec = ModelSpec(name, urls, entry.get("api_key_env") or key_env, engine, entry.get("model_path"),
                      dict(options), tuple(str(a) for a in args),
-                     tuple(int(g) for g in gpus) if gpus is not None else default_gpus, role)
+                     tuple(int(g) for g in gpus) if gpus is not None else default_gpus, role, dict(generation))
     problem = check(spec) if check is not None else None
     if problem:
         raise ModelConfigError(f"{path}: model {name!r}: {problem}")

@@ -60,6 +60,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     option("baseline-reason", "why the baseline is saved (required with --llm-baseline-save; kept in the file)")
     option("audit", "determinism audit: re-send K cases of each suite with the cache off and fail a gate "
            "whose outcome flips (0: off)", default="0")
+    group.addoption("--llm-set", dest="llm_set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a generation setting for every suite (temperature, max_tokens, top_p, seed, stop), "
+                         "e.g. --llm-set temperature=0.7; repeatable (ini: llm_set, one per line)")
+    parser.addini("llm_set", "generation settings for every suite, KEY=VALUE per line", type="linelist", default=[])
     option("limit", "quick run: the first N cases of each suite")
     option("sample", "quick run: a random sample of each suite, N cases or a share such as 10%")
     option("seed", "the seed of --llm-sample (the same seed draws the same cases)", default="0")
@@ -92,6 +96,7 @@ def _settings(config: pytest.Config) -> Settings:
             retry_passes=int(_value(config, "llm_retry_passes")),
             stream=bool(_value(config, "llm_stream")),
             judge_model=str(_value(config, "llm_judge_model") or "").strip(),
+            generation_set=_generation_set(list(config.getini("llm_set")) + list(config.getoption("llm_set") or [])),
         )
     except ValueError as exc:
         raise pytest.UsageError(f"llm-harness: bad numeric option: {exc}") from exc
@@ -99,6 +104,26 @@ def _settings(config: pytest.Config) -> Settings:
 
     if settings.cache_mode not in MODES:
         raise pytest.UsageError(f"llm-harness: llm_cache must be one of {', '.join(MODES)}")
+    return settings
+
+
+def _generation_set(items: list[str]) -> dict[str, Any]:
+    """--llm-set key=value (YAML values: 0.7 is a number, [a, b] a list); later ones win."""
+    import yaml
+
+    from harness.suite import GENERATION_KEYS
+
+    settings: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = str(item).partition("=")
+        key = key.strip()
+        if not sep or key not in GENERATION_KEYS:
+            raise pytest.UsageError(f"llm-harness: --llm-set takes KEY=VALUE with KEY one of "
+                                    f"{', '.join(GENERATION_KEYS)}, not {item!r}")
+        try:
+            settings[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise pytest.UsageError(f"llm-harness: --llm-set {item!r}: not a value: {exc}") from exc
     return settings
 
 

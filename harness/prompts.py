@@ -112,10 +112,13 @@ def render_problem(exc: BaseException) -> str:
     return f"{parts[0] if parts else 'the prompt'} cannot render this case: {problem}"
 
 
-def build_request(suite: Suite, case: Case, model: str, stream: bool = False, hook: Any = None) -> Request:
+def build_request(suite: Suite, case: Case, model: str, stream: bool = False, hook: Any = None,
+                  overrides: dict[str, Any] | None = None, served: str | None = None) -> Request:
     """The request of one case, rendered once; ``hook`` (a pytest hook relay) lets
-    ``pytest_llm_build_request`` implementations rewrite it."""
-    gen = suite.generation
+    ``pytest_llm_build_request`` implementations rewrite it. ``overrides``: generation settings over
+    the suite's (``--llm-set``, a model's own ``generation``); ``served``: the name the engine serves
+    the model under (a variant's base), sent as the request's model."""
+    gen = {**suite.generation, **(overrides or {})}
     params = {
         "max_tokens": gen.get("max_tokens", DEFAULT_MAX_TOKENS),
         "temperature": gen.get("temperature", 0.0),
@@ -123,7 +126,7 @@ def build_request(suite: Suite, case: Case, model: str, stream: bool = False, ho
         "stop": gen.get("stop"),
         "seed": gen.get("seed"),
     }
-    request = Request(suite.api, model, render(suite, case), params, dict(suite.extra_body),
+    request = Request(suite.api, served or model, render(suite, case), params, dict(suite.extra_body),
                       stream=stream or bool(gen.get("stream")))
     if hook is not None:
         rewritten = hook.pytest_llm_build_request(suite=suite, case=case, model=model, request=request)

@@ -44,6 +44,7 @@ class Settings:
     deadline_s: float = 900.0  # per request, all attempts and waits included; 0: none
     retry_passes: int = 1  # passes over transiently failed requests after the main pass
     stream: bool = False  # stream every request (time to first token, time per output token)
+    generation_set: dict[str, Any] = field(default_factory=dict)  # --llm-set key=value: over every suite's settings
     judge_model: str = ""  # the judge of suites whose judge names no model (--llm-judge-model)
 
 
@@ -134,11 +135,27 @@ class RunState:
     def context(self) -> EngineContext:
         return EngineContext(self.runtime_dir, self.owner_pid, self.is_controller, self.settings, self.limiter())
 
+    def served_name(self, model: str) -> str:
+        """The name a model's engine serves it under: its own, or for a variant (``variant_of``) its base's."""
+        try:
+            return self.spec(model).variant_of or model
+        except KeyError:  # a variant's base that the run does not test itself (the bundled model)
+            return model
+
+    def _engine_spec(self, model: str) -> ModelSpec:
+        name = self.served_name(model)
+        try:
+            return self.spec(name)
+        except KeyError:  # a variant of the bundled model, which the run does not test itself
+            return ModelSpec(name)
+
     def engine_of(self, model: str) -> Engine:
-        """The engine kind serving a model (from a pytest_llm_make_engine hook or the registry)."""
-        if model not in self._kinds:
-            self._kinds[model] = make_engine(self.spec(model), self.hook)
-        return self._kinds[model]
+        """The engine kind serving a model (from a pytest_llm_make_engine hook or the registry); variants
+        of one model share its engine."""
+        served = self.served_name(model)
+        if served not in self._kinds:
+            self._kinds[served] = make_engine(self._engine_spec(model), self.hook)
+        return self._kinds[served]
 
     def model_identity(self, model: str) -> dict[str, Any]:
         """What makes two replies interchangeable: name, engine kind, weights when known."""
@@ -146,6 +163,7 @@ class RunState:
 
     def engine(self, model: str) -> dict[str, Any]:
         """The engine serving a model, started (or reached) now if this process has not yet."""
+        model = self.served_name(model)
         if model not in self._engines:
             engine = self.engine_of(model)
             if engine.in_process and not self.is_controller:
@@ -164,6 +182,7 @@ class RunState:
 
     def client(self, model: str) -> Any:
         """The client of a model: HTTP for every served engine, the engine itself when in-process."""
+        model = self.served_name(model)
         if model not in self._clients:
             record = self.engine(model)
             self._clients[model] = self.engine_of(model).client(record, self.context())

@@ -267,7 +267,8 @@ class EvalSession:
         self._board = board
         self.plan = plan = make_plan(
             cases, gates, self.root, self._models_of, catalog(self.config).cases,
-            lambda ref: build_request(ref.suite, ref.case, ref.model, stream, hook=self._hook(ref.suite)),
+            lambda ref: build_request(ref.suite, ref.case, ref.model, stream, hook=self._hook(ref.suite),
+                                      overrides=self._overrides(ref.model), served=self.state.served_name(ref.model)),
             self.comparisons.reference_of)
         for run in plan.runs:
             if (run.gates or run.reference_for) and not run.missing:
@@ -293,6 +294,10 @@ class EvalSession:
             board.finish()
             return
         self._send(pending, answered, board)
+
+    def _overrides(self, model: str) -> dict[str, Any]:
+        """Generation settings over every suite's: --llm-set, then the model's own (a variant's)."""
+        return {**self.state.settings.generation_set, **self.state.spec(model).generation}
 
     def _judge_of(self, task: Task) -> tuple[Any, str] | None:
         """The judge spec and judge model of a task's suite, or None when no model grades it."""
