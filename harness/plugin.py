@@ -65,7 +65,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "e.g. --llm-set temperature=0.7; repeatable (ini: llm_set, one per line)")
     parser.addini("llm_set", "generation settings for every suite, KEY=VALUE per line", type="linelist", default=[])
     option("limit", "quick run: the first N cases of each suite")
-    option("sample", "quick run: a random sample of each suite, N cases or a share such as 10%")
+    option("sample", "quick run: a random sample of each suite, N cases, or a share: a number and a percent sign")
     option("seed", "the seed of --llm-sample (the same seed draws the same cases)", default="0")
     option("judge-model", "the model that grades judge-scored suites whose scorer names no model: a model of "
            "the run, a models-file entry (role: judge serves judging only), or the bundled gemma-3-270m")
