@@ -1,5 +1,6 @@
 """pytest-llm-harness: LLM evaluation suites as pytest items, quality gates as outcomes."""
 
+from harness.analysis import RunFrames, load_run
 from harness.engines.client import Reply, Request
 from harness.engines.registry import Engine, EngineContext
 from harness.llm_client import LLMClient, LLMError
@@ -9,5 +10,5 @@ from harness.suite import Case, Suite, SuiteError
 
 __all__ = [
     "Case", "CaseResult", "Engine", "EngineContext", "GateResult", "LLMClient", "LLMError", "Reply", "Request",
-    "Score", "Scorer", "Suite", "SuiteError", "SuiteResult", "scorer",
+    "RunFrames", "Score", "Scorer", "Suite", "SuiteError", "SuiteResult", "load_run", "scorer",
 ]
