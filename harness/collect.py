@@ -459,6 +459,9 @@ def format_case(result: CaseResult, prompt: Any) -> str:
 
 
 def _messages(prompt: Any) -> Any:
+    if isinstance(prompt, list) and prompt and all(isinstance(order, list) for order in prompt):
+        # a pairwise judge: one prompt per order
+        return "\n".join(f"--- order {number} ---\n{_messages(order)}" for number, order in enumerate(prompt, 1))
     if isinstance(prompt, list):
         return "\n".join(f"[{m.get('role')}] {m.get('content')}" for m in prompt if isinstance(m, dict))
     return prompt

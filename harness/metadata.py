@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.packages import package_versions
 from harness.redact import key_secrets, redact_data, url_secrets
 from harness.suite import Suite, file_digest
 
@@ -63,5 +64,6 @@ def dataset_metadata(suites: list[Suite], root: Path) -> list[dict[str, Any]]:
 
 
 def environment() -> dict[str, Any]:
+    """The interpreter, the platform and the versions of the packages that matter (None: not installed)."""
     return {"harness_version": harness_version(), "python": platform.python_version(),
-            "platform": platform.platform(), "executable": sys.executable}
+            "platform": platform.platform(), "executable": sys.executable, "packages": package_versions()}

@@ -15,11 +15,33 @@ def jinja_env() -> Any:
     Sandboxed: suite files come from others, and a plain environment lets a template reach
     Python internals (``cycler.__init__.__globals__.os``) and run commands; the immutable sandbox
     also keeps a template from changing the case data it reads. StrictUndefined: a typo in a
-    template field is an error, not an empty string."""
+    template field is an error, not an empty string.
+
+    ``tojson`` writes JSON for a model to read (see :func:`prompt_json`), not for an HTML page."""
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["tojson"] = prompt_json
+    return env
+
+
+def prompt_json(value: Any, indent: int | None = None) -> str:
+    """The ``tojson`` filter of prompt templates: ``{{ tools | tojson }}`` writes ``"城市"``, not
+    ``"\\u57ce\\u5e02"``, and ``<``, ``>``, ``&``, ``'`` as themselves.
+
+    Jinja's own filter is made for a ``<script>`` tag of an HTML page: it escapes every non-ASCII
+    character and those four (``\\u003c``...). A prompt is no HTML page and nothing here parses it
+    as one: the escapes only cost a model readability (and tokens). Keys stay sorted, as Jinja's
+    filter sorts them; ``indent`` as in Jinja's. The result is a plain string, not Markup: an
+    environment with autoescape (none here) would still escape it."""
+    import json
+
+    import jinja2
+
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()  # names the missing field, as printing it would
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, indent=indent)
 
 
 @lru_cache(maxsize=256)

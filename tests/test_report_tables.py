@@ -15,7 +15,8 @@ import pytest
 from harness.report import write_reports
 from harness.report.heatmap import confusion_figure, confusion_pngs, write_confusion_png
 from harness.report.markdown import render_markdown, tool_table_rows
-from harness.report.xlsx import PARAM_COLUMNS, TOOL_BAD_COLUMNS, TOOL_COLUMNS, split_prompt, write_xlsx
+from harness.report.xlsx import (PARAM_COLUMNS, TOOL_BAD_COLUMNS, TOOL_COLUMNS, split_prompt, summary_metrics,
+                                 write_xlsx)
 from harness.scoring.classification import confusion_matrix
 from harness.scoring.toolcalls import toolcall_report
 
@@ -257,8 +258,9 @@ def test_tool_call_sheets(tmp_path: Path) -> None:
     rows = {row[0]: dict(zip(TOOL_BAD_COLUMNS, row)) for row in bad[1:]}
     assert list(rows) == ["chat", "plain", "boom"]  # "ok" scored 1
     chat = rows["chat"]
+    # the dialogue before the last user message: the system prompt is no turn of it
     assert chat["history"].splitlines() == [
-        "system: 你是货运助手", "user: 北京天气?",
+        "user: 北京天气?",
         'assistant: [{"type": "function", "function": {"name": "getWeather"}}]', "tool: 晴",
     ]
     assert chat["query"] == "那上海呢?"
@@ -274,7 +276,13 @@ def test_split_prompt() -> None:
     assert split_prompt("just text") == ("", "just text")
     assert split_prompt(None) == ("", "")
     assert split_prompt([{"role": "user", "content": "hi"}]) == ("", "hi")
-    assert split_prompt([{"role": "system", "content": "s"}]) == ("system: s", "")
+    assert split_prompt([{"role": "system", "content": "s"}]) == ("", "")
+    # seed 001's records rendered by a template: a system prompt and one user message (the history is in it)
+    assert split_prompt([{"role": "system", "content": "You are a helpful assistant."},
+                         {"role": "user", "content": "用户: 你好\n当前: 退款"}]) == ("", "用户: 你好\n当前: 退款")
+    turns = [{"role": "system", "content": "s"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+             {"role": "developer", "content": "d"}, {"role": "user", "content": "c"}]
+    assert split_prompt(turns) == ("user: a\nassistant: b", "c")
     parts = [{"type": "text", "text": "look"}]
     assert split_prompt([{"role": "user", "content": parts}]) == ("", json.dumps(parts))
 
@@ -303,32 +311,57 @@ def test_markdown_tool_calls_section() -> None:
 # -- summary ----------------------------------------------------------------
 
 
-def test_summary_puts_the_main_metric_and_its_interval_first(tmp_path: Path) -> None:
+def test_summary_has_a_row_per_suite_model_and_metric_with_its_interval(tmp_path: Path) -> None:
     import openpyxl
     from openpyxl.utils import get_column_letter
 
     sentiment, _ = _sentiment()
     bare = _suite("bare", main=None, accuracy=0.5)
     no_interval = _suite("nointerval", main="accuracy", accuracy=0.75)
-    wb = openpyxl.load_workbook(write_xlsx(_report((sentiment, []), (bare, []), (no_interval, [])), tmp_path))
+    empty = _suite("empty", main="accuracy")
+    empty["metrics"] = {}
+    wb = openpyxl.load_workbook(write_xlsx(_report((sentiment, []), (bare, []), (no_interval, []), (empty, [])),
+                                           tmp_path))
     header, *rows = _rows(wb["summary"])
-    assert header[2:6] == ("main_metric", "main_value", "main_lower", "main_upper")
-    assert rows[0][2:6] == ("f1", 0.8, 0.6, 0.9)
-    assert rows[1][2:6] == (None, None, None, None)
-    assert rows[2][2:6] == ("accuracy", 0.75, None, None)
-    # the full metric columns are still there, intervals included
-    row = dict(zip(header, rows[0]))
-    assert row["f1"] == 0.8 and row["f1.lower"] == 0.6 and row["f1.upper"] == 0.9
-    assert wb["summary"].auto_filter.ref == f"A1:{get_column_letter(len(header))}4"
+    assert header == ("suite", "model", "metric", "value", "lower", "upper", "main", "cases", "total_cases",
+                      "subset", "gates_passed", "gates_failed", "gates_skipped", "gates_total")
+    # the main metric first (its bounds folded into its row, not rows or columns of their own), then the rest
+    assert [row[:7] for row in rows] == [
+        ("sentiment", "m", "f1", 0.8, 0.6, 0.9, True),
+        ("sentiment", "m", "error_rate", 0, None, None, False),
+        ("bare", "m", "error_rate", 0, None, None, False),
+        ("bare", "m", "accuracy", 0.5, None, None, False),
+        ("nointerval", "m", "accuracy", 0.75, None, None, True),
+        ("nointerval", "m", "error_rate", 0, None, None, False),
+        ("empty", "m", None, None, None, None, False),  # no metric: its counts still have a row
+    ]
+    assert all(row[7:] == (1, 1, False, 0, 0, 0, 0) for row in rows)
+    assert wb["summary"].auto_filter.ref == f"A1:{get_column_letter(len(header))}{len(rows) + 1}"
 
 
-def test_a_metric_named_like_a_summary_column_gets_its_own_column(tmp_path: Path) -> None:
+def test_summary_rows_repeat_the_suite_counts_and_keep_a_bound_without_its_metric(tmp_path: Path) -> None:
     import openpyxl
 
-    robust = _suite("robust", main="f1", f1=1.0, cases=40.0)  # the clean cases of 280 items
+    robust = _suite("robust", main="f1", f1=1.0, cases=40.0, **{"kappa.lower": 0.1})  # the clean cases of 280 items
     robust["cases"] = robust["total_cases"] = 280
+    robust["subset"] = True
+    robust["gates"] = [{"status": "passed"}, {"status": "failed"}, {"status": "skipped"}, {"status": "passed"}]
     wb = openpyxl.load_workbook(write_xlsx(_report((robust, [])), tmp_path))
-    header, row = _rows(wb["summary"])
-    assert header.count("cases") == 1
-    values = dict(zip(header, row))
-    assert (values["cases"], values["metric.cases"]) == (280, 40)
+    header, *rows = _rows(wb["summary"])
+    by_metric = {row[2]: dict(zip(header, row)) for row in rows}
+    assert list(by_metric) == ["f1", "error_rate", "cases", "kappa.lower"]
+    # the metric `cases` (clean cases) is a row; the column `cases` counts every item judged
+    assert (by_metric["cases"]["value"], by_metric["cases"]["cases"]) == (40, 280)
+    assert by_metric["kappa.lower"]["value"] == 0.1  # a bound whose metric is missing is not lost
+    for row in by_metric.values():
+        assert (row["total_cases"], row["subset"]) == (280, True)
+        assert (row["gates_passed"], row["gates_failed"], row["gates_skipped"], row["gates_total"]) == (2, 1, 1, 4)
+
+
+def test_summary_metrics() -> None:
+    metrics = {"acc": 0.5, "f1.upper": 0.9, "f1": 0.8, "f1.lower": 0.7, "n.lower": 1}
+    assert summary_metrics(metrics, "f1") == [("f1", 0.8, 0.7, 0.9), ("acc", 0.5, None, None),
+                                              ("n.lower", 1, None, None)]
+    assert summary_metrics(metrics)[0] == ("acc", 0.5, None, None)
+    assert summary_metrics(metrics, "missing")[0] == ("acc", 0.5, None, None)
+    assert summary_metrics({}, "f1") == [(None, None, None, None)]

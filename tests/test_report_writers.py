@@ -112,6 +112,8 @@ def report() -> dict[str, Any]:
             "git_dirty": True,
             "python": "3.11.7",
             "platform": "Linux-6.1-x86_64",
+            "packages": {"pytest-llm-harness": "0.1.0", "torch": "2.13.0+cpu", "vllm": None, "pytest": "9.2.0"},
+            "packages_freeze": "requirements-freeze.txt",
             "pytest_args": ["evals/", "-k", "not slow"],
             "xdist_workers": 0,
             "models": [
@@ -165,7 +167,8 @@ def test_write_reports_writes_every_format(report: dict, tmp_path: Path) -> None
     out = tmp_path / "nested" / "reports"
     paths = write_reports(report, out)
     names = {p.relative_to(out).as_posix() for p in paths}
-    main = {"details/math.jsonl", "details/sentiment.jsonl", "report.json", "report.md", "report.xlsx"}
+    main = {"details/math.jsonl", "details/sentiment.jsonl", "report.json", "requirements-freeze.txt", "report.md",
+            "report.xlsx"}
     assert main <= names
     # this report compares models: indicator files per model and suite, none at the top
     indicators = names - main
@@ -245,6 +248,10 @@ def test_markdown_content(report: dict, tmp_path: Path) -> None:
                    "Review: {{ text }}", "bundled-cpu", "3.11.7"):  # fmt: skip
         assert needle in md, needle
     assert "```\nReview: {{ text }}\nSentiment:\n```" in md
+    # the versions of the packages that matter, and the freeze file of all
+    repro = md.split("## Reproducibility\n")[1]
+    assert "| torch | `2.13.0+cpu` |" in repro and "| vllm | not installed |" in repro
+    assert "[requirements-freeze.txt](requirements-freeze.txt)" in repro
 
 
 def test_markdown_tables_keep_their_columns(report: dict, tmp_path: Path) -> None:
@@ -263,7 +270,7 @@ def test_markdown_tables_keep_their_columns(report: dict, tmp_path: Path) -> Non
     assert widths, "no tables parsed"
     texts = ["".join(c.content for c in t.children or []) for t in tokens if t.type == "inline"]
     # a pipe in a cell must not open an extra column: each table keeps its header width
-    assert set(widths) <= {7, 4}
+    assert set(widths) <= {7, 4, 2}
     assert any("5 | six<|im_end|>" in t for t in texts)
 
 
@@ -297,17 +304,20 @@ def test_xlsx_sheets_and_content(report: dict, tmp_path: Path) -> None:
 
     summary = _rows(wb["summary"])
     header = summary[0]
-    assert header[:13] == (
-        "suite", "model", "main_metric", "main_value", "main_lower", "main_upper",
+    assert header == (
+        "suite", "model", "metric", "value", "lower", "upper", "main",
         "cases", "total_cases", "subset",
         "gates_passed", "gates_failed", "gates_skipped", "gates_total",
     )  # fmt: skip
-    metric_names = {m for s in report["suites"] for m in s["metrics"]}
-    assert set(header[13:]) == metric_names and len(header[13:]) == len(metric_names)
-    assert len(summary) == 1 + len(report["suites"])
-    row = dict(zip(header, summary[2]))
-    assert row["cases"] == 2 and row["subset"] is True and row["f1"] == 1.0
-    assert row["exact_match"] is None  # absent metric, empty cell
+    # one row per suite, model and metric: no column per metric
+    assert len(summary) == 1 + sum(len(s["metrics"]) for s in report["suites"])
+    rows = {(r[0], r[1], r[2]): dict(zip(header, r)) for r in summary[1:]}
+    row = rows[("sentiment", MODELS[1], "f1")]
+    assert row["value"] == 1.0 and row["main"] is True and row["cases"] == 2 and row["subset"] is True
+    assert rows[("sentiment", MODELS[1], "accuracy")]["main"] is False
+    assert ("math", MODELS[0], "exact_match") not in rows  # a metric the suite lacks has no row
+    assert rows[("math", MODELS[0], "pass_at_k")]["value"] is None  # a null metric: its row, an empty cell
+    assert rows[("math", MODELS[0], "accuracy")]["gates_skipped"] == 1
 
     gates = _rows(wb["gates"])
     assert gates[0][:3] == ("suite", "model", "expr")

@@ -67,6 +67,7 @@ def judge_call(spec: JudgeSpec, model: str, suite: Suite, case: Case, text: str 
         text = messages[-1]["content"]
         prefix = VERDICT_PREFIX if text.rstrip().endswith(VERDICT_PREFIX) else ""
         if prefix:
+            text = text.rstrip()  # a YAML block's last newline would end the line the verdict belongs on
             params["stop"] = ["\n"]  # the verdict is the rest of that line
         request = Request("completion", model, text, params)
         return JudgeCall(model, text, (request,) * spec.samples, prefix=prefix)

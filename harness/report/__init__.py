@@ -1,6 +1,6 @@
-"""Report writers: one envelope dict in, report.json / details / report.md / report.xlsx out,
-plus a confusion_<suite>[_<model>].png heatmap per confusion matrix and comparison.png, the
-forest plot of a paired comparison."""
+"""Report writers: one envelope dict in, report.json (with the requirements-freeze.txt it names) /
+details / report.md / report.xlsx out, plus a confusion_<suite>[_<model>].png heatmap per confusion
+matrix and comparison.png, the forest plot of a paired comparison."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.packages import warm_packages
 from harness.report.details import write_details
 from harness.report.files import private_dir
 from harness.report.forest import write_forest_png
+from harness.report.freeze import write_freeze
 from harness.report.heatmap import write_confusion_png, write_confusion_pngs
 from harness.report.indicators import write_indicators
 from harness.report.json_report import write_json
@@ -20,7 +22,7 @@ from harness.report.training_plots import write_training_pngs
 from harness.report.xlsx import write_xlsx
 
 __all__ = [
-    "write_reports", "write_json", "write_details", "write_indicators", "write_markdown", "write_xlsx",
+    "write_reports", "write_json", "write_freeze", "write_details", "write_indicators", "write_markdown", "write_xlsx",
     "write_confusion_png", "write_confusion_pngs", "write_forest_png", "write_training_pngs", "warm_writers", "ReportsIncomplete",
 ]  # fmt: skip
 
@@ -29,8 +31,9 @@ _HEAVY_IMPORTS = ("openpyxl",)
 
 
 def warm_writers() -> None:
-    """Import the writers' heavy libraries on a daemon thread, while requests are in flight,
-    so that writing the reports after the last reply does not wait for the import."""
+    """Import the writers' heavy libraries and read the installed packages (report.json's versions,
+    requirements-freeze.txt) on a daemon thread, while requests are in flight, so that writing the
+    reports after the last reply does not wait for either."""
 
     def load() -> None:
         for name in _HEAVY_IMPORTS:
@@ -38,6 +41,10 @@ def warm_writers() -> None:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - the writer reports a missing library itself
                 pass
+        try:
+            warm_packages()
+        except Exception:  # noqa: BLE001 - read again, and reported, when the report is built
+            pass
 
     threading.Thread(target=load, name="llm-harness-warm-writers", daemon=True).start()
 
@@ -61,7 +68,8 @@ def write_reports(report: dict[str, Any], out_dir: Path) -> list[Path]:
     """
     out_dir = private_dir(Path(out_dir))
     writers: list[tuple[str, Callable[[dict[str, Any], Path], Any]]] = [
-        ("report.json", write_json), ("details", write_details), ("indicators", write_indicators),
+        ("report.json", write_json), ("requirements-freeze.txt", write_freeze),
+        ("details", write_details), ("indicators", write_indicators),
         ("heatmaps", write_confusion_pngs), ("comparison.png", write_forest_png), ("training plots", write_training_pngs),
         ("report.md", write_markdown),
         ("report.xlsx", write_xlsx),

@@ -72,6 +72,11 @@ def timing_note(cases: Sequence[dict[str, Any]]) -> str:
     return f"the engine recorded no send and answer times for the {n - cached - failed} answered request(s)"
 
 
+def _dumps(indicator: dict[str, Any]) -> str:
+    """An indicator file's text: indented JSON, UTF-8 (a metric or label named in Chinese stays readable)."""
+    return json.dumps(indicator, ensure_ascii=False, indent=2, default=str) + "\n"
+
+
 def _noted(indicator: dict[str, Any], note: Any) -> dict[str, Any]:
     """The indicator, with a ``note`` saying why when one of its figures is null (never a bare null)."""
     nulls = [key for key, value in indicator.items() if value is None and key != "concurrency"]
@@ -84,8 +89,8 @@ def _write(folder: Path, cases: Sequence[dict[str, Any]], concurrency: int | Non
     private_dir(folder)
     paths = [folder / LATENCY, folder / THROUGHPUT]
     note = lambda: timing_note(cases)  # noqa: E731 - worked out only for a file with a null
-    write_text(paths[0], json.dumps(_noted(latency_indicator(cases), note), indent=2) + "\n")
-    write_text(paths[1], json.dumps(_noted(throughput_indicator(cases, concurrency), note), indent=2) + "\n")
+    write_text(paths[0], _dumps(_noted(latency_indicator(cases), note)))
+    write_text(paths[1], _dumps(_noted(throughput_indicator(cases, concurrency), note)))
     return paths
 
 
@@ -149,10 +154,10 @@ def _write_per_suite(suites: list[dict[str, Any]], out_dir: Path, filename: str,
         folder = out_dir / "indicators" / _slug(str(suite["model"])) / _slug(str(suite["name"]))
         private_dir(folder)
         paths.append(folder / filename)
-        write_text(paths[-1], json.dumps(_noted(build(suite), lambda: quality_note(suite)), indent=2) + "\n")
+        write_text(paths[-1], _dumps(_noted(build(suite), lambda: quality_note(suite))))
     if len(chosen) == 1:
         paths.append(out_dir / filename)
-        write_text(paths[-1], json.dumps(_noted(build(chosen[0]), lambda: quality_note(chosen[0])), indent=2) + "\n")
+        write_text(paths[-1], _dumps(_noted(build(chosen[0]), lambda: quality_note(chosen[0]))))
     return paths
 
 

@@ -6,7 +6,7 @@ import json
 import math
 import re
 import shlex
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from harness.report.files import write_text
@@ -454,6 +454,7 @@ def _repro(run: dict[str, Any]) -> str:
         f"- xdist workers: {_num(run.get('xdist_workers'))}",
         f"- Started / finished: {_text(run.get('started_at'))} / {_text(run.get('finished_at'))}",
         "",
+        *_packages(run),
         "### Models\n",
     ]
     for m in run.get("models") or []:
@@ -497,6 +498,24 @@ def _repro(run: dict[str, Any]) -> str:
             lines += ["System prompt:\n", _fence(str(prompt["system"]))]
         lines += ["Prompt template:\n", _fence(str(prompt.get("template") or ""))]
     return "\n".join(lines)
+
+
+def _packages(run: dict[str, Any]) -> list[str]:
+    """The versions of the packages that matter (``run.packages``) and a link to the freeze file of all."""
+    packages = run.get("packages")
+    freeze = run.get("packages_freeze")
+    if not isinstance(packages, dict) and not freeze:
+        return []
+    lines = ["### Packages\n"]
+    if isinstance(packages, dict) and packages:
+        rows = [[_md(name), "not installed" if version is None else _code(_md(version, html=False))]
+                for name, version in packages.items()]
+        lines.append(_table(["Package", "Version"], rows))
+    if isinstance(freeze, str) and (name := PurePath(freeze).name):
+        # the file write_freeze wrote beside report.md
+        target = name.replace(" ", "%20").replace("(", "%28").replace(")", "%29")
+        lines.append(f"Every installed distribution (`pip freeze`): [{_md(name)}]({target})\n")
+    return lines
 
 
 # -- helpers ----------------------------------------------------------------

@@ -1,10 +1,11 @@
 """report.xlsx: the run as a workbook, for people who triage cases in a spreadsheet.
 
-Sheets: summary, gates, in a comparison run its paired comparison (one row per pair and
-metric, the forest plot below), one per suite and model with its cases, after each of those
-its confusion matrix (with the heatmap PNG when write_reports drew it) or, for tool-call
-suites, seed 001's three sheets (tool metrics, parameter metrics, bad cases), then every bad
-case of the run, and last a comparison's disagreements (the cases the two arms scored apart).
+Sheets: summary (one row per suite, model and metric, with its interval), gates, in a
+comparison run its paired comparison (one row per pair and metric, the forest plot below), one
+per suite and model with its cases, after each of those its confusion matrix (with the heatmap
+PNG when write_reports drew it) or, for tool-call suites, seed 001's three sheets (tool metrics,
+parameter metrics, bad cases), then every bad case of the run, and last a comparison's
+disagreements (the cases the two arms scored apart).
 
 The workbook is write-only (streamed): rows are appended once, so each sheet's layout
 (frozen header, column widths) is set before its first row. openpyxl is imported inside
@@ -50,10 +51,13 @@ CASE_COLUMNS = [
 # a judge-scored suite's case sheet: what people said, what the judge said, and its raw reply
 JUDGE_COLUMNS = ["human_label", "judge_verdict", "judge_reply"]
 GATE_COLUMNS = ["suite", "model", "expr", "metric", "op", "threshold", "value", "status", "reason"]
+# one row per suite, model and metric (a metric's `.lower`/`.upper` folded into its row), the main
+# metric first and marked; the suite's case and gate counts repeated on each row, for filters
 SUMMARY_COLUMNS = [
-    "suite", "model", "main_metric", "main_value", "main_lower", "main_upper", "cases", "total_cases",
+    "suite", "model", "metric", "value", "lower", "upper", "main", "cases", "total_cases",
     "subset", "gates_passed", "gates_failed", "gates_skipped", "gates_total",
 ]  # fmt: skip
+_BOUNDS = (".lower", ".upper")
 # seed 001's sheets: 工具指标 (tool metrics), 参数指标 (parameter metrics), badcase
 STAT_COLUMNS = ["precision", "recall", "f1", "support", "predicted", "hits"]
 TOOL_COLUMNS = ["tool", *STAT_COLUMNS]
@@ -251,16 +255,24 @@ def _tool_bad_row(case: dict[str, Any]) -> list[Any]:
 
 
 def split_prompt(prompt: Any) -> tuple[str, str]:
-    """(history, query): the messages before the last user message as "role: content" lines,
-    and that message's content; a plain prompt is all query."""
+    """(history, query) as seed 001's bad-case sheet has them: the dialogue turns before the last
+    user message as "role: content" lines, and that message's content; a plain prompt is all query.
+
+    The system prompt is no turn of the dialogue: it is the same for every case of the suite (the
+    suite's ``prompt.system``, in report.json's ``run.suites_config``), and left out of the history."""
     if not isinstance(prompt, list):
         return "", _json_text(prompt)
     messages = [m if isinstance(m, dict) else {"role": "?", "content": m} for m in prompt]
     last = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
     if last is None:
-        return "\n".join(_message_line(m) for m in messages), ""
-    history = "\n".join(_message_line(m) for m in messages[:last])
+        return "\n".join(_message_line(m) for m in messages if not _is_system(m)), ""
+    history = "\n".join(_message_line(m) for m in messages[:last] if not _is_system(m))
     return history, _json_text(messages[last].get("content"))
+
+
+def _is_system(message: dict[str, Any]) -> bool:
+    # "developer": OpenAI's newer name for the system role
+    return message.get("role") in ("system", "developer")
 
 
 def _message_line(message: dict[str, Any]) -> str:
@@ -310,32 +322,37 @@ def _disagreement_rows(pairs: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 def _summary_table(suites: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    metric_names: list[str] = []
-    for s in suites:
-        for name in s.get("metrics") or {}:
-            if name not in metric_names:
-                metric_names.append(name)
+    """Long, not wide: a row per suite, model and metric, ``(suite, model, metric, value, lower,
+    upper)`` then whether it is the suite's main metric and the suite's case and gate counts. A
+    metric's ``<m>.lower``/``<m>.upper`` fill its row's bounds; a bound without its metric keeps a
+    row of its own. A suite without metrics still gets a row (metric empty), for its counts."""
     rows = []
     for s in suites:
         gates = s.get("gates") or []
         status = [g.get("status") for g in gates]
-        metrics = s.get("metrics") or {}
-        main = s.get("main_metric")
-        # the main metric and its interval up front, so nobody scrolls to find them
-        main_values = [metrics.get(main), metrics.get(f"{main}.lower"), metrics.get(f"{main}.upper")] if main \
-            else [None, None, None]
-        rows.append(
-            [
-                s.get("name"), s.get("model"), main, *main_values,
-                s.get("cases"), s.get("total_cases"), s.get("subset"),
-                status.count("passed"), status.count("failed"), status.count("skipped"),
-                len(gates), *(metrics.get(m) for m in metric_names),
-            ]  # fmt: skip
-        )
-    # the metric `cases` counts clean cases, the column `cases` every item judged (robustness
-    # copies included): a metric named like a fixed column is headed `metric.<name>`
-    headers = [f"metric.{m}" if m in SUMMARY_COLUMNS else m for m in metric_names]
-    return [*SUMMARY_COLUMNS, *headers], rows
+        counts = [s.get("cases"), s.get("total_cases"), s.get("subset"), status.count("passed"),
+                  status.count("failed"), status.count("skipped"), len(gates)]
+        head = [s.get("name"), s.get("model")]
+        for metric, value, lower, upper in summary_metrics(s.get("metrics") or {}, s.get("main_metric")):
+            rows.append([*head, metric, value, lower, upper, metric is not None and metric == s.get("main_metric"),
+                         *counts])
+    return SUMMARY_COLUMNS, rows
+
+
+def summary_metrics(metrics: dict[str, Any], main: Any = None) -> list[tuple[Any, Any, Any, Any]]:
+    """(metric, value, lower, upper) for each metric, its bounds folded in; the main metric first
+    (when the suite has it), the others in the suite's order; one empty row for no metrics."""
+    names = [name for name in metrics if not _folded(name, metrics)]
+    if main in names:
+        names.remove(main)
+        names.insert(0, main)
+    rows = [(name, metrics.get(name), metrics.get(f"{name}.lower"), metrics.get(f"{name}.upper")) for name in names]
+    return rows or [(None, None, None, None)]
+
+
+def _folded(name: Any, metrics: dict[str, Any]) -> bool:
+    """A bound (``f1.lower``) of a metric the suite has (``f1``): shown in that metric's row."""
+    return isinstance(name, str) and any(name.endswith(b) and name[: -len(b)] in metrics for b in _BOUNDS)
 
 
 def _gate_rows(suites: list[dict[str, Any]]) -> list[list[Any]]:
