@@ -24,20 +24,27 @@ class JudgeFailed(Exception):
     """The judge gave no usable verdict for a case: the case is an error with this reason."""
 
 
-def verdict_of(spec: JudgeSpec, payload: dict[str, Any] | None, details: dict[str, Any]) -> Verdict:
-    """The case's verdict from its judge payload; fills ``details`` (prompt, raw replies, verdict)."""
+def _replies(payload: dict[str, Any] | None, details: dict[str, Any], who: str, expected: int) -> list[dict[str, Any]]:
+    """The judge's replies to a case (``expected`` of them; 0: any number >= 1); fills ``details``
+    with the prompt, raw replies, tokens and latency. Raises JudgeFailed when there is no usable set."""
     if not payload:
         raise JudgeFailed("judge: no judge reply (the judge was not asked)")
     details.update(model=payload.get("model"), prompt=payload.get("prompt"))
     if payload.get("error"):
-        raise JudgeFailed(f"judge: {payload['error']}")
+        raise JudgeFailed(f"{who}: {payload['error']}")
     replies = payload.get("replies") or []
     details.update(raw=[r.get("text") for r in replies], cached=all(r.get("cached") for r in replies),
                    latency_ms=sum(r.get("latency_ms") or 0.0 for r in replies if not r.get("cached")),
                    output_tokens=sum(r.get("output_tokens") or 0 for r in replies))
     failed = [r for r in replies if r.get("error")]
-    if failed or not replies:
-        raise JudgeFailed(f"judge request failed: {failed[0]['error'] if failed else 'no reply'}")
+    if failed or not replies or (expected and len(replies) != expected):
+        raise JudgeFailed(f"{who} request failed: {failed[0]['error'] if failed else 'no reply'}")
+    return replies
+
+
+def verdict_of(spec: JudgeSpec, payload: dict[str, Any] | None, details: dict[str, Any]) -> Verdict:
+    """The case's verdict from its judge payload; fills ``details`` (prompt, raw replies, verdict)."""
+    replies = _replies(payload, details, "judge", 0)
     verdicts = []
     for reply in replies:
         try:
@@ -105,18 +112,8 @@ def _pairwise_score(spec: JudgeSpec, payload: dict[str, Any] | None, details: di
     if payload and payload.get("reference"):
         details.update(model=payload.get("model"), reference=True)
         return Score(0.5, None, {"pairwise": "reference"})
-    if not payload:
-        raise JudgeFailed("judge: no judge reply (the judge was not asked)")
-    details.update(model=payload.get("model"), prompt=payload.get("prompt"), against=payload.get("against"))
-    if payload.get("error"):
-        raise JudgeFailed(f"pairwise judge: {payload['error']}")
-    replies = payload.get("replies") or []
-    details.update(raw=[r.get("text") for r in replies], cached=all(r.get("cached") for r in replies),
-                   latency_ms=sum(r.get("latency_ms") or 0.0 for r in replies if not r.get("cached")),
-                   output_tokens=sum(r.get("output_tokens") or 0 for r in replies))
-    failed = [r for r in replies if r.get("error")]
-    if failed or len(replies) != 2:
-        raise JudgeFailed(f"pairwise judge request failed: {failed[0]['error'] if failed else 'no reply'}")
+    details["against"] = payload.get("against") if payload else None
+    replies = _replies(payload, details, "pairwise judge", 2)
     labels = []
     for order, reply in zip(("first", "swapped"), replies):
         try:
