@@ -69,6 +69,7 @@ class Catalog:
         self._cases: dict[tuple[int, Path], list[Case]] = {}
         self._kept: dict[int, tuple[set[Any], int]] = {}  # suite -> kept (dataset, line) keys, and of how many
         self._names: dict[int, str] = {}
+        self._read: dict[tuple[int, Path], list[Case]] = {}  # a quick run's clean cases as read, before selection
 
     def record(self, suite: Suite, dataset: Path, cases: list[Case]) -> None:
         self._cases[(id(suite), dataset)] = cases
@@ -80,13 +81,17 @@ class Catalog:
                 self._cases[key] = cases_of(suite, dataset)
             else:
                 kept, _ = self._selected(suite)
-                clean = [case for case in load_cases(suite, dataset) if (dataset, case.line) in kept]
+                clean = [case for case in self._read[key] if (dataset, case.line) in kept]
                 self._cases[key] = _with_copies(suite, clean)
         return self._cases[key]
 
     def _selected(self, suite: Suite) -> tuple[set[Any], int]:
         if id(suite) not in self._kept:
-            keys = [(dataset, case.line) for dataset in suite.datasets for case in load_cases(suite, dataset)]
+            keys = []
+            for dataset in suite.datasets:  # each file read once: the selection and the cases use the same read
+                if (id(suite), dataset) not in self._read:
+                    self._read[(id(suite), dataset)] = load_cases(suite, dataset)
+                keys.extend((dataset, case.line) for case in self._read[(id(suite), dataset)])
             self._kept[id(suite)] = (self.selection.choose(keys, suite.name), len(keys))
             self._names[id(suite)] = suite.name
         return self._kept[id(suite)]

@@ -71,28 +71,28 @@ def parse_selection(limit: Any, sample: Any, seed: Any) -> Selection:
     except ValueError:
         raise ValueError(f"--llm-seed takes a whole number, not {seed!r}") from None
     if limit not in (None, ""):
-        try:
-            count = int(limit)
-        except ValueError:
-            raise ValueError(f"--llm-limit takes a number of cases, not {limit!r}") from None
-        if count < 1:
-            raise ValueError(f"--llm-limit takes a number of cases >= 1, not {count}")
-        return Selection(limit=count, seed=seed_value)
+        return Selection(limit=_count(limit, "--llm-limit", "a number of cases"), seed=seed_value)
     if sample in (None, ""):
         return Selection(seed=seed_value)
     text = str(sample).strip()
-    if text.endswith("%"):
-        try:
-            share = float(text[:-1]) / 100
-        except ValueError:
-            raise ValueError(f"--llm-sample takes a number of cases or a share such as 10%, not {sample!r}") from None
-        if not 0 < share <= 1:
-            raise ValueError(f"--llm-sample {text}: a share is above 0% and at most 100%")
-        return Selection(share=share, seed=seed_value)
+    if not text.endswith("%"):
+        return Selection(sample=_count(text, "--llm-sample", "a number of cases or a share such as 10%"),
+                         seed=seed_value)
     try:
-        count = int(text)
+        share = float(text[:-1]) / 100
     except ValueError:
         raise ValueError(f"--llm-sample takes a number of cases or a share such as 10%, not {sample!r}") from None
+    if not 0 < share <= 1:
+        raise ValueError(f"--llm-sample {text}: a share is above 0% and at most 100%")
+    return Selection(share=share, seed=seed_value)
+
+
+def _count(value: Any, option: str, takes: str) -> int:
+    """A whole number of cases >= 1 given to ``option``. Raises ValueError naming it."""
+    try:
+        count = int(value)
+    except ValueError:
+        raise ValueError(f"{option} takes {takes}, not {value!r}") from None
     if count < 1:
-        raise ValueError(f"--llm-sample takes a number of cases >= 1, not {count}")
-    return Selection(sample=count, seed=seed_value)
+        raise ValueError(f"{option} takes a number of cases >= 1, not {count}")
+    return count

@@ -99,3 +99,12 @@ def run_inline(pytester: pytest.Pytester, *args: str, models: str = "models.yaml
         scripted_models(pytester)
     return pytester.runpytest_inprocess("--llm-models-file", models, "--llm-report-dir", "out", "--llm-cache-path",
                                         "cache.sqlite", *args)
+
+
+def outcome(result: pytest.RunResult, nodeid_part: str) -> str:
+    """PASSED/FAILED/ERROR/SKIPPED of the item whose -rA summary line names ``nodeid_part``."""
+    for line in result.outlines:
+        for word in ("PASSED", "FAILED", "ERROR", "SKIPPED"):
+            if line.startswith(word + " ") and nodeid_part in line:
+                return word
+    raise AssertionError(f"no summary line for {nodeid_part!r}:\n" + "\n".join(result.outlines[-40:]))

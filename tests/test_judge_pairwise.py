@@ -33,7 +33,7 @@ import harness.report  # noqa: F401
 import harness.testing.scripted  # noqa: F401
 from harness.judging.pairwise import parse_pairwise
 from harness.judging.rubric import system_message
-from tests.conftest import load_report, run_inline, write_suite
+from tests.conftest import outcome, load_report, run_inline, write_suite
 
 BASE, TUNED, JUDGE = "base", "tuned", "judge"
 PAIRWISE = {"name": "judge_pairwise", "model": JUDGE}
@@ -128,15 +128,6 @@ def rows_of(report: dict[str, Any], model: str, suite: str = "pair") -> dict[str
 
 def gate_of(report: dict[str, Any], model: str, expr: str, suite: str = "pair") -> dict[str, Any]:
     return next(g for g in suite_of(report, suite, model)["gates"] if g["expr"] == expr)
-
-
-def outcome(result: pytest.RunResult, nodeid_part: str) -> str:
-    """PASSED/FAILED/ERROR/SKIPPED of the item whose -rA summary line names ``nodeid_part``."""
-    for line in result.outlines:
-        for word in ("PASSED", "FAILED", "ERROR", "SKIPPED"):
-            if line.startswith(word + " ") and nodeid_part in line:
-                return word
-    raise AssertionError(f"no summary line for {nodeid_part!r}:\n" + "\n".join(result.outlines[-40:]))
 
 
 def markdown(pytester: pytest.Pytester) -> str:

@@ -31,7 +31,7 @@ import harness.report  # noqa: F401
 import harness.testing.scripted  # noqa: F401
 from harness.judging.rubric import system_message
 from harness.judging.spec import parse_spec, rubric_source
-from tests.conftest import load_report, run_inline, write_suite
+from tests.conftest import outcome, load_report, run_inline, write_suite
 
 JUDGE = "judge"
 LABELS = ["pass", "fail"]
@@ -99,15 +99,6 @@ def not_in_builtin(rubric: str, *needles: str) -> None:
     fixed = rubric_source(rubric, "en") + system_message(spec)
     for needle in needles:
         assert needle not in fixed, f"needle {needle!r} occurs in the built-in {rubric} rubric"
-
-
-def outcome(result: pytest.RunResult, nodeid_part: str) -> str:
-    """PASSED/FAILED/ERROR of the item whose -rA summary line names ``nodeid_part``."""
-    for line in result.outlines:
-        for word in ("PASSED", "FAILED", "ERROR", "SKIPPED"):
-            if line.startswith(word + " ") and nodeid_part in line:
-                return word
-    raise AssertionError(f"no summary line for {nodeid_part!r}:\n" + "\n".join(result.outlines[-40:]))
 
 
 # -- 1. the issue's examples through the judge path ----------------------------------------------
