@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from harness.board import Board
 from harness.engines.client import AUTH_STATUS, Reply
 from harness.engines.loop import submit
+from harness.progress import ModelCounts, Snapshot
 from harness.redact import redact_url
 
 if TYPE_CHECKING:
@@ -44,8 +45,15 @@ class Generation:
     def __init__(self, tasks: Sequence[Task], clients: dict[str, Any], concurrency: int,
                  board: Board, on_replies: Callable[[list[Posted]], None] | None = None,
                  passes: int = 1, judging: JudgeStage | None = None,
-                 answered: Sequence[tuple[Task, dict[str, Any]]] = ()) -> None:
+                 answered: Sequence[tuple[Task, dict[str, Any]]] = (), cached: dict[str, int] | None = None) -> None:
         self.tasks = list(tasks)
+        # per model, for the live progress line: what is planned, answered and failed (cached replies included)
+        self._counts: dict[str, ModelCounts] = {}
+        for model, hits in (cached or {}).items():
+            self._counts[model] = ModelCounts(total=hits, answered=hits, cached=hits)
+        for task in self.tasks:
+            self._counts.setdefault(task.model, ModelCounts()).total += 1
+        self.in_flight = 0
         self.judging = judging
         self.answered = list(answered)  # cached replies of judged cases: judged, then posted
         self._judges: set[asyncio.Task[None]] = set()
@@ -107,6 +115,12 @@ class Generation:
             # one cancelled before it started has none to wait for
             if self._started.is_set():
                 self._ended.wait(30)
+
+    def progress(self) -> Snapshot:
+        """The requests at this moment, for the live progress line (read from another thread)."""
+        return Snapshot({model: dataclasses.replace(counts) for model, counts in list(self._counts.items())},
+                        in_flight=self.in_flight, output_tokens=self.output_tokens,
+                        judged=self.judging.sent if self.judging is not None else 0)
 
     def stats(self) -> dict[str, Any]:
         """The models' requests; with a judge, ``wall_s`` and ``requests_per_s`` cover its requests too
@@ -191,7 +205,11 @@ class Generation:
                 return
             if self.first_sent is None:
                 self.first_sent = time.time()
-            reply = await self._send(task)
+            self.in_flight += 1
+            try:
+                reply = await self._send(task)
+            finally:
+                self.in_flight -= 1
             if not self._settle(task, reply, held, final):
                 return
 
@@ -219,10 +237,13 @@ class Generation:
         requests = [t.request for t in tasks]
         if self.first_sent is None:
             self.first_sent = time.time()
+        self.in_flight += len(tasks)
         try:
             replies = await client.send_many(requests)
         except Exception as exc:  # an engine crash fails its cases, with the reason, and nothing else
             replies = [Reply(None, f"engine error: {type(exc).__name__}: {exc}", 0.0) for _ in tasks]
+        finally:
+            self.in_flight -= len(tasks)
         for task, reply in zip(tasks, replies):
             self._settle(task, reply, held, final)
 
@@ -241,6 +262,9 @@ class Generation:
 
     def _post(self, task: Task, reply: Reply) -> None:
         self.done += 1
+        counts = self._counts[task.model]
+        counts.answered += 1
+        counts.errors += reply.error is not None
         self.errors += reply.error is not None
         self.succeeded += reply.error is None
         self.output_tokens += reply.output_tokens or 0

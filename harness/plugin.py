@@ -71,6 +71,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
            "the run, a models-file entry (role: judge serves judging only), or the bundled gemma-3-270m")
     parser.addini("llm_allow_imports", "module prefixes a suite file may import (classifier: 'pkg.mod:attr') "
                   "besides the project's own modules under the rootdir", type="args", default=[])
+    option("progress", "seconds between live progress lines on the terminal (-q: three times that; -qq or 0: "
+           "none); progress.log in the report folder gets one every 5 s", default="10")
     option("known-failures", "ledger of cases known to fail (YAML list or CSV of suite, id, reason, model?; "
            "relative to the rootdir): they run as xfail(strict=True)")
 
@@ -96,6 +98,7 @@ def _settings(config: pytest.Config) -> Settings:
             retry_passes=int(_value(config, "llm_retry_passes")),
             stream=bool(_value(config, "llm_stream")),
             judge_model=str(_value(config, "llm_judge_model") or "").strip(),
+            progress_s=float(_value(config, "llm_progress")),
             generation_set=_generation_set(list(config.getini("llm_set")) + list(config.getoption("llm_set") or [])),
         )
     except ValueError as exc:

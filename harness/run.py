@@ -46,6 +46,7 @@ class Settings:
     stream: bool = False  # stream every request (time to first token, time per output token)
     generation_set: dict[str, Any] = field(default_factory=dict)  # --llm-set key=value: over every suite's settings
     judge_model: str = ""  # the judge of suites whose judge names no model (--llm-judge-model)
+    progress_s: float = 10.0  # seconds between live progress lines on the terminal (0: none)
 
 
 @dataclass

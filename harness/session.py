@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generator, Iterable
@@ -30,6 +31,7 @@ from harness.suite import Suite
 
 if TYPE_CHECKING:
     from harness.comparison.runner import Comparisons
+    from harness.progress import Monitor, TerminalSink
 
 SESSION_KEY = pytest.StashKey["EvalSession"]()
 PLUGIN_NAME = "llm-harness-session"
@@ -55,6 +57,9 @@ class EvalSession:
         self.reconciliation: dict[str, Any] = {}
         self._board: Board | None = None
         self._generation: Any = None
+        self._progress: Monitor | None = None
+        self._terminal: TerminalSink | None = None  # the progress lines' terminal, pumped between items
+        self._cached: dict[str, int] = {}  # model -> replies the cache answered
         self._keys: dict[str, tuple[str, str]] = {}  # node id -> (cache key, model)
         self._lock = threading.Lock()
         self._pulled: threading.Thread | None = None
@@ -124,6 +129,16 @@ class EvalSession:
             maxfail = self.config.getoption("maxfail", 0) or 0
             if maxfail and self._failures >= maxfail:
                 self._abandon(f"the run stopped after {self._failures} failure(s) (-x/--maxfail)")
+
+    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        if self._terminal is not None and not self.xdist:
+            self._terminal.busy = True  # an item runs here: its output is captured until it ends
+
+    @pytest.hookimpl(trylast=True)  # after the terminal's own percentage at the end of a line
+    def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
+        if self._terminal is not None:
+            self._terminal.busy = False
+            self._terminal.pump()  # a progress line waiting for the end of an item
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
@@ -208,6 +223,8 @@ class EvalSession:
         from harness.summary import render_table, summary_rows
 
         terminalreporter.section("llm-harness summary")
+        if self._terminal is not None and self._progress is not None and self._progress.final_line:
+            terminalreporter.write_line(self._progress.final_line)
         for line in render_table(summary_rows(self.suite_results)):
             terminalreporter.write_line(line)
         if self.comparison is not None:
@@ -285,6 +302,9 @@ class EvalSession:
         board.put_many((t.nodeid, Reply(None, t.error, 0.0).to_dict()) for t in plan.tasks if t.request is None)
         sendable = [t for t in plan.tasks if t.request is not None]
         pending, answered = self._from_cache(sendable, board)
+        left = Counter(t.model for t in pending)
+        self._cached = {model: n - left[model] for model, n in Counter(t.model for t in sendable).items()
+                        if n > left[model]}
         self.generation_stats = {"cases": len(plan.tasks), "cached": len(sendable) - len(pending),
                                  "gate_only_cases": len(plan.pulled)}
         if plan.pulled:
@@ -315,10 +335,12 @@ class EvalSession:
         models = list(dict.fromkeys(t.model for t in pending))
         judges = list(dict.fromkeys(found[1] for t in [*pending, *(t for t, _ in answered)]
                                     if (found := self._judge_of(t)) is not None))
+        self._progress = self._monitor()
         try:
             clients = {model: self._client(model) for model in dict.fromkeys([*models, *judges])}
         except EngineStartError as exc:
             board.finish(f"engine did not start: {exc}")
+            self._progress.stop()
             pytest.exit(f"llm-harness: {exc}", returncode=pytest.ExitCode.INTERNAL_ERROR)
         judging = None
         if judges:
@@ -328,11 +350,13 @@ class EvalSession:
                                  {m: self.state.model_identity(m) for m in judges}, self.state.response_cache(),
                                  lambda task: self.comparisons.reference_of(task.model, task.ref.suite))
         self._generation = Generation(pending, clients, settings.concurrency, board, self._to_cache,
-                                      passes=settings.retry_passes, judging=judging, answered=answered)
+                                      passes=settings.retry_passes, judging=judging, answered=answered,
+                                      cached=self._cached)
         judged = f"; judged by {', '.join(judges)}" if judges else ""
         self._say(f"llm-harness: sending {len(pending)} requests to {', '.join(models) or 'no model (all cached)'}, "
                   f"at most {settings.concurrency} in flight{judged}")
         self._generation.start()
+        self._progress.watch(self._generation)
         warm_writers()  # while the model answers, not after its last reply
         try:
             self._generation.wait_first()
@@ -349,7 +373,11 @@ class EvalSession:
             return
         if not generation.finished():
             generation.cancel()
-        generation.join()
+        try:
+            generation.join()
+        finally:
+            if self._progress is not None:
+                self._progress.stop()
         self.generation_stats.update(generation.stats())
         self._generation = None
 
@@ -378,6 +406,22 @@ class EvalSession:
             cache.put_many((*self._keys[nodeid], {k: v for k, v in reply.items() if k != "judge"})
                            for nodeid, reply in replies if not reply.get("cached"))
 
+    def _monitor(self) -> Monitor:
+        """The run's live progress: the terminal (unless -qq or --llm-progress 0) and progress.log."""
+        from harness.envelope import report_dir
+        from harness.progress import LogSink, Monitor, TerminalSink, progress_interval
+
+        interval = progress_interval(self.config, self.state.settings.progress_s)
+        out, _ = report_dir(self.root, self.config.getoption("llm_report_dir"), self.config.getini("llm_reports"),
+                            self.state.run_id)
+        try:
+            log: LogSink | None = LogSink(out / "progress.log")
+        except OSError as exc:
+            self._report_failures.append(f"progress.log not written: {exc}")
+            log = None
+        self._terminal = TerminalSink(self.config, patience_s=interval) if interval > 0 else None
+        return Monitor(self._terminal, log, interval)
+
     def _client(self, model: str) -> Any:
         engine = self.state.engine_of(model)
         started = time.monotonic()
@@ -385,7 +429,16 @@ class EvalSession:
         if loads:
             note = " (a first run also converts the model: 1-2 min)" if engine.kind == "bundled" else ""
             self._say(f"llm-harness: starting {engine.kind} for {model}{note}")
-        client = self.state.client(model)
+            if self._progress is not None:
+                from harness.engines.lease import engine_log_path
+
+                self._progress.phase(f"starting {engine.kind} for {model}",
+                                     engine_log_path(self.state.runtime_dir, model))
+        try:
+            client = self.state.client(model)
+        finally:
+            if loads and self._progress is not None:
+                self._progress.phase_done()
         if loads:
             where = self.state.engine(model).get("base_url") or "in this process"
             self._say(f"llm-harness: {model} ready at {where} in {time.monotonic() - started:.1f} s")

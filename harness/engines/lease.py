@@ -28,6 +28,11 @@ def engine_record_path(runtime_dir: Path, model: str) -> Path:
     return runtime_dir / f"engine-{_slug(model)}.json"
 
 
+def engine_log_path(runtime_dir: Path, model: str) -> Path:
+    """Where a managed server's output goes (copied into the report folder at the end)."""
+    return runtime_dir / f"engine-{_slug(model)}.log"
+
+
 class ManagedServer(Engine):
     """A server the harness starts on a free 127.0.0.1 port, shared by every process of the run.
 
@@ -60,7 +65,7 @@ class ManagedServer(Engine):
                 if pid_alive(record["pid"]):
                     return record
             port = free_port()
-            log_path = runtime_dir / f"engine-{_slug(spec.name)}.log"
+            log_path = engine_log_path(runtime_dir, spec.name)
             argv, env, launch = self.launch(port, ctx)
             started = time.monotonic()
             proc = start_server(argv, log_path, env)
