@@ -168,7 +168,7 @@ def test_write_reports_writes_every_format(report: dict, tmp_path: Path) -> None
     paths = write_reports(report, out)
     names = {p.relative_to(out).as_posix() for p in paths}
     main = {"details/math.jsonl", "details/sentiment.jsonl", "report.json", "requirements-freeze.txt", "report.md",
-            "report.xlsx"}
+            "report.xlsx", "report.html"}
     assert main <= names
     # this report compares models: indicator files per model and suite, none at the top
     indicators = names - main

@@ -1,6 +1,7 @@
 """Report writers: one envelope dict in, report.json (with the requirements-freeze.txt it names) /
 details / report.md / report.xlsx out, plus a confusion_<suite>[_<model>].png heatmap per confusion
-matrix and comparison.png, the forest plot of a paired comparison."""
+matrix, comparison.png, the forest plot of a paired comparison, the training plots, and report.html,
+one self-contained page that embeds those PNGs and browses the cases."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from harness.report.files import private_dir
 from harness.report.forest import write_forest_png
 from harness.report.freeze import write_freeze
 from harness.report.heatmap import write_confusion_png, write_confusion_pngs
+from harness.report.html import write_html
 from harness.report.indicators import write_indicators
 from harness.report.json_report import write_json
 from harness.report.markdown import write_markdown
@@ -23,7 +25,8 @@ from harness.report.xlsx import write_xlsx
 
 __all__ = [
     "write_reports", "write_json", "write_freeze", "write_details", "write_indicators", "write_markdown", "write_xlsx",
-    "write_confusion_png", "write_confusion_pngs", "write_forest_png", "write_training_pngs", "warm_writers", "ReportsIncomplete",
+    "write_confusion_png", "write_confusion_pngs", "write_forest_png", "write_training_pngs", "write_html", "warm_writers",
+    "ReportsIncomplete",
 ]  # fmt: skip
 
 # what the writers import lazily and what costs most to import (openpyxl: ~0.15 s)
@@ -63,8 +66,8 @@ def write_reports(report: dict[str, Any], out_dir: Path) -> list[Path]:
     One failing writer never stops the others: when any failed, ReportsIncomplete is raised
     after all have run, naming each failure.
 
-    report.json goes first. The heatmaps and the forest plot go before report.md and
-    report.xlsx, which link and embed them.
+    report.json goes first. The heatmaps, the forest plot and the training plots go before
+    report.md, report.xlsx and report.html, which link or embed them.
     """
     out_dir = private_dir(Path(out_dir))
     writers: list[tuple[str, Callable[[dict[str, Any], Path], Any]]] = [
@@ -73,6 +76,7 @@ def write_reports(report: dict[str, Any], out_dir: Path) -> list[Path]:
         ("heatmaps", write_confusion_pngs), ("comparison.png", write_forest_png), ("training plots", write_training_pngs),
         ("report.md", write_markdown),
         ("report.xlsx", write_xlsx),
+        ("report.html", write_html),
     ]
     paths: list[Path] = []
     failures: list[str] = []
