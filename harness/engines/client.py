@@ -25,6 +25,7 @@ from harness.redact import basic_auth, key_secrets, redact_text, split_credentia
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 AUTH_STATUS = {401, 403}
+DOWN_S = 10.0  # a replica that refused a connection is passed over this long while another one is up
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,8 @@ class OpenAICompatClient:
         self.deadline_s = deadline_s
         self.limiter = limiter
         self._in_flight = {url: 0 for url in self.base_urls}
+        # replica -> time.monotonic() until which it is passed over: it refused a connection (a dead replica)
+        self._down_until: dict[str, float] = {}
         self._turn = itertools.count()
         self._session: Any = None
 
@@ -139,11 +142,14 @@ class OpenAICompatClient:
             await self._session.close()
 
     def _pick(self, avoid: str | None = None) -> str:
-        """The replica with the fewest requests in flight, ties taken in turn; a retry avoids the one that failed."""
+        """The replica with the fewest requests in flight, ties taken in turn; a retry avoids the one that failed,
+        and a replica that refused a connection is passed over for ``DOWN_S`` while another one is up."""
         if len(self.base_urls) == 1:
             return self.base_urls[0]
         start = next(self._turn) % len(self.base_urls)
         order = [url for url in self.base_urls[start:] + self.base_urls[:start] if url != avoid]
+        now = time.monotonic()
+        order = [url for url in order if self._down_until.get(url, 0.0) <= now] or order
         return min(order, key=self._in_flight.__getitem__)
 
     def _deadline(self, request: Request) -> float:
@@ -258,6 +264,8 @@ class OpenAICompatClient:
         except asyncio.TimeoutError:
             return failed(f"timeout after {timeout:g} s"), True, None
         except aiohttp.ClientError as exc:
+            if isinstance(exc, aiohttp.ClientConnectorError):  # nothing listens there: a dead replica
+                self._down_until[url] = time.monotonic() + DOWN_S
             return failed(f"connection error: {type(exc).__name__}: {exc}"), True, None
         except ValueError as exc:  # aiohttp: a stream line longer than its buffer
             return failed(f"unreadable stream: {exc}"), True, None

@@ -30,6 +30,7 @@ BUILTIN: dict[str, str] = {
     "vllm": "harness.engines.servers:VLLMServer",
     "sglang": "harness.engines.servers:SGLangServer",
     "llama-cpp": "harness.engines.servers:LlamaCppServer",
+    "ray": "harness.engines.ray_engine:RayEngine",
     "vllm-offline": "harness.engines.vllm_offline:VLLMOfflineEngine",
     "scripted": "harness.testing.scripted:ScriptedEngine",
     "trained": "harness.training.engine:TrainedEngine",
