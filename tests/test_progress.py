@@ -4,6 +4,7 @@ ETA, per model), on the terminal and in progress.log, with and without xdist; -q
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,33 @@ def test_progress_zero_turns_the_terminal_lines_off(pytester):
     result.assert_outcomes(passed=5)
     assert not progress_lines(result.stdout.str()) and "done in" not in result.stdout.str()
     assert Path(pytester.path / "out" / "progress.log").exists()
+
+
+SLOW_VLLM = """#!{python}
+import os, sys, time
+args = sys.argv[1:]
+flags = dict(zip(args[2::2], args[3::2]))
+print("INFO 12-04 04:00:00 loader.py:42] Loading safetensors checkpoint shards: 3/4", flush=True)
+time.sleep(2.0)
+os.execv(sys.executable, [sys.executable, "-m", "harness.testing.stub_server", "--host", flags["--host"],
+                          "--port", flags["--port"], "--models", flags["--served-model-name"]])
+"""
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_starting_engine_says_what_it_is_doing_and_for_how_long(pytester, workers):
+    vllm = pytester.path / "vllm"
+    vllm.write_text(SLOW_VLLM.format(python=sys.executable))
+    vllm.chmod(0o755)
+    (pytester.path / "models.yaml").write_text(
+        f"- {{name: served-7b, engine: vllm, model_path: /models/served-7b, options: {{executable: '{vllm}'}}}}\n")
+    write_suite(pytester.path / "evals", "geo", [{"id": "a", "input": "q\nANSWER: x", "target": "x"}])
+    result = pytester.runpytest_subprocess("-n", workers, "--llm-models-file", "models.yaml", "--llm-report-dir",
+                                           "out", "--llm-cache", "off", "--llm-progress", "0.5", "evals", timeout=120)
+    assert result.ret == 0, result.stdout.str()
+    text = result.stdout.str()
+    # the server's log says it is loading; the line says so, with the time it has taken
+    starting = re.findall(r"llm-harness (\d+):(\d\d) · starting vllm for served-7b · (.*)", text)
+    assert starting and any(int(s) >= 1 for _, s, _ in starting), text
+    assert any("Loading safetensors checkpoint shards: 3/4" in what for _, _, what in starting), text
+    assert "starting vllm for served-7b" in (pytester.path / "out" / "progress.log").read_text(encoding="utf-8")
