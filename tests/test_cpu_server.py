@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import re
 import socket
@@ -188,8 +189,30 @@ def test_sampling_with_seed(server: Server) -> None:
 @pytest.mark.parametrize("path, payload, status, needle", [
     ("/v1/completions", {"model": "nope", "prompt": "x"}, 404, "nope"),
     ("/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404, "nope"),
-    ("/v1/completions", {"model": MODEL, "prompt": "x", "stream": True}, 400, "streaming not supported"),
-    ("/v1/completions", {"model": MODEL, "prompt": "x", "n": 2}, 400, "n=1"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "n": 17}, 400, "'n' must be an integer from 1 to 16"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                              "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "'tools'"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                              "tool_choice": "required"}, 400, "'tool_choice'"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                              "response_format": {"type": "json_object"}}, 400, "'response_format'"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "logit_bias": {"5": 10}}, 400, "'logit_bias'"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "presence_penalty": 0.5}, 400, "'presence_penalty'"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "echo": True}, 400, "'echo'"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "best_of": 2}, 400, "'best_of'"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "frobnicate": 1}, 400, "'frobnicate'"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "top_logprobs": 2}, 400, "'top_logprobs'"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "logprobs": 6}, 400, "'logprobs'"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "stream": True, "stream_options": {"foo": True}}, 400,
+     "'stream_options.foo'"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "logprobs": True,
+                              "top_logprobs": 21}, 400, "'top_logprobs'"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},
+     400, "'top_logprobs' needs 'logprobs'"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}, 400, "'image_url'"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x",
+                                                             "tool_calls": [{"id": "1"}]}]}, 400, "tool_calls"),
     ("/v1/completions", {"model": MODEL}, 400, "prompt"),
     ("/v1/chat/completions", {"model": MODEL, "messages": []}, 400, "messages"),
     ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
@@ -200,11 +223,233 @@ def test_request_errors(server: Server, path: str, payload: dict[str, Any], stat
     assert got == status, body
     assert needle in body["error"]["message"]
     assert {"message", "type", "code"} <= body["error"].keys()
+    if status == 400:
+        assert body["error"]["type"] == "invalid_request_error"
 
 
 def test_bad_json(server: Server) -> None:
     status, body = _request(server.base, "/v1/completions", raw=b"{not json")
     assert status == 400 and "JSON" in body["error"]["message"]
+
+
+# -- streaming, n, logprobs, field checks (real model) ---------------------------
+
+
+def _sdk(server: Server) -> Any:
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def _stream_raw(base: str, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A streamed request's events, checked to be server-sent events ending in ``data: [DONE]``."""
+    req = urllib.request.Request(base + path, data=json.dumps({**body, "stream": True}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        raw = resp.read().decode()
+    events = [e for e in raw.split("\n\n") if e.strip()]
+    assert all(e.startswith("data: ") for e in events), raw
+    assert events[-1] == "data: [DONE]"
+    return [json.loads(e[len("data: "):]) for e in events[:-1]]
+
+
+def test_stream_completion_matches_non_streamed(server: Server) -> None:
+    client = _sdk(server)
+    kw: dict[str, Any] = {"model": MODEL, "prompt": "Once upon a time, there was a", "max_tokens": 40,
+                          "temperature": 0}
+    full = client.completions.create(**kw)
+    start = time.perf_counter()
+    texts, stamps, usage, finish = [], [], None, None
+    for chunk in client.completions.create(**kw, stream=True, stream_options={"include_usage": True}):
+        stamps.append(time.perf_counter() - start)
+        if chunk.usage is not None:  # the last chunk: usage and no choices
+            assert chunk.choices == [] and usage is None
+            usage = chunk.usage
+            continue
+        assert chunk.object == "text_completion" and chunk.model == MODEL and len(chunk.choices) == 1
+        texts.append(chunk.choices[0].text)
+        finish = chunk.choices[0].finish_reason or finish
+    assert "".join(texts) == full.choices[0].text
+    assert finish == full.choices[0].finish_reason
+    assert usage is not None and usage.completion_tokens == full.usage.completion_tokens == 40
+    assert usage.prompt_tokens == full.usage.prompt_tokens
+    assert len([t for t in texts if t]) > 10  # pushed token by token ...
+    assert stamps[0] < stamps[-1] / 3, stamps  # ... as they are generated, not all at the end
+
+
+def test_stream_chat_matches_non_streamed(server: Server) -> None:
+    client = _sdk(server)
+    kw: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "Name three colours."}],
+                          "max_tokens": 12, "temperature": 0}
+    full = client.chat.completions.create(**kw)
+    chunks = list(client.chat.completions.create(**kw, stream=True))
+    assert all(c.object == "chat.completion.chunk" and len(c.choices) == 1 for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == full.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert chunks[-1].choices[0].finish_reason == full.choices[0].finish_reason
+    events = _stream_raw(server.base, "/v1/chat/completions", kw)
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert events[-1]["choices"][0]["delta"] == {} and events[-1]["choices"][0]["finish_reason"]
+    assert all("usage" not in e for e in events)  # only with stream_options.include_usage
+
+
+def test_stream_holds_back_stop_strings(server: Server) -> None:
+    client = _sdk(server)
+    kw: dict[str, Any] = {"model": MODEL, "prompt": "1, 2, 3, 4,", "max_tokens": 16, "temperature": 0}
+    full = client.completions.create(**kw).choices[0].text
+    cut = client.completions.create(**kw, stop=["zzz", "7,"]).choices[0]
+    assert "7," in full and cut.text == full[:full.index("7,")]
+    # "7" comes one token before ",": it could start the stop string, so it is never shown
+    chunks = list(client.completions.create(**kw, stop=["zzz", "7,"], stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == cut.text
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    # a stop string that never completes: what was held back comes out after all
+    chunks = list(client.completions.create(**kw, stop=["7;"], stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == full
+
+
+def test_n_choices(server: Server) -> None:
+    one = _complete(server.base, "The quick brown fox", max_tokens=6)
+    body = _complete(server.base, "The quick brown fox", max_tokens=6, n=2)
+    choices = body["choices"]
+    assert [c["index"] for c in choices] == [0, 1]
+    assert choices[0]["text"] == choices[1]["text"] == one["choices"][0]["text"]  # greedy: the same
+    assert body["usage"]["completion_tokens"] == 2 * one["usage"]["completion_tokens"]
+    assert body["usage"]["prompt_tokens"] == one["usage"]["prompt_tokens"]
+    sampled = _complete(server.base, "Once upon a time", max_tokens=8, n=3, temperature=1.0, seed=7)
+    assert len({c["text"] for c in sampled["choices"]}) > 1  # one batch row each: their own samples
+    texts, finishes, usage = {0: "", 1: ""}, {}, None
+    for chunk in _sdk(server).completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=6,
+                                                 temperature=0, n=2, stream=True,
+                                                 stream_options={"include_usage": True}):
+        for c in chunk.choices:
+            texts[c.index] += c.text
+            if c.finish_reason:
+                assert c.index not in finishes
+                finishes[c.index] = c.finish_reason
+        usage = chunk.usage or usage
+    assert texts == {0: choices[0]["text"], 1: choices[1]["text"]}
+    assert finishes == {0: choices[0]["finish_reason"], 1: choices[1]["finish_reason"]}
+    assert usage is not None and usage.completion_tokens == body["usage"]["completion_tokens"]
+
+
+def _check_top(entries: list[Any]) -> None:
+    for e in entries:
+        top = [t.logprob for t in e.top_logprobs]
+        assert top == sorted(top, reverse=True) and all(lp <= 0 for lp in top)
+        assert sum(math.exp(lp) for lp in top) <= 1 + 1e-5
+        # greedy: the sampled token is the most likely one
+        assert e.top_logprobs[0].token == e.token and e.logprob == pytest.approx(top[0], abs=1e-5)
+        assert bytes(e.bytes).decode(errors="replace") == e.token or e.token.startswith("bytes:")
+
+
+def test_chat_logprobs(server: Server) -> None:
+    client = _sdk(server)
+    kw: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "What is 2+2?"}],
+                          "max_tokens": 8, "temperature": 0}
+    plain = client.chat.completions.create(**kw)
+    assert plain.choices[0].logprobs is None
+    reply = client.chat.completions.create(**kw, logprobs=True, top_logprobs=3)
+    choice = reply.choices[0]
+    assert choice.message.content == plain.choices[0].message.content
+    content = choice.logprobs.content
+    assert len(content) == reply.usage.completion_tokens  # one per completion token (EOS included)
+    assert all(len(e.top_logprobs) == 3 for e in content)
+    _check_top(content)
+    assert b"".join(bytes(e.bytes) for e in content).decode().startswith(choice.message.content)
+    bare = client.chat.completions.create(**kw, logprobs=True).choices[0].logprobs.content
+    assert [e.top_logprobs for e in bare] == [[]] * len(content)
+    assert [e.logprob for e in bare] == pytest.approx([e.logprob for e in content], abs=1e-4)
+    streamed = [e for c in client.chat.completions.create(**kw, logprobs=True, top_logprobs=3, stream=True)
+                if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [e.token for e in streamed] == [e.token for e in content]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in content], abs=1e-4)
+
+
+def test_completion_logprobs(server: Server) -> None:
+    body = _complete(server.base, "The capital of France is", max_tokens=6, logprobs=3)
+    choice = body["choices"][0]
+    lp = choice["logprobs"]
+    n = body["usage"]["completion_tokens"]
+    assert choice["finish_reason"] == "length" and n == 6
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(lp["text_offset"]) == n
+    assert "".join(lp["tokens"]) == choice["text"]
+    assert lp["text_offset"] == [len("".join(lp["tokens"][:k])) for k in range(n)]
+    for token, logprob, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
+        assert len(top) == 3 and top[token] == logprob <= 0
+        assert max(top.values()) == pytest.approx(logprob, abs=1e-5)  # greedy: the top token
+    zero = _complete(server.base, "The capital of France is", max_tokens=6, logprobs=0)["choices"][0]["logprobs"]
+    assert zero["top_logprobs"] == [{t: p} for t, p in zip(lp["tokens"], zero["token_logprobs"])]
+    events = _stream_raw(server.base, "/v1/completions", {"model": MODEL, "prompt": "The capital of France is",
+                                                          "max_tokens": 6, "temperature": 0, "logprobs": 3})
+    parts = [e["choices"][0]["logprobs"] for e in events if e["choices"][0]["logprobs"]]
+    assert [t for p in parts for t in p["tokens"]] == lp["tokens"]
+    assert [o for p in parts for o in p["text_offset"]] == lp["text_offset"]
+    assert [x for p in parts for x in p["token_logprobs"]] == pytest.approx(lp["token_logprobs"], abs=1e-4)
+
+
+def test_harmless_fields_are_accepted(server: Server) -> None:
+    status, body = _request(server.base, "/v1/chat/completions", {
+        "model": MODEL, "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}], "name": "ann"}],
+        "max_tokens": 2, "max_completion_tokens": 2, "temperature": 0, "top_p": None, "seed": 1, "stop": None,
+        "n": 1, "user": "u", "metadata": {"k": "v"}, "store": False, "service_tier": "auto", "stream": False,
+        "stream_options": {"include_usage": True}, "presence_penalty": 0, "frequency_penalty": 0.0,
+        "logit_bias": {}, "response_format": {"type": "text"}, "tools": [], "tool_choice": "none",
+        "parallel_tool_calls": True, "chat_template_kwargs": {"enable_thinking": False},
+        "skip_special_tokens": True, "top_k": -1, "min_p": 0, "logprobs": False,
+    })
+    assert status == 200, body
+    status, body = _request(server.base, "/v1/completions", {
+        "model": MODEL, "prompt": "Hi", "max_tokens": 2, "echo": False, "best_of": 1, "suffix": None,
+        "temperature": 0.7, "top_k": 20, "min_p": 0.05, "seed": 5})
+    assert status == 200, body
+
+
+def test_harness_client_streams_with_ttft(server: Server) -> None:
+    """What ``--llm-stream`` sends: the harness's own client gets the text, TTFT and TPOT."""
+    from harness.engines.client import OpenAICompatClient, Request
+
+    async def send(stream: bool) -> Any:
+        client = OpenAICompatClient(server.base + "/v1")
+        try:
+            return await client.send(Request("chat", MODEL, [{"role": "user", "content": "Count to ten."}],
+                                             {"max_tokens": 16, "temperature": 0.0, "top_p": None, "stop": None,
+                                              "seed": 3}, stream=stream))
+        finally:
+            await client.close()
+
+    plain, streamed = asyncio.run(send(False)), asyncio.run(send(True))
+    assert streamed.error is None and plain.error is None, (streamed.error, plain.error)
+    assert streamed.text == plain.text and streamed.output_tokens == plain.output_tokens
+    assert streamed.finish_reason == plain.finish_reason
+    assert streamed.ttft_ms is not None and 0 < streamed.ttft_ms < streamed.latency_ms
+    assert streamed.tpot_ms is not None and streamed.tpot_ms > 0
+
+
+def test_client_disconnect_mid_stream(server: Server) -> None:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request("POST", "/v1/completions", body=json.dumps({
+        "model": MODEL, "prompt": "Once upon a time", "max_tokens": 300, "temperature": 0, "stream": True}),
+        headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.readline().startswith(b"data: ")
+    conn.sock.close()  # type: ignore[union-attr]
+    resp.close()
+    conn.close()
+    deadline = time.monotonic() + 60
+    while "stream client disconnected" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "stream client disconnected" in server.log()
+    # the server goes on; the abandoned row was stopped, not run to 300 tokens
+    assert _complete(server.base, "Water boils at", max_tokens=4)["choices"][0]["text"]
+    deadline = time.monotonic() + 30
+    while "new_tokens=0 " not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "new_tokens=0 " in server.log()
 
 
 def test_terminate_and_parent_death(tmp_path: Path) -> None:
@@ -341,3 +586,58 @@ def test_prepare_hf_dir_converts_once_under_concurrency(tmp_path: Path, monkeypa
     assert dirs[0].name == f"gemma-3-270m-{bundled.bundled_sha256()[:12]}"
     assert (dirs[0] / "config.json").exists()
     assert not list(dirs[0].parent.glob("*.tmp-*"))
+
+
+class _ByteTokenizer(_FakeTokenizer):
+    """Byte-level: id = byte + 10, so one character may take several tokens."""
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [b + 10 for b in text.encode()]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return bytes(i - 10 for i in ids if i >= 10).decode("utf-8", "replace")
+
+
+class _ByteModel(_FakeModel):
+    continuation = [b + 10 for b in "né 日本!".encode()] + [EOS]
+
+
+def _events(raw: str) -> list[dict[str, Any]]:
+    events = [e for e in raw.split("\n\n") if e.strip()]
+    assert events[-1] == "data: [DONE]", raw
+    return [json.loads(e[len("data: "):]) for e in events[:-1]]
+
+
+def test_streaming_holds_back_stop_prefixes_and_partial_utf8() -> None:
+    """Streamed deltas never show a possible start of a stop string, nor half a UTF-8 character."""
+    pytest.importorskip("torch")
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from harness.engines.cpu_server import ModelServer, hold_back
+
+    assert hold_back("abc. ", [". x"]) == "abc" and hold_back("abc. d", [". x"]) == "abc. d"
+    assert hold_back("ab\ufffd", []) == "ab" and hold_back("abc", ["bcd", "c!"]) == "a"
+
+    async def deltas(model: Any, tokenizer: Any, **kw: Any) -> tuple[list[str], str | None]:
+        ms = ModelServer("fake", max_model_len=512, max_batch=4, batch_wait_ms=0)
+        ms.attach(model, tokenizer)
+        try:
+            async with TestClient(TestServer(ms.build_app())) as client:
+                resp = await client.post("/v1/completions", json={"model": "fake", "prompt": "ok", "temperature": 0,
+                                                                  "stream": True, **kw})
+                assert resp.status == 200 and resp.content_type == "text/event-stream"
+                events = _events(await resp.text())
+        finally:
+            ms.engine.stop()  # type: ignore[union-attr]
+        texts = [e["choices"][0]["text"] for e in events]
+        return [t for t in texts if t], events[-1]["choices"][0]["finish_reason"]
+
+    # ". " could start ". x": held back until "d" shows it is not a stop string
+    assert asyncio.run(deltas(_FakeModel(), _FakeTokenizer(), stop=[". x"])) == (
+        ["a", "b", "c", ". d", "e", "f"], "stop")
+    assert asyncio.run(deltas(_FakeModel(), _FakeTokenizer(), stop=[". d"])) == (["a", "b", "c"], "stop")
+    # "f" could start "f!", then EOS ends the row: the held-back "f" comes out at the end
+    assert asyncio.run(deltas(_FakeModel(), _FakeTokenizer(), stop=["f!"])) == (
+        ["a", "b", "c", ".", " ", "d", "e", "f"], "stop")
+    texts, finish = asyncio.run(deltas(_ByteModel(), _ByteTokenizer()))
+    assert texts == ["n", "é", " ", "日", "本", "!"] and finish == "stop"

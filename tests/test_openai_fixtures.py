@@ -30,7 +30,7 @@ def test_completions(llm_openai):
     assert reply.choices[0].text == "done"
 
 
-def test_stream(llm_openai, llm_model):  # the stub streams; the bundled CPU server does not
+def test_stream(llm_openai, llm_model):  # the stub streams, and so does the bundled CPU server
     chunks = llm_openai.chat.completions.create(
         model=llm_model, messages=[{"role": "user", "content": "ANSWER: one two"}], stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two"
@@ -138,7 +138,7 @@ def test_plugin_import_does_not_load_openai():
 
 @pytest.mark.bundled
 def test_bundled_model_through_the_sdk(pytester):
-    # the real bundled CPU server: one short chat and one short completion request; it does not stream
+    # the real bundled CPU server: one short chat and one short completion request, then the same streamed
     pytester.makepyfile(test_bundled="""
         import openai
         import pytest
@@ -151,8 +151,44 @@ def test_bundled_model_through_the_sdk(pytester):
             text = llm_openai.completions.create(
                 model=llm_model, prompt="Country: France\\nCapital:", max_tokens=4, temperature=0)
             assert "Paris" in text.choices[0].text
-            with pytest.raises(openai.BadRequestError, match="streaming not supported"):
-                llm_openai.completions.create(model=llm_model, prompt="Hi", max_tokens=2, stream=True)
+            chunks = llm_openai.completions.create(
+                model=llm_model, prompt="Country: France\\nCapital:", max_tokens=4, temperature=0, stream=True)
+            assert "".join(c.choices[0].text for c in chunks) == text.choices[0].text
+            with pytest.raises(openai.BadRequestError, match="'tools' is not supported by the bundled CPU server"):
+                llm_openai.chat.completions.create(
+                    model=llm_model, messages=[{"role": "user", "content": "Hi"}], max_tokens=2,
+                    tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
     """)
     result = pytester.runpytest_subprocess("--llm-report-dir", "out", "-p", "no:cacheprovider", timeout=900)
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.bundled
+def test_bundled_model_streams_to_the_async_sdk_under_xdist(pytester):
+    # two xdist workers share the one bundled server; each streams through llm_async_openai
+    pytester.makepyfile(test_bundled_stream="""
+        import pytest
+
+        @pytest.mark.asyncio
+        @pytest.mark.parametrize("country", ["France", "Italy"])
+        async def test_stream(llm_async_openai, llm_model, country):
+            kw = dict(model=llm_model, prompt=f"Country: {country}\\nCapital:", max_tokens=6, temperature=0)
+            whole = await llm_async_openai.completions.create(**kw)
+            parts, usage = [], None
+            stream = await llm_async_openai.completions.create(**kw, stream=True,
+                                                               stream_options={"include_usage": True})
+            async for chunk in stream:
+                parts.extend(c.text for c in chunk.choices)
+                usage = chunk.usage or usage
+            assert "".join(parts) == whole.choices[0].text
+            assert usage.completion_tokens == whole.usage.completion_tokens
+            chat = await llm_async_openai.chat.completions.create(
+                model=llm_model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0,
+                stream=True)
+            chunks = [c async for c in chat]
+            assert chunks[0].choices[0].delta.role == "assistant"
+            assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    """)
+    result = pytester.runpytest_subprocess("-n", "2", "--llm-report-dir", "out", "-p", "no:cacheprovider",
+                                           "-o", "asyncio_default_fixture_loop_scope=function", timeout=900)
+    result.assert_outcomes(passed=2)

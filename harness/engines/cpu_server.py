@@ -7,9 +7,44 @@ its row hits EOS, a stop string or its own ``max_tokens``.
 
 Run: ``python -m harness.engines.cpu_server --model bundled --port 8000``.
 
-Limitations: no streaming, ``n == 1`` only, and sampled rows in one batch share
-one RNG seeded from the batch's first request, so a seeded sampled result is
-only reproducible for the same batch composition (greedy is always deterministic).
+Served: ``/v1/completions`` and ``/v1/chat/completions``, plain or streamed
+(``stream: true``: server-sent events as OpenAI and vLLM send them, tokens
+pushed per decode step from the generation thread; ``stream_options:
+{include_usage: true}`` adds a last chunk with ``usage`` and no choices).
+A streamed row never shows text that later turns out to be part of a stop
+string (a suffix that could begin one is held back) nor the replacement
+character of an incomplete UTF-8 sequence. ``n`` choices (1 to 16, one batch
+row each), ``logprobs`` (chat: ``logprobs: true`` + ``top_logprobs`` 0..20;
+completions: ``logprobs`` 0..5), also in streamed chunks.
+
+Every request field is checked against a whitelist (:data:`CHAT_FIELDS`,
+:data:`COMPLETION_FIELDS`): a field the server cannot serve, or an unknown
+one, is a 400 ``invalid_request_error`` naming it. Accepted and honoured:
+``model``, ``messages``/``prompt``, ``max_tokens``/``max_completion_tokens``,
+``temperature``, ``top_p``, ``top_k`` and ``min_p`` (vLLM's extra sampling
+fields; -1/0 and 0 switch them off), ``stop``, ``seed``, ``n``, ``stream``,
+``stream_options.include_usage``, ``logprobs``, ``top_logprobs`` and (chat)
+``chat_template_kwargs`` (extra variables for the chat template). Accepted
+only at their neutral value (anything else is a 400): ``presence_penalty``
+and ``frequency_penalty`` 0, ``logit_bias`` ``{}``, ``response_format``
+``{"type": "text"}``, ``tools``/``functions`` ``[]``, ``tool_choice``/
+``function_call`` ``"none"`` or ``"auto"`` (there are no tools),
+``parallel_tool_calls`` (any: there are no tools), ``modalities``
+``["text"]``, ``echo`` false, ``best_of`` 1, ``suffix`` ``""``,
+``skip_special_tokens`` true (it always is). Accepted and ignored, as
+metadata that changes nothing here: ``user``, ``metadata``, ``store``,
+``service_tier``, ``safety_identifier``, ``prompt_cache_key``, a message's
+``name``, ``stream_options`` without ``stream``. A null value counts as
+absent for every known field.
+
+Limitations: text in, text out (no tools, images or audio); logprobs are the
+model's raw log-softmax (before temperature, top-p/top-k), as vLLM reports
+them by default, and include the EOS token that ended a row (one entry per
+completion token); sampled rows in one batch share one RNG seeded from the
+batch's first request, so a seeded sampled result is only reproducible for
+the same batch composition (greedy is always deterministic), and the ``n``
+choices of a seeded request differ from each other only while they share a
+batch (``n`` at most ``--max-batch``).
 """
 
 from __future__ import annotations
@@ -18,8 +53,10 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import queue
+import re
 import signal
 import sys
 import threading
@@ -38,23 +75,41 @@ from harness.engines.managed import pid_alive
 log = logging.getLogger("harness.cpu_server")
 
 DEFAULT_MAX_TOKENS = 256
+MAX_N = 16
+MAX_TOP_LOGPROBS_CHAT = 20
+MAX_LOGPROBS_COMPLETION = 5
 _seq = count()
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+_REPLACEMENT = "\ufffd"
 
 
 class RequestError(Exception):
     """A client error that maps to an OpenAI-style error response."""
 
-    def __init__(self, status: int, message: str, err_type: str = "invalid_request_error", code: str | None = None):
+    def __init__(self, status: int, message: str, err_type: str = "invalid_request_error", code: str | None = None,
+                 param: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.err_type = err_type
         self.code = code
+        self.param = param
 
 
 def error_response(status: int, message: str, err_type: str = "invalid_request_error",
-                   code: str | None = None) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": err_type, "code": code}}, status=status)
+                   code: str | None = None, param: str | None = None) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": err_type, "code": code, "param": param}},
+                             status=status)
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token: its text, bytes and log-probability, and the top alternatives (best first)."""
+
+    token: str
+    bytes: list[int]
+    logprob: float
+    top: list[tuple[str, list[int], float]] = field(default_factory=list)
 
 
 @dataclass
@@ -62,6 +117,17 @@ class GenResult:
     text: str
     finish_reason: str
     completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None  # when asked: one per completion token
+    text_offset: list[int] | None = None  # where each of those tokens starts in ``text``
+
+
+@dataclass
+class StreamDelta:
+    """New text of a streamed row, with the logprobs of the tokens it completes (when asked)."""
+
+    text: str
+    logprobs: list[TokenLogprob] | None = None
+    text_offset: list[int] | None = None
 
 
 @dataclass(eq=False)
@@ -73,6 +139,11 @@ class GenRequest:
     stop: list[str]
     seed: int | None
     on_done: Callable[[GenResult | BaseException], None]
+    logprobs: int | None = None  # None: none; k: the sampled token's logprob and the top k
+    on_delta: Callable[[StreamDelta], None] | None = None  # streaming: called from the generation thread
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0  # 0: off
+    cancelled: bool = False  # set by the HTTP layer when the client went away: the row stops
     seq: int = field(default_factory=lambda: next(_seq))
 
     @property
@@ -80,7 +151,35 @@ class GenRequest:
         """Requests sharing a key can run in one ``generate`` call."""
         if self.temperature <= 0:
             return ("greedy",)
-        return ("sample", self.temperature, self.top_p, self.seed)
+        return ("sample", self.temperature, self.top_p, self.top_k, self.min_p, self.seed)
+
+
+@dataclass
+class _Row:
+    """What the generation thread tracks of one row while it runs."""
+
+    sent: str = ""  # text already streamed
+    raw: list[tuple[int, float, list[tuple[int, float]]]] = field(default_factory=list)  # token, logprob, top
+    offsets: list[int] = field(default_factory=lambda: [0])  # offsets[k]: where token k starts in the text
+    lp_sent: int = 0  # tokens whose logprobs were streamed
+
+
+def _clean(text: str) -> str:
+    """The text without the replacement characters of a trailing incomplete UTF-8 sequence."""
+    return text.rstrip(_REPLACEMENT)
+
+
+def hold_back(text: str, stops: Sequence[str]) -> str:
+    """What of a running row's text may be streamed: not a trailing incomplete character, nor a
+    suffix that could be the start of a stop string."""
+    text = _clean(text)
+    keep = len(text)
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:size]):
+                keep = min(keep, len(text) - size)
+                break
+    return text[:keep]
 
 
 class Engine:
@@ -100,6 +199,7 @@ class Engine:
         self._queue: queue.Queue[GenRequest | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="generation", daemon=True)
         self._stopped = False
+        self._token_infos: dict[int, tuple[str, list[int]]] = {}
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -134,11 +234,28 @@ class Engine:
         with self.tok_lock:
             return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
+    def render_chat(self, messages: list[dict[str, str]], template_kwargs: dict[str, Any] | None = None) -> str:
         if not getattr(self.tokenizer, "chat_template", None):
             raise RequestError(400, "this model has no chat template; use /v1/completions")
         with self.tok_lock:
-            return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+            return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                          **(template_kwargs or {})))
+
+    def token_info(self, token_id: int) -> tuple[str, list[int]]:
+        """A token's text and bytes, as OpenAI reports them (a lone byte token is ``bytes:\\xe2``)."""
+        info = self._token_infos.get(token_id)
+        if info is None:
+            with self.tok_lock:
+                convert = getattr(self.tokenizer, "convert_ids_to_tokens", None)
+                piece = convert(token_id) if convert is not None else None
+                match = _BYTE_TOKEN.fullmatch(piece) if isinstance(piece, str) else None
+                if match:
+                    info = (f"bytes:\\x{match[1].lower()}", [int(match[1], 16)])
+                else:
+                    text = str(self.tokenizer.decode([token_id], skip_special_tokens=False))
+                    info = (text, list(text.encode("utf-8", "replace")))
+            self._token_infos[token_id] = info
+        return info
 
     def submit(self, req: GenRequest) -> None:
         if self._stopped:
@@ -175,6 +292,9 @@ class Engine:
                 pending.append(item)
             if not running:
                 break
+            pending = [r for r in pending if not r.cancelled]
+            if not pending:
+                continue
             batch = self._select(pending)
             chosen = {id(r) for r in batch}
             pending = [r for r in pending if id(r) not in chosen]
@@ -198,8 +318,8 @@ class Engine:
         start = max(0, idx - self.max_batch + 1)
         return group[start:start + self.max_batch]
 
-    def _finalize(self, req: GenRequest, toks: list[int]) -> GenResult:
-        """Turn a row's generated ids into text, finish_reason and token count."""
+    def _finalize(self, req: GenRequest, toks: list[int], row: _Row | None = None) -> GenResult:
+        """Turn a row's generated ids into text, finish_reason, token count (and logprobs)."""
         toks = toks[:req.max_tokens]
         eos_at = next((i for i, t in enumerate(toks) if t in self.eos_ids), None)
         body = toks if eos_at is None else toks[:eos_at]
@@ -209,17 +329,65 @@ class Engine:
             # Count tokens up to and including the one that completed the stop string.
             used = next((k for k in range(1, len(body) + 1)
                          if any(s in self.decode(body[:k]) for s in req.stop)), len(body))
-            return GenResult(text[:min(hits)], "stop", used)
-        if eos_at is not None:
-            return GenResult(text, "stop", eos_at + 1)
-        return GenResult(text, "length", len(body))
+            result = GenResult(text[:min(hits)], "stop", used)
+        elif eos_at is not None:
+            result = GenResult(text, "stop", eos_at + 1)
+        else:
+            result = GenResult(text, "length", len(body))
+        if req.logprobs is not None and row is not None:
+            used = min(result.completion_tokens, len(row.raw))
+            result.logprobs = [self._token_logprob(*raw) for raw in row.raw[:used]]
+            result.text_offset = [min(o, len(result.text)) for o in row.offsets[:used]]
+        return result
 
-    def _row_finished(self, req: GenRequest, toks: list[int]) -> bool:
-        if toks and toks[-1] in self.eos_ids:
+    def _token_logprob(self, token_id: int, logprob: float, top: list[tuple[int, float]]) -> TokenLogprob:
+        return TokenLogprob(*self.token_info(token_id), logprob,
+                            [(*self.token_info(t), lp) for t, lp in top])
+
+    def _step(self, req: GenRequest, row: _Row, toks: list[int], logprobs: Any) -> bool:
+        """One decode step of a running row: record its logprob, stream what may be shown; whether it is done."""
+        if req.logprobs is not None:
+            if logprobs is None:
+                raise RuntimeError("no logits were captured for this step; logprobs are unavailable")
+            token = toks[-1]
+            top: list[tuple[int, float]] = []
+            if req.logprobs > 0:
+                import torch
+
+                values, ids = torch.topk(logprobs, req.logprobs)
+                top = [(int(t), _finite(float(v))) for t, v in zip(ids.tolist(), values.tolist())]
+            row.raw.append((token, _finite(float(logprobs[token])), top))
+        finished = bool(toks) and (toks[-1] in self.eos_ids or len(toks) >= req.max_tokens)
+        if not (req.stop or req.on_delta is not None or req.logprobs is not None):
+            return finished
+        body = toks[:-1] if toks and toks[-1] in self.eos_ids else toks
+        text = self.decode(body)
+        if req.logprobs is not None:
+            row.offsets.append(len(_clean(text)))
+        if finished or any(s in text for s in req.stop):
             return True
-        if len(toks) >= req.max_tokens:
-            return True
-        return bool(req.stop) and any(s in self.decode(toks) for s in req.stop)
+        if req.on_delta is not None:
+            safe = hold_back(text, req.stop)
+            if len(safe) > len(row.sent) and safe.startswith(row.sent):
+                self._emit(req, row, safe[len(row.sent):], len(safe))
+                row.sent = safe
+        return False
+
+    def _emit(self, req: GenRequest, row: _Row, text: str, upto: int | None) -> None:
+        """Stream ``text``, with the logprobs of the tokens that end within the first ``upto`` characters
+        (all of them when None)."""
+        assert req.on_delta is not None
+        entries = offsets = None
+        if req.logprobs is not None:
+            end = len(row.raw)
+            if upto is not None:
+                end = row.lp_sent
+                while end < len(row.raw) and row.offsets[end + 1] <= upto:
+                    end += 1
+            entries = [self._token_logprob(*raw) for raw in row.raw[row.lp_sent:end]]
+            offsets = row.offsets[row.lp_sent:end]
+            row.lp_sent = end
+        req.on_delta(StreamDelta(text, entries, offsets))
 
     def _run_batch(self, batch: list[GenRequest]) -> None:
         import torch
@@ -229,26 +397,52 @@ class Engine:
         width = max(len(r.prompt_ids) for r in batch)
         done = [False] * len(batch)
         results: list[GenResult | None] = [None] * len(batch)
+        rows = [_Row() for _ in batch]
+        captured: dict[str, Any] = {}
         engine = self
 
         def deliver(i: int, toks: list[int]) -> None:
             done[i] = True
-            result = results[i] = engine._finalize(batch[i], toks)
-            batch[i].on_done(result)
+            req, row = batch[i], rows[i]
+            result = results[i] = engine._finalize(req, toks, row)
+            if req.on_delta is not None:
+                rest = result.text[len(row.sent):] if result.text.startswith(row.sent) else ""
+                if rest or (req.logprobs is not None and row.lp_sent < len(result.logprobs or ())):
+                    entries = (result.logprobs or [])[row.lp_sent:] if req.logprobs is not None else None
+                    offsets = (result.text_offset or [])[row.lp_sent:] if req.logprobs is not None else None
+                    req.on_delta(StreamDelta(rest, entries, offsets))
+            req.on_done(result)
 
         class RowStop(StoppingCriteria):
-            """Per-row completion; finished rows are answered immediately."""
+            """Per-row completion; finished rows are answered immediately, running ones streamed."""
 
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
                 generated = input_ids[:, width:]
+                logits = captured.pop("logits", None)
+                logprobs = None
                 for i, req in enumerate(batch):
-                    if not done[i]:
-                        toks = generated[i].tolist()
-                        if engine._row_finished(req, toks):
-                            deliver(i, toks)
+                    if done[i]:
+                        continue
+                    if req.cancelled:  # nobody is waiting: free the row
+                        done[i] = True
+                        continue
+                    if req.logprobs is not None and logprobs is None and logits is not None:
+                        logprobs = torch.log_softmax(logits.float(), dim=-1)
+                    toks = generated[i].tolist()
+                    if engine._step(req, rows[i], toks, None if logprobs is None else logprobs[i]):
+                        deliver(i, toks)
                 return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
+        hook = None
         try:
+            if any(r.logprobs is not None for r in batch):
+                def keep_logits(module: Any, args: Any, output: Any) -> None:
+                    logits = output["logits"] if isinstance(output, dict) else getattr(output, "logits", None)
+                    if logits is None and isinstance(output, tuple):
+                        logits = output[0]
+                    captured["logits"] = logits[:, -1, :].detach()
+
+                hook = self.model.register_forward_hook(keep_logits)
             ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for i, req in enumerate(batch):  # left padding
@@ -263,7 +457,9 @@ class Engine:
                 do_sample=first.temperature > 0,
             )
             if first.temperature > 0:
-                gen_kwargs.update(temperature=first.temperature, top_p=first.top_p, top_k=0)
+                gen_kwargs.update(temperature=first.temperature, top_p=first.top_p, top_k=first.top_k)
+                if first.min_p > 0:
+                    gen_kwargs.update(min_p=first.min_p)
                 if first.seed is not None:
                     torch.manual_seed(first.seed)
             with torch.inference_mode():
@@ -282,27 +478,110 @@ class Engine:
                     done[i] = True
                     req.on_done(exc)
             return
+        finally:
+            if hook is not None:
+                hook.remove()
         new_tokens = sum(r.completion_tokens for r in results if r is not None)
         secs = time.monotonic() - start
         log.info("batch size=%d new_tokens=%d time=%.2fs (%.1f tok/s)",
                  len(batch), new_tokens, secs, new_tokens / secs if secs > 0 else 0.0)
 
 
+def _finite(logprob: float) -> float:
+    """JSON has no -inf: a token the model rules out gets OpenAI's floor."""
+    return logprob if math.isfinite(logprob) else -9999.0
+
+
 # -- HTTP layer ---------------------------------------------------------------
 
+UNSUPPORTED = "is not supported by the bundled CPU server"
 
-def _content_text(content: Any) -> str:
+# Fields each endpoint accepts (see the module docstring for what each does); any other is a 400.
+COMMON_FIELDS = frozenset({
+    "model", "stream", "stream_options", "n", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+    "top_k", "min_p", "stop", "seed", "logprobs", "presence_penalty", "frequency_penalty", "logit_bias",
+    "skip_special_tokens", "user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key",
+})
+CHAT_FIELDS = COMMON_FIELDS | {
+    "messages", "top_logprobs", "chat_template_kwargs", "response_format", "tools", "tool_choice", "functions",
+    "function_call", "parallel_tool_calls", "modalities",
+}
+COMPLETION_FIELDS = COMMON_FIELDS | {"prompt", "echo", "best_of", "suffix"}
+MESSAGE_FIELDS = frozenset({"role", "content", "name"})
+
+
+def _neutral(name: str, value: Any) -> bool:
+    """Whether an accepted-only-when-neutral field has a value that changes nothing here."""
+    if name in ("presence_penalty", "frequency_penalty"):
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and value == 0
+    if name == "logit_bias":
+        return value == {}
+    if name == "response_format":
+        return value == {"type": "text"}
+    if name in ("tools", "functions"):
+        return value == []
+    if name in ("tool_choice", "function_call"):
+        return value in ("none", "auto")
+    if name == "parallel_tool_calls":
+        return isinstance(value, bool)
+    if name == "modalities":
+        return value == ["text"]
+    if name == "echo":
+        return value is False
+    if name == "best_of":
+        return value == 1 and not isinstance(value, bool)
+    if name == "suffix":
+        return value == ""
+    if name == "skip_special_tokens":
+        return value is True
+    return True
+
+
+def check_fields(body: dict[str, Any], chat: bool) -> None:
+    """A 400 naming the first field this server cannot serve: unknown, or known with a value it cannot honour."""
+    known = CHAT_FIELDS if chat else COMPLETION_FIELDS
+    for name, value in body.items():
+        if name not in known:
+            other = COMPLETION_FIELDS if chat else CHAT_FIELDS
+            where = f" on {'/v1/chat/completions' if chat else '/v1/completions'}" if name in other else ""
+            raise RequestError(400, f"'{name}' {UNSUPPORTED}{where} (unknown or unsupported request field)",
+                               code="unsupported_parameter", param=name)
+        if value is not None and not _neutral(name, value):
+            raise RequestError(400, f"'{name}' {UNSUPPORTED} (value {json.dumps(value)[:80]})",
+                               code="unsupported_parameter", param=name)
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise RequestError(400, "'stream_options' must be an object", code="invalid_value", param="stream_options")
+        for key, value in options.items():
+            if key != "include_usage":
+                raise RequestError(400, f"'stream_options.{key}' {UNSUPPORTED}", code="unsupported_parameter",
+                                   param=f"stream_options.{key}")
+            if value is not None and not isinstance(value, bool):
+                raise RequestError(400, "'stream_options.include_usage' must be a boolean", code="invalid_value",
+                                   param="stream_options.include_usage")
+
+
+def _content_text(content: Any, where: str = "content") -> str:
     """Accept a string or OpenAI content parts (text parts only)."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         parts = []
         for part in content:
-            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                raise RequestError(400, "only text content parts are supported")
+            if not isinstance(part, dict):
+                raise RequestError(400, f"'{where}' parts must be objects", code="invalid_value", param=where)
+            kind = part.get("type")
+            if kind != "text":
+                raise RequestError(400, f"'{where}' part of type {kind!r} {UNSUPPORTED} (only text content parts "
+                                   "are supported)", code="unsupported_parameter", param=where)
+            if not isinstance(part.get("text"), str):
+                raise RequestError(400, f"'{where}' text part needs a string 'text'", code="invalid_value",
+                                   param=where)
             parts.append(part["text"])
         return "".join(parts)
-    raise RequestError(400, "message content must be a string or a list of text parts")
+    raise RequestError(400, "message content must be a string or a list of text parts", code="invalid_value",
+                       param=where)
 
 
 @dataclass
@@ -312,6 +591,19 @@ class Sampling:
     top_p: float
     stop: list[str]
     seed: int | None
+    top_k: int = 0
+    min_p: float = 0.0
+
+
+@dataclass
+class Options:
+    """Everything a request asks beyond its prompt."""
+
+    sampling: Sampling
+    n: int = 1
+    stream: bool = False
+    include_usage: bool = False
+    logprobs: int | None = None  # None: none; k: the sampled token's and the top k
 
 
 def _number(body: dict[str, Any], name: str, default: float, lo: float, hi: float, lo_open: bool = False) -> float:
@@ -319,26 +611,30 @@ def _number(body: dict[str, Any], name: str, default: float, lo: float, hi: floa
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RequestError(400, f"'{name}' must be a number", code="invalid_value")
+        raise RequestError(400, f"'{name}' must be a number", code="invalid_value", param=name)
     if value < lo or value > hi or (lo_open and value == lo):
-        raise RequestError(400, f"'{name}' is out of range", code="invalid_value")
+        raise RequestError(400, f"'{name}' is out of range", code="invalid_value", param=name)
     return float(value)
+
+
+def _integer(body: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise RequestError(400, f"'{name}' must be an integer from {lo} to {hi}", code="invalid_value", param=name)
+    return value
 
 
 def parse_sampling(body: dict[str, Any]) -> Sampling:
     """Validate the OpenAI sampling fields shared by both endpoints."""
-    if body.get("stream"):
-        raise RequestError(400, "streaming not supported", code="unsupported")
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise RequestError(400, "only n=1 is supported", code="unsupported")
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
         max_tokens = body.get("max_completion_tokens")
     if max_tokens is None:
         max_tokens = DEFAULT_MAX_TOKENS
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise RequestError(400, "'max_tokens' must be a positive integer", code="invalid_value")
+        raise RequestError(400, "'max_tokens' must be a positive integer", code="invalid_value", param="max_tokens")
     stop = body.get("stop")
     if stop is None:
         stops: list[str] = []
@@ -347,10 +643,11 @@ def parse_sampling(body: dict[str, Any]) -> Sampling:
     elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
         stops = list(stop)
     else:
-        raise RequestError(400, "'stop' must be a string or a list of strings", code="invalid_value")
+        raise RequestError(400, "'stop' must be a string or a list of strings", code="invalid_value", param="stop")
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise RequestError(400, "'seed' must be an integer", code="invalid_value")
+        raise RequestError(400, "'seed' must be an integer", code="invalid_value", param="seed")
+    top_k = _integer(body, "top_k", -1, 1 << 30)
     return Sampling(
         max_tokens=max_tokens,
         # OpenAI's default temperature is 1.0; clients wanting greedy send 0.
@@ -358,7 +655,65 @@ def parse_sampling(body: dict[str, Any]) -> Sampling:
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
         stop=[s for s in stops if s],
         seed=seed,
+        top_k=max(0, top_k or 0),  # vLLM's -1 and 0 both mean off
+        min_p=_number(body, "min_p", 0.0, 0.0, 1.0),
     )
+
+
+def parse_options(body: dict[str, Any], chat: bool) -> Options:
+    """Check every field of a request and read what it asks for."""
+    check_fields(body, chat)
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise RequestError(400, "'stream' must be a boolean", code="invalid_value", param="stream")
+    n = _integer(body, "n", 1, MAX_N)
+    options = body.get("stream_options") or {}
+    if chat:
+        wanted = body.get("logprobs")
+        if wanted is not None and not isinstance(wanted, bool):
+            raise RequestError(400, "'logprobs' must be a boolean on /v1/chat/completions", code="invalid_value",
+                               param="logprobs")
+        top = _integer(body, "top_logprobs", 0, MAX_TOP_LOGPROBS_CHAT)
+        if top is not None and not wanted:
+            raise RequestError(400, "'top_logprobs' needs 'logprobs': true", code="invalid_value",
+                               param="top_logprobs")
+        logprobs = (top or 0) if wanted else None
+        kwargs = body.get("chat_template_kwargs")
+        if kwargs is not None:
+            reserved = {"tokenize", "conversation", "messages", "add_generation_prompt", "continue_final_message",
+                        "tools", "documents", "chat_template", "return_dict", "return_tensors"}
+            if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+                raise RequestError(400, "'chat_template_kwargs' must be an object", code="invalid_value",
+                                   param="chat_template_kwargs")
+            taken = sorted(reserved & kwargs.keys())
+            if taken:
+                raise RequestError(400, f"'chat_template_kwargs.{taken[0]}' {UNSUPPORTED}",
+                                   code="unsupported_parameter", param=f"chat_template_kwargs.{taken[0]}")
+    else:  # false, as some clients send for "none", is absent too
+        logprobs = None if body.get("logprobs") is False else _integer(body, "logprobs", 0, MAX_LOGPROBS_COMPLETION)
+    return Options(parse_sampling(body), n=n or 1, stream=bool(stream),
+                   include_usage=bool(options.get("include_usage")), logprobs=logprobs)
+
+
+def _chat_logprobs(entries: Sequence[TokenLogprob]) -> dict[str, Any]:
+    return {"content": [{"token": e.token, "logprob": e.logprob, "bytes": e.bytes,
+                         "top_logprobs": [{"token": t, "logprob": lp, "bytes": b} for t, b, lp in e.top]}
+                        for e in entries],
+            "refusal": None}
+
+
+def _completion_logprobs(entries: Sequence[TokenLogprob], offsets: Sequence[int]) -> dict[str, Any]:
+    tops = []
+    for e in entries:
+        top = {t: lp for t, _, lp in e.top}
+        top.setdefault(e.token, e.logprob)  # the sampled token is always there, as OpenAI does
+        tops.append(top)
+    return {"tokens": [e.token for e in entries], "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": tops, "text_offset": list(offsets)}
+
+
+def _sse(payload: Any) -> bytes:
+    return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
 
 
 class ModelServer:
@@ -395,10 +750,10 @@ class ModelServer:
         return web.json_response({"object": "list", "data": [
             {"id": self.served_name, "object": "model", "created": 0, "owned_by": "pytest-llm-harness"}]})
 
-    async def completions(self, request: web.Request) -> web.Response:
+    async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, chat=False)
 
-    async def chat_completions(self, request: web.Request) -> web.Response:
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, chat=True)
 
     async def _read_body(self, request: web.Request) -> dict[str, Any]:
@@ -410,14 +765,15 @@ class ModelServer:
             raise RequestError(400, "request body must be a JSON object", code="invalid_json")
         return body
 
-    async def _handle(self, request: web.Request, chat: bool) -> web.Response:
+    async def _handle(self, request: web.Request, chat: bool) -> web.StreamResponse:
         try:
             body = await self._read_body(request)
             model = body.get("model")
             if model is not None and model != self.served_name:
                 raise RequestError(404, f"The model '{model}' does not exist (serving '{self.served_name}')",
-                                   code="model_not_found")
-            sampling = parse_sampling(body)
+                                   code="model_not_found", param="model")
+            opts = parse_options(body, chat)
+            sampling = opts.sampling
             engine = self.engine
             if engine is None:
                 raise RequestError(503, "model is still loading", "server_error", "model_loading")
@@ -433,27 +789,34 @@ class ModelServer:
                     "Please reduce the prompt or max_tokens.",
                     code="context_length_exceeded",
                 )
-            result = await self._generate(engine, prompt_ids, sampling)
+            if opts.stream:
+                return await self._stream(request, engine, prompt_ids, opts, chat)
+            results = await asyncio.gather(*(self._generate(engine, prompt_ids, opts) for _ in range(opts.n)))
         except RequestError as err:
-            return error_response(err.status, err.message, err.err_type, err.code)
+            return error_response(err.status, err.message, err.err_type, err.code, err.param)
         except Exception as exc:
             log.warning("request failed: %s", exc)
             return error_response(500, f"generation failed: {exc}", "server_error", "internal_error")
-        usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": result.completion_tokens,
-                 "total_tokens": len(prompt_ids) + result.completion_tokens}
+        completion_tokens = sum(r.completion_tokens for r in results)
+        usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
+                 "total_tokens": len(prompt_ids) + completion_tokens}
         created = int(time.time())
         if chat:
             return web.json_response({
                 "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": created,
                 "model": self.served_name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                             "logprobs": None, "finish_reason": result.finish_reason}],
+                "choices": [{"index": i, "message": {"role": "assistant", "content": r.text},
+                             "logprobs": None if r.logprobs is None else _chat_logprobs(r.logprobs),
+                             "finish_reason": r.finish_reason} for i, r in enumerate(results)],
                 "usage": usage,
             })
         return web.json_response({
             "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": created,
             "model": self.served_name,
-            "choices": [{"index": 0, "text": result.text, "finish_reason": result.finish_reason, "logprobs": None}],
+            "choices": [{"index": i, "text": r.text, "finish_reason": r.finish_reason,
+                         "logprobs": None if r.logprobs is None else _completion_logprobs(r.logprobs,
+                                                                                         r.text_offset or [])}
+                        for i, r in enumerate(results)],
             "usage": usage,
         })
 
@@ -463,21 +826,34 @@ class ModelServer:
             if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
                 prompt = prompt[0]
             if not isinstance(prompt, str):
-                raise RequestError(400, "'prompt' is required and must be a string", code="invalid_value")
+                raise RequestError(400, "'prompt' is required and must be a string", code="invalid_value",
+                                   param="prompt")
             return engine.encode(prompt, add_special_tokens=True)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise RequestError(400, "'messages' is required and must be a non-empty list", code="invalid_value")
+            raise RequestError(400, "'messages' is required and must be a non-empty list", code="invalid_value",
+                               param="messages")
         clean = []
-        for msg in messages:
+        for number, msg in enumerate(messages):
             if not isinstance(msg, dict) or msg.get("role") not in ("system", "developer", "user", "assistant"):
-                raise RequestError(400, "each message needs a role of system, user or assistant", code="invalid_value")
+                raise RequestError(400, "each message needs a role of system, user or assistant", code="invalid_value",
+                                   param=f"messages[{number}].role")
+            extra = sorted(k for k, v in msg.items() if k not in MESSAGE_FIELDS and v is not None)
+            if extra:
+                raise RequestError(400, f"'messages[{number}].{extra[0]}' {UNSUPPORTED}",
+                                   code="unsupported_parameter", param=f"messages[{number}].{extra[0]}")
             role = "system" if msg["role"] == "developer" else msg["role"]
-            clean.append({"role": role, "content": _content_text(msg.get("content"))})
+            clean.append({"role": role, "content": _content_text(msg.get("content"), f"messages[{number}].content")})
         # The template emits its own BOS, so don't add another.
-        return engine.encode(engine.render_chat(clean), add_special_tokens=False)
+        return engine.encode(engine.render_chat(clean, body.get("chat_template_kwargs")), add_special_tokens=False)
 
-    async def _generate(self, engine: Engine, prompt_ids: list[int], s: Sampling) -> GenResult:
+    def _request(self, prompt_ids: list[int], opts: Options, on_done: Callable[[GenResult | BaseException], None],
+                 on_delta: Callable[[StreamDelta], None] | None = None) -> GenRequest:
+        s = opts.sampling
+        return GenRequest(prompt_ids, s.max_tokens, s.temperature, s.top_p, s.stop, s.seed, on_done,
+                          logprobs=opts.logprobs, on_delta=on_delta, top_k=s.top_k, min_p=s.min_p)
+
+    async def _generate(self, engine: Engine, prompt_ids: list[int], opts: Options) -> GenResult:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[GenResult] = loop.create_future()
 
@@ -495,8 +871,86 @@ class ModelServer:
             except RuntimeError:  # loop already closed during shutdown
                 pass
 
-        engine.submit(GenRequest(prompt_ids, s.max_tokens, s.temperature, s.top_p, s.stop, s.seed, on_done))
-        return await fut
+        req = self._request(prompt_ids, opts, on_done)
+        engine.submit(req)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            req.cancelled = True
+            raise
+
+    async def _stream(self, request: web.Request, engine: Engine, prompt_ids: list[int], opts: Options,
+                      chat: bool) -> web.StreamResponse:
+        """Server-sent events, as OpenAI sends them: chunks as the tokens come, then ``data: [DONE]``."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[int, StreamDelta | GenResult | BaseException]] = asyncio.Queue()
+
+        def push(index: int, item: StreamDelta | GenResult | BaseException) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, (index, item))
+            except RuntimeError:  # loop already closed during shutdown
+                pass
+
+        reqs = [self._request(prompt_ids, opts, lambda o, i=index: push(i, o), lambda d, i=index: push(i, d))
+                for index in range(opts.n)]
+        cid = f"chatcmpl-{uuid.uuid4().hex}" if chat else f"cmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        head = {"id": cid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
+                "model": self.served_name}
+
+        def chunk(choices: list[dict[str, Any]]) -> bytes:
+            return _sse({**head, "choices": choices, **({"usage": None} if opts.include_usage else {})})
+
+        def choice(index: int, text: str | None, finish: str | None, delta: StreamDelta | None = None,
+                   role: bool = False) -> dict[str, Any]:
+            logprobs = None
+            if delta is not None and delta.logprobs is not None:
+                logprobs = (_chat_logprobs(delta.logprobs) if chat
+                            else _completion_logprobs(delta.logprobs, delta.text_offset or []))
+            if not chat:
+                return {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
+            content: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
+            if text:
+                content["content"] = text
+            return {"index": index, "delta": content, "logprobs": logprobs, "finish_reason": finish}
+
+        response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream",
+                                                           "Cache-Control": "no-cache"})
+        for req in reqs:
+            engine.submit(req)
+        try:
+            await response.prepare(request)
+            if chat:
+                await response.write(chunk([choice(i, None, None, role=True) for i in range(opts.n)]))
+            remaining, completion_tokens = opts.n, 0
+            while remaining:
+                index, item = await events.get()
+                if isinstance(item, StreamDelta):
+                    await response.write(chunk([choice(index, item.text, None, item)]))
+                elif isinstance(item, GenResult):
+                    remaining -= 1
+                    completion_tokens += item.completion_tokens
+                    await response.write(chunk([choice(index, None, item.finish_reason)]))
+                else:
+                    log.warning("streamed request failed: %s", item)
+                    await response.write(_sse({"error": {"message": f"generation failed: {item}",
+                                                         "type": "server_error", "code": "internal_error"}}))
+                    break
+            else:
+                if opts.include_usage:
+                    await response.write(_sse({**head, "choices": [], "usage": {
+                        "prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
+                        "total_tokens": len(prompt_ids) + completion_tokens}}))
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except (ConnectionError, asyncio.CancelledError) as exc:  # the client went away mid-stream
+            log.info("stream client disconnected: %s", type(exc).__name__)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            for req in reqs:  # stops rows still running (a no-op for finished ones)
+                req.cancelled = True
+        return response
 
 
 # -- process entry point ------------------------------------------------------
