@@ -104,6 +104,15 @@ def main() -> None:
         per_worker = (row["worker_mb"] - base["worker_mb"]) * 1024 / extra if extra else float("nan")
         print(f"{row['cases']:>9} {row['wall_s']:>8.1f} {row['controller_mb']:>14.1f} {row['worker_mb']:>10.1f} "
               f"{per_ctrl:>13.2f} {per_worker:>15.2f} {row['recorded']:>10}")
+    last = rows[-1]
+    if len(rows) > 1 and last["cases"] < 1_000_000:
+        # not measured: the largest run's peak plus the per-case growth for the cases it lacks
+        extra = last["cases"] - base["cases"]
+        per_ctrl_mb = (last["controller_mb"] - base["controller_mb"]) / extra
+        per_worker_mb = (last["worker_mb"] - base["worker_mb"]) / extra
+        more = 1_000_000 - last["cases"]
+        print(f"extrapolated (not measured) to 1,000,000 cases: controller {last['controller_mb'] + per_ctrl_mb * more:,.0f} MB,"
+              f" worker {last['worker_mb'] + per_worker_mb * more:,.0f} MB peak RSS")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from harness.gates import parse_gate
 from harness.results import CaseResult, SuiteResult
 from harness.suite import Case, Suite, SuiteError, suite_files_in, suite_for_dataset, suites_in
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CaseRef:
     nodeid: str
     suite: Suite
@@ -31,7 +31,7 @@ class CaseRef:
     dataset: str  # relative to the root, as reports show it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GateRef:
     nodeid: str
     suite: Suite
@@ -39,13 +39,29 @@ class GateRef:
     model: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, eq=False)
 class Task:
-    """One request to send: for a case item, or for a case a selected gate needs."""
+    """One request to send: for a case item, or for a case a selected gate needs.
+
+    Once its final reply is on the board (and in the cache), the controller lets the request go
+    (:meth:`release`): a million built requests were half a gigabyte. The prompt as sent stays, for
+    the case's result."""
 
     ref: CaseRef
-    request: Request | None  # None: it could not be built (``error`` says why)
+    request: Request | None  # None: it could not be built (``error`` says why), or released once answered
     error: str | None = None
+    prompt: Any = None  # the request's prompt, kept after the request is released
+    released: bool = False
+
+    def __post_init__(self) -> None:
+        if self.request is not None and self.prompt is None:
+            self.prompt = self.request.prompt
+
+    def release(self) -> None:
+        """The reply is final: drop the request, keep its prompt."""
+        if self.request is not None:
+            self.request = None
+            self.released = True
 
     @property
     def nodeid(self) -> str:

@@ -181,6 +181,9 @@ def pytest_configure(config: pytest.Config) -> None:
     session = EvalSession(config, state)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, PLUGIN_NAME)
+    from harness.slim_reports import PLUGIN_NAME as SLIM_NAME, SlimReports
+
+    config.pluginmanager.register(SlimReports(session), SLIM_NAME)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -291,6 +294,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if session is not None:
         config.pluginmanager.unregister(session)
         del config.stash[SESSION_KEY]
+        from harness.slim_reports import PLUGIN_NAME as SLIM_NAME
+
+        slimmer = config.pluginmanager.get_plugin(SLIM_NAME)
+        if slimmer is not None:
+            config.pluginmanager.unregister(slimmer)
     if GC_KEY in config.stash:
         gc.unfreeze()
         del config.stash[GC_KEY]

@@ -98,6 +98,12 @@ def render(suite: Suite, case: Case, keep: bool = True) -> Messages | str:
     return prompt
 
 
+def forget_rendered() -> None:
+    """Drop what collection rendered: once the run's requests are built they hold their prompts (a
+    case rendered again later, to show a failure, renders the same text)."""
+    _RENDERED.clear()
+
+
 def render_problem(exc: BaseException) -> str:
     """Why a case could not be rendered, for a collection error: the template part and the problem."""
     import jinja2

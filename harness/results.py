@@ -13,9 +13,12 @@ SCHEMA_VERSION = 1
 REPORT_SCHEMA = "pytest-llm-harness/report"
 
 
-@dataclass
+@dataclass(slots=True)
 class CaseResult:
-    """What one case produced: the request, the reply, its judgement."""
+    """What one case produced: the request, the reply, its judgement.
+
+    Slotted: the controller of a large run holds one per case until the reports are written (a
+    per-instance ``__dict__`` of 31 fields was about a kilobyte a case)."""
 
     suite: str
     id: str
@@ -52,12 +55,15 @@ class CaseResult:
 
     def to_dict(self) -> dict[str, Any]:
         # shallow on purpose: asdict's deep copy costs more than scoring a case
-        return dict(self.__dict__)
+        return {name: getattr(self, name) for name in _CASE_FIELDS}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "CaseResult":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        return cls(**{k: v for k, v in raw.items() if k in _CASE_FIELD_SET})
+
+
+_CASE_FIELDS = tuple(f.name for f in fields(CaseResult))
+_CASE_FIELD_SET = frozenset(_CASE_FIELDS)
 
 
 @dataclass

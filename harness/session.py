@@ -65,6 +65,7 @@ class EvalSession:
         self._pulled: threading.Thread | None = None
         self._failures = 0
         self._stray: list[CaseResult] = []  # results of cases outside the plan (none expected)
+        self._texts: dict[str, str] = {}  # short reasons and errors, one copy each (see _share)
         self.comparisons = comparisons_of(config, state.model_names)
         self.comparison: dict[str, Any] | None = None  # the report's comparison block
         self.baseline_path: Path | None = None
@@ -99,11 +100,14 @@ class EvalSession:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
-        if self.plan is not None or self.config.option.collectonly:
+        if self.config.option.collectonly:
             return
-        self._load_conftests(ids)
-        cases, gates = refs_from_ids(ids, self.root, self._models_of, catalog(self.config).cases)
-        self._start(cases, gates, self.state.board())
+        if self.plan is None:
+            self._load_conftests(ids)
+            cases, gates = refs_from_ids(ids, self.root, self._models_of, catalog(self.config).cases)
+            self._start(cases, gates, self.state.board())
+        if self.plan is not None:
+            _share_ids(ids, self.plan.by_id)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         training = getattr(report, "llm_training", None)
@@ -287,6 +291,9 @@ class EvalSession:
             lambda ref: build_request(ref.suite, ref.case, ref.model, stream, hook=self._hook(ref.suite),
                                       overrides=self._overrides(ref.model), served=self.state.served_name(ref.model)),
             self.comparisons.reference_of)
+        from harness.prompts import forget_rendered
+
+        forget_rendered()  # every request holds its prompt now: the render cache is needed no more
         for run in plan.runs:
             if (run.gates or run.reference_for) and not run.missing:
                 self._conclude(run)
@@ -395,16 +402,32 @@ class EvalSession:
         board.put_many((t.nodeid, reply) for t, reply in cached if t.ref.suite.judge is None)
         if cached:
             self._say(f"llm-harness: {len(cached)} of {len(tasks)} replies from the cache ({cache.path})")
-        return ([t for t in tasks if self._keys[t.nodeid][0] not in hits],
-                [(t, reply) for t, reply in cached if t.ref.suite.judge is not None])
+        pending = [t for t in tasks if self._keys[t.nodeid][0] not in hits]
+        self._release(t.nodeid for t, _ in cached if t.ref.suite.judge is None)  # answered: never sent
+        return pending, [(t, reply) for t, reply in cached if t.ref.suite.judge is not None]
 
     def _to_cache(self, replies: list[tuple[str, dict[str, Any]]]) -> None:
         """Successful replies go into the cache as they arrive: a killed run resumes. A judged reply is
-        cached without its judge's replies, which the judge stage caches under their own keys."""
+        cached without its judge's replies, which the judge stage caches under their own keys.
+
+        Then their requests are let go (see :meth:`_release`)."""
         cache = self.state.response_cache()
         if cache is not None:
             cache.put_many((*self._keys[nodeid], {k: v for k, v in reply.items() if k != "judge"})
                            for nodeid, reply in replies if not reply.get("cached"))
+        self._release(nodeid for nodeid, _ in replies)
+
+    def _release(self, nodeids: Iterable[str]) -> None:
+        """Cases whose final reply is posted: their request and cache key are needed no more (a result
+        takes the prompt the task keeps). ``--llm-audit`` re-sends requests after the run, so it keeps them."""
+        if self.plan is None or self.audit_k:
+            return
+        by_id, keys = self.plan.by_id, self._keys
+        for nodeid in nodeids:
+            keys.pop(nodeid, None)
+            task = by_id.get(nodeid)
+            if task is not None:
+                task.release()
 
     def _monitor(self) -> Monitor:
         """The run's live progress: the terminal (unless -qq or --llm-progress 0) and progress.log."""
@@ -501,6 +524,7 @@ class EvalSession:
                 return  # the first result of a case counts (an item scored early for its gate, then run)
             if result.prompt is None:
                 result.prompt = self._prompt(result.nodeid)
+            _share(result, self.plan.by_id.get(result.nodeid), self._texts)
             run.results[result.nodeid] = result
             ready = self._settle(run, result.nodeid)
         if ready:
@@ -532,7 +556,7 @@ class EvalSession:
     def _prompt(self, nodeid: str) -> Any:
         assert self.plan is not None
         task = self.plan.by_id.get(nodeid)
-        return task.request.prompt if task is not None and task.request is not None else None
+        return task.prompt if task is not None else None
 
     def _conclude(self, run: SuiteRun, stopped: str | None = None) -> None:
         """Metrics of one suite on one model, its gates held to them, their verdicts posted.
@@ -777,8 +801,54 @@ class EvalSession:
         return list({id(run.suite): run.suite for run in self.plan.runs if run.results}.values())
 
 
+# the short texts kept one copy of (reasons and errors repeat: "no match", a server's error)
+_SHARED_TEXT_LEN = 128
+_SHARED_TEXTS = 4096
+
+
+def _share(result: CaseResult, task: Task | None, texts: dict[str, str]) -> None:
+    """Point a case result's fields at equal objects the controller holds already.
+
+    A result from an xdist worker arrives as fresh copies of its case's node id, suite, model, dataset,
+    id, target and metadata, which the plan's case holds too: with a million cases the copies were
+    hundreds of megabytes. Only equal values of the same type are replaced, so nothing a report shows
+    changes (a worker's result shares them with its case the same way)."""
+    if task is not None:
+        ref = task.ref
+        case = ref.case
+        for name, known in (("nodeid", ref.nodeid), ("suite", ref.suite.name), ("model", ref.model),
+                            ("dataset", ref.dataset), ("id", case.id), ("target", case.target),
+                            ("metadata", case.metadata), ("cluster", case.cluster), ("attack", case.attack),
+                            ("human_label", case.human_label)):
+            value = getattr(result, name)
+            if value is not known and type(value) is type(known) and value == known:
+                setattr(result, name, known)
+    for name in ("reason", "error"):
+        value = getattr(result, name)
+        if isinstance(value, str) and len(value) <= _SHARED_TEXT_LEN:
+            shared = texts.get(value)
+            if shared is not None:
+                setattr(result, name, shared)
+            elif len(texts) < _SHARED_TEXTS:
+                texts[value] = value
+    if isinstance(result.extracted, str) and result.extracted is not result.output and result.extracted == result.output:
+        result.extracted = result.output
+
+
 # a suite run being concluded by another thread
 _PENDING: Any = SuiteResult("", "", "", {}, [], 0, 0, False)
+
+
+def _share_ids(ids: list[str], by_id: dict[str, Task]) -> None:
+    """xdist's scheduler keeps every worker's list of collected node ids to the end of the run: each one
+    an own copy of every id. The case ids in it become the plan's (equal strings, in place, before the
+    scheduler copies the list)."""
+    if type(ids) is not list:
+        return
+    for index, nodeid in enumerate(ids):
+        task = by_id.get(nodeid)
+        if task is not None:
+            ids[index] = task.ref.nodeid
 
 
 def _concluded(run: SuiteRun) -> bool:

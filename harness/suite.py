@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -50,9 +51,11 @@ class SuiteError(Exception):
         super().__init__(f"{where}: {message}")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True, weakref_slot=True)
 class Case:
-    """One eval case: what goes to the model and what it is judged against."""
+    """One eval case: what goes to the model and what it is judged against.
+
+    Slotted: every process holds one per case (the controller until the reports are written)."""
 
     id: str
     input: Any  # a string, or a list of chat messages
@@ -638,7 +641,9 @@ def _parse(dataset: Path, number: int, text: str) -> dict[str, Any]:
         raise SuiteError(dataset, number, "malformed JSON: arrays or objects nested too deeply") from exc
     if not isinstance(record, dict):
         raise SuiteError(dataset, number, f"each line must be a JSON object, not {_JSON_TYPES[type(record)]}")
-    return record
+    # every line spells the same field names: one copy of each, not one per case (a million cases
+    # kept three of them each, in every process)
+    return {sys.intern(key): value for key, value in record.items()}
 
 
 def _case(suite: Suite, dataset: Path, number: int, record: dict[str, Any], seen: dict[str, int]) -> Case:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+from array import array
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from harness.report.files import private_dir, write_text
+from harness.report.files import private_dir, write_atomic
 
 DIRNAME = "details"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -82,21 +83,35 @@ def write_details(report: dict[str, Any], out_dir: Path) -> list[Path]:
 
     # Suites (and source files) with no judged cases still get an (empty) file, so the set of
     # files always matches the set of suites and their sources.
-    lines: dict[tuple[str, str], list[str]] = {}  # (suite, source file) -> its rows
+    rows: dict[tuple[str, str], array[int]] = {}  # (suite, source file) -> its cases, by index
     names: dict[tuple[str, str], str] = {}
     for suite, files in _sources(report).items():
         for file, name in (_file_names(suite, files) if files else {"": suite}).items():
-            lines[(suite, file)] = []
+            rows[(suite, file)] = array("q")
             names[(suite, file)] = name
-    for case in cases:
-        row = json.dumps(detail_line(case), ensure_ascii=False, default=str)
-        lines[(str(case.get("suite")), str(case.get("dataset") or ""))].append(row)
+    for index, case in enumerate(cases):
+        rows[(str(case.get("suite")), str(case.get("dataset") or ""))].append(index)
 
     paths: list[Path] = []
     used: set[str] = set()
-    for key, rows in lines.items():
+    for key, indices in rows.items():
         candidate = unique_stem(safe_filename(names[key]), used)
         path = ddir / f"{candidate}.jsonl"
-        write_text(path, "".join(r + "\n" for r in rows))
+        # streamed, a batch of lines at a time: a million cases never stand in memory as one text
+        write_atomic(path, lambda tmp, indices=indices: _write_rows(tmp, cases, indices))
         paths.append(path)
     return paths
+
+
+_BATCH = 512  # lines encoded and written together
+
+
+def _write_rows(path: Path, cases: list[dict[str, Any]], indices: array[int]) -> None:
+    with path.open("wb") as handle:
+        batch: list[str] = []
+        for index in indices:
+            batch.append(json.dumps(detail_line(cases[index]), ensure_ascii=False, default=str) + "\n")
+            if len(batch) >= _BATCH:
+                handle.write("".join(batch).encode("utf-8", errors="backslashreplace"))
+                batch.clear()
+        handle.write("".join(batch).encode("utf-8", errors="backslashreplace"))

@@ -19,7 +19,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from harness.report.files import private_dir, write_atomic
 from harness.report.forest import FILENAME as FOREST_PNG
@@ -112,8 +112,8 @@ def write_xlsx(report: dict[str, Any], out_dir: Path) -> Path:
         ws = wb.create_sheet(sheet_title(raw, taken))
         judged = any(c.get("judge") for c in group)
         columns = [*CASE_COLUMNS, *JUDGE_COLUMNS] if judged else CASE_COLUMNS
-        _fill(ws, columns, [[*(c.get(k) for k in CASE_COLUMNS), *(_judge_cells(c) if judged else ())]
-                            for c in group])
+        _fill(ws, columns, _Rows(group, lambda c, judged=judged: [*(c.get(k) for k in CASE_COLUMNS),
+                                                                  *(_judge_cells(c) if judged else ())]))
         if (s := by_key.get((suite, model))) is not None:
             _table_sheets(wb, s, group, raw, taken, pngs.get(id(s)))
 
@@ -121,7 +121,7 @@ def write_xlsx(report: dict[str, Any], out_dir: Path) -> Path:
     _fill(
         wb.create_sheet("bad_cases"),
         ["suite", *CASE_COLUMNS],
-        [[c.get("suite"), *(c.get(k) for k in CASE_COLUMNS)] for c in bad],
+        _Rows(bad, lambda c: [c.get("suite"), *(c.get(k) for k in CASE_COLUMNS)]),
     )
     if pairs is not None:
         _fill(wb.create_sheet("disagreements"), DISAGREEMENT_COLUMNS, _disagreement_rows(pairs))
@@ -381,7 +381,26 @@ def _judge_cells(case: dict[str, Any]) -> list[Any]:
     return [case.get("human_label"), judge.get("verdict"), "\n---\n".join(str(r) for r in raw) if raw else None]
 
 
-def _fill(ws: WriteOnlyWorksheet, headers: list[str], rows: list[list[Any]]) -> None:
+class _Rows(Sequence[list[Any]]):
+    """A sheet's rows made one at a time as they are written, from its cases: a million cases never
+    stand in memory as rows of cells at once."""
+
+    def __init__(self, items: list[Any], make: Callable[[Any], list[Any]]) -> None:
+        self.items, self.make = items, make
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self.make(item) for item in self.items[index]]
+        return self.make(self.items[index])
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        return (self.make(item) for item in self.items)
+
+
+def _fill(ws: WriteOnlyWorksheet, headers: list[str], rows: Sequence[list[Any]]) -> None:
     """Bold frozen header, filter over the rows, widths from the first rows, text kept as text."""
     from openpyxl.utils import get_column_letter
 
