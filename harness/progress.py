@@ -454,6 +454,9 @@ def _last_log_line(path: Path | None) -> str:
     head, sep, message = last.partition(": ")
     if sep and (" INFO " in head or " WARNING " in head or " ERROR " in head):
         last = message
+    home = str(Path.home())
+    if len(home) > 1:
+        last = last.replace(home, "~")  # a cache path under the home folder: the part worth reading fits
     last = visible(last, False)
     return f" · {last[:100]}{'…' if len(last) > 100 else ''}"
 

@@ -105,11 +105,11 @@ def test_monitor_writes_at_once_then_per_interval_and_a_last_line(tmp_path):
     terminal, log = Lines(), Lines()
     monitor = Monitor(terminal, log, terminal_s=10, now=lambda: now[0])
     log_file = tmp_path / "engine.log"
-    log_file.write_text("2026-12-04 04:00:01,000 INFO cpu_server: converting model.gguf (one-time)\n")
+    log_file.write_text(f"2026-12-04 04:00:01,000 INFO cpu_server: converting {Path.home()}/model.gguf (one-time)\n")
     monitor.phase("starting bundled for gemma", log_file)
     now[0] = 12.0
     monitor.tick()
-    assert terminal.lines[-1] == "llm-harness 0:12 · starting bundled for gemma · converting model.gguf (one-time)"
+    assert terminal.lines[-1] == "llm-harness 0:12 · starting bundled for gemma · converting ~/model.gguf (one-time)"
     monitor.phase_done()
     source = Source()
     monitor.watch(source)  # the first line at once
