@@ -291,9 +291,12 @@ class EvalSession:
             lambda ref: build_request(ref.suite, ref.case, ref.model, stream, hook=self._hook(ref.suite),
                                       overrides=self._overrides(ref.model), served=self.state.served_name(ref.model)),
             self.comparisons.reference_of)
-        from harness.prompts import forget_rendered
+        if self.xdist:
+            from harness.prompts import forget_rendered
 
-        forget_rendered()  # every request holds its prompt now: the render cache is needed no more
+            # every request holds its prompt now; the items (a worker's, with their own cache) show a
+            # failure's prompt from theirs. Without xdist the items are here and read this one.
+            forget_rendered()
         for run in plan.runs:
             if (run.gates or run.reference_for) and not run.missing:
                 self._conclude(run)
