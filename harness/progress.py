@@ -413,7 +413,8 @@ class Monitor:
         """The last line (when requests were watched) and the end of the thread; idempotent."""
         self._stop.set()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        # not alive: not started yet (Ctrl-C may land between making the thread and starting it)
+        if thread is not None and thread is not threading.current_thread() and thread.is_alive():
             thread.join(5)
         self._finish()
         with self._lock:

@@ -352,6 +352,9 @@ class EvalSession:
             board.finish(f"engine did not start: {exc}")
             self._progress.stop()
             pytest.exit(f"llm-harness: {exc}", returncode=pytest.ExitCode.INTERNAL_ERROR)
+        except BaseException:  # Ctrl-C while an engine starts: the items never run, nor does _finish_generation
+            self._progress.stop()
+            raise
         judging = None
         if judges:
             from harness.judging.stage import JudgeStage
@@ -371,9 +374,11 @@ class EvalSession:
         try:
             self._generation.wait_first()
         except GenerationAborted as exc:
+            self._progress.stop()
             pytest.exit(f"llm-harness: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
         except BaseException:
             self._generation.cancel()
+            self._progress.stop()
             raise
 
     def _finish_generation(self) -> None:
