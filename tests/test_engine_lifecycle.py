@@ -46,6 +46,20 @@ def engine_pids(parent_pid: int | None = None, port: str | None = None) -> list[
     return pids
 
 
+def _read_until(proc: subprocess.Popen[bytes], marker: bytes, timeout: float) -> bytes:
+    """What the process wrote until ``marker`` appeared (or it exited, or the time ran out)."""
+    import select
+
+    seen = b""
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while marker not in seen and time.monotonic() < deadline and proc.poll() is None:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if ready:
+            seen += os.read(proc.stdout.fileno(), 65536)
+    return seen
+
+
 def wait_until(predicate, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -85,7 +99,7 @@ def _start_run(pytester: pytest.Pytester) -> subprocess.Popen[bytes]:
     # faulthandler: a run that does not end when told to shows where each of its threads is (SIGABRT)
     return subprocess.Popen([sys.executable, "-m", "pytest", "evals", "--llm-report-dir", "out", "-p",
                              "no:cacheprovider", "--llm-cache", "off"], cwd=pytester.path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1"})
 
 
 @pytest.mark.parametrize("how", ["interrupt", "kill"])
@@ -96,10 +110,14 @@ def test_no_engine_left_after_interrupt_or_kill(pytester, how):
         server = engine_pids(proc.pid)[0]
         time.sleep(2)
         if how == "interrupt":
+            # interrupted while requests are in flight (the engine loaded, generation started)
+            seen = _read_until(proc, b"llm-harness: sending", 180)
+            assert b"llm-harness: sending" in seen, seen.decode(errors="replace")[-3000:]
+            time.sleep(1)
             os.kill(proc.pid, signal.SIGINT)
             try:
                 # generous: on a loaded 2-core machine the stopped run still stops its engine and writes reports
-                output = proc.communicate(timeout=120)[0].decode()
+                output = seen.decode(errors="replace") + proc.communicate(timeout=120)[0].decode()
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGABRT)
                 stuck = proc.communicate(timeout=30)[0].decode(errors="replace")
