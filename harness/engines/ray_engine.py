@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.engines.lease import _slug, engine_record_path
+from harness.engines.lease import _slug, engine_log_path, engine_record_path
 from harness.engines.managed import EngineStartError, pid_alive, start_server, stop_pid, wait_ready
 from harness.engines.registry import Engine, EngineContext
 from harness.models import ModelSpec
@@ -191,7 +191,7 @@ class RayEngine(Engine):
                     raise EngineStartError(record["failed"])
                 if record.get("ready") and pid_alive(record["pid"]):
                     return record
-            log_path = runtime_dir / f"engine-{_slug(spec.name)}.log"
+            log_path = engine_log_path(runtime_dir, spec.name)
             # not engine-*.json: stop_engines reads every such file as an engine record
             config_path = runtime_dir / f"ray-{_slug(spec.name)}.config.json"
             timeout_s = ctx.settings.engine_timeout_s
