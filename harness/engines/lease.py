@@ -12,6 +12,8 @@ import fcntl
 import json
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,27 @@ def engine_record_path(runtime_dir: Path, model: str) -> Path:
 def engine_log_path(runtime_dir: Path, model: str) -> Path:
     """Where a managed server's output goes (copied into the report folder at the end)."""
     return runtime_dir / f"engine-{_slug(model)}.log"
+
+
+@contextmanager
+def engine_lock(runtime_dir: Path, model: str, *,
+                ready: bool = False) -> Iterator[tuple[Path, dict[str, Any] | None]]:
+    """Holds the model's engine lock in the runtime folder (whoever asks first starts the engine; the others wait
+    here). Yields the engine record's path and the record of an engine already running (its pid alive; with
+    ``ready``, only a record that says ``ready``), or None: start it, still holding the lock. Raises the failure
+    another process recorded for its start."""
+    runtime_dir.mkdir(parents=True, exist_ok=True)
+    record_path = engine_record_path(runtime_dir, model)
+    with open(runtime_dir / f"engine-{_slug(model)}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        running = None
+        if record_path.exists():
+            record = json.loads(record_path.read_text())
+            if record.get("failed"):
+                raise EngineStartError(record["failed"])
+            if (record.get("ready") or not ready) and pid_alive(record["pid"]):
+                running = record
+        yield record_path, running
 
 
 class ManagedServer(Engine):
@@ -54,16 +77,9 @@ class ManagedServer(Engine):
     def start(self, ctx: EngineContext) -> dict[str, Any]:
         spec = self.spec
         runtime_dir = ctx.runtime_dir
-        runtime_dir.mkdir(parents=True, exist_ok=True)
-        record_path = engine_record_path(runtime_dir, spec.name)
-        with open(runtime_dir / f"engine-{_slug(spec.name)}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if record_path.exists():
-                record = json.loads(record_path.read_text())
-                if record.get("failed"):
-                    raise EngineStartError(record["failed"])
-                if pid_alive(record["pid"]):
-                    return record
+        with engine_lock(runtime_dir, spec.name) as (record_path, running):
+            if running is not None:
+                return running
             port = free_port()
             log_path = engine_log_path(runtime_dir, spec.name)
             argv, env, launch = self.launch(port, ctx)
@@ -87,7 +103,9 @@ class ManagedServer(Engine):
 
 
 def stop_engines(runtime_dir: Path) -> list[dict[str, Any]]:
-    """Stop every managed engine recorded in the runtime folder; returns their records."""
+    """Stop every managed engine recorded in the runtime folder; returns their records as each engine left them
+    (read again after its stop: an engine may write its last word on the way out, e.g. engine ray's replicas
+    checked at the stop, one that died since its driver's last look marked dead)."""
     records = []
     for path in sorted(runtime_dir.glob("engine-*.json")):
         try:
@@ -96,6 +114,10 @@ def stop_engines(runtime_dir: Path) -> list[dict[str, Any]]:
             continue
         if record.get("pid") and pid_alive(record["pid"]):
             stop_pid(record["pid"])
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                pass  # the record as it was before the stop
         records.append(record)
     return records
 

@@ -23,8 +23,9 @@ resources allow), and each actor starts the server on its node on a free port, w
 ``/v1/models`` lists the model and returns ``{node_id, node_ip, port, pid, argv, ...}``. The
 driver writes the engine record (``base_urls``: every replica; ``replicas``: their records, kept
 in report.json) and then watches: the owner (the pytest controller) gone, a stop asked, or a
-replica gone (marked ``state: dead`` in the record). At the end it stops each server through its
-actor, kills the actors, and shuts down the local cluster when it started one.
+replica gone (marked ``state: dead`` in the record). At the end it looks at every replica once more
+(whenever its last look was: the record the report takes, read after the stop, says which died), stops each
+server through its actor, kills the actors, and shuts down the local cluster when it started one.
 
 Teardown when something dies: a small watchdog process next to each server (it polls the
 actor's pid) kills the server's process group when the actor's process dies; the actors die with
@@ -38,7 +39,6 @@ requests fail with connection errors and the client retries them on another repl
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.engines.lease import _slug, engine_log_path, engine_record_path
+from harness.engines.lease import _slug, engine_lock, engine_log_path
 from harness.engines.managed import EngineStartError, pid_alive, start_server, stop_pid, wait_ready
 from harness.engines.registry import Engine, EngineContext
 from harness.models import ModelSpec
@@ -59,6 +59,9 @@ RAY_OPTIONS = ("address", "replicas", "resources_per_replica", "server", "host",
                "scheduling", "revision")
 _SCHEDULING = ("SPREAD", "DEFAULT")
 _READY_POLL_S = 0.2
+# how often the driver looks at its replicas while the run goes on (LLM_HARNESS_RAY_WATCH_S: the tests make it rare);
+# the stop looks again, whenever the last look was, before it stops the servers
+_WATCH_S = 2.0
 
 
 # -- the models-file entry -------------------------------------------------------------------------------------
@@ -181,16 +184,9 @@ class RayEngine(Engine):
     def start(self, ctx: EngineContext) -> dict[str, Any]:
         spec = self.spec
         runtime_dir = ctx.runtime_dir
-        runtime_dir.mkdir(parents=True, exist_ok=True)
-        record_path = engine_record_path(runtime_dir, spec.name)
-        with open(runtime_dir / f"engine-{_slug(spec.name)}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if record_path.exists():
-                record = json.loads(record_path.read_text())
-                if record.get("failed"):
-                    raise EngineStartError(record["failed"])
-                if record.get("ready") and pid_alive(record["pid"]):
-                    return record
+        with engine_lock(runtime_dir, spec.name, ready=True) as (record_path, running):
+            if running is not None:
+                return running
             log_path = engine_log_path(runtime_dir, spec.name)
             # not engine-*.json: stop_engines reads every such file as an engine record
             config_path = runtime_dir / f"ray-{_slug(spec.name)}.config.json"
@@ -485,7 +481,7 @@ def _drive(config_path: str) -> int:
                                    "resources": {k: v for k, v in ray.cluster_resources().items()
                                                  if not k.startswith("node:")}}})
         _write_json(record_path, record)
-        _watch(actors, states, record, record_path, check)
+        _watch(actors, states, record, record_path, check, local)
     except (_Stop, SystemExit) as exc:
         _log(f"stopping: {exc}")
     except BaseException as exc:  # noqa: BLE001 - reported in the record, which the starter reads
@@ -494,7 +490,7 @@ def _drive(config_path: str) -> int:
         record["failed"] = message
         _write_json(record_path, record)
     finally:
-        _teardown(ray, actors, states, local)
+        _teardown(ray, actors, states, local, record, record_path)
         record["stopped_at"] = time.time()
         if record.get("replicas"):
             record["replicas"] = states
@@ -504,48 +500,87 @@ def _drive(config_path: str) -> int:
 
 
 def _watch(actors: list[Any], states: list[dict[str, Any]], record: dict[str, Any], record_path: Path,
-           check: Any) -> None:
+           check: Any, local: bool) -> None:
     """Until asked to stop: mark a replica whose actor or server died as dead (it is not replaced)."""
     import ray
 
-    last = 0.0
+    every = float(os.environ.get("LLM_HARNESS_RAY_WATCH_S") or _WATCH_S)
+    last = time.monotonic()  # every replica answered just now
     while True:
         check()
         time.sleep(0.2)
-        if time.monotonic() - last < 2.0:
+        if time.monotonic() - last < every:
             continue
         last = time.monotonic()
-        if _mark_dead(ray, actors, states):
+        if _mark_dead(ray, actors, states, local):
             record["replicas"] = states
             _write_json(record_path, record)
 
 
-def _mark_dead(ray: Any, actors: list[Any], states: list[dict[str, Any]], timeout_s: float = 5.0) -> bool:
-    live = {actor.alive.remote(): i for i, actor in enumerate(actors) if states[i]["state"] == "alive"}
+def _mark_dead(ray: Any, actors: list[Any], states: list[dict[str, Any]], local: bool,
+               timeout_s: float = 5.0) -> bool:
+    """Look at every replica still marked alive, now, and mark the ones that are gone: on a local cluster its
+    actor's or server's process gone (this machine's pids); its port refusing connections (what makes the run's
+    clients pass it over); Ray saying its actor died or its server exited (within ``timeout_s``)."""
+    live = [i for i, state in enumerate(states) if state["state"] == "alive"]
     if not live:
         return False
-    done, _ = ray.wait(list(live), num_returns=len(live), timeout=timeout_s)
-    changed = False
+    pings = {actors[i].alive.remote(): i for i in live}  # asked first: answered while the rest is looked at
+    why: dict[int, str] = {}
+    for i in live:
+        if local and not pid_alive(states[i]["actor_pid"]):
+            why[i] = "its actor's process is gone"
+        elif local and not pid_alive(states[i]["pid"]):
+            why[i] = "its server exited"
+    from concurrent.futures import ThreadPoolExecutor
+
+    rest = [i for i in live if i not in why]
+    if rest:
+        with ThreadPoolExecutor(min(len(rest), 16)) as pool:
+            for i, refuses in zip(rest, pool.map(lambda i: _refuses(states[i]["base_url"]), rest), strict=True):
+                if refuses:
+                    why[i] = "its server refuses connections"
+    asked = [ref for ref, i in pings.items() if i not in why]
+    done, _ = ray.wait(asked, num_returns=len(asked), timeout=timeout_s) if asked else ([], [])
     for ref in done:
-        index = live[ref]
         try:
-            why = None if ray.get(ref) else "its server exited"
+            if not ray.get(ref):
+                why[pings[ref]] = "its server exited"
         except ray.exceptions.RayError as exc:
-            why = f"its actor died: {_short(exc)}"
-        if why:
-            states[index].update(state="dead", died_at=time.time(), died=why)
-            _log(f"replica {index} at {states[index]['base_url']} is gone ({why}); its requests go to the others")
-            changed = True
-    return changed
+            why[pings[ref]] = f"its actor died: {_short(exc)}"
+    for index in sorted(why):
+        states[index].update(state="dead", died_at=time.time(), died=why[index])
+        _log(f"replica {index} at {states[index]['base_url']} is gone ({why[index]}); its requests go to the others")
+    return bool(why)
 
 
-def _teardown(ray: Any, actors: list[Any], states: list[dict[str, Any]], local: bool) -> None:
-    """Stop every server through its actor, kill the actors, leave the cluster (shut it down when local)."""
+def _refuses(base_url: str, timeout_s: float = 2.0) -> bool:
+    """True when nothing listens on the replica's port any more (a connection refused); a slow or unreachable
+    host is no proof that it is gone."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout_s):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
+def _teardown(ray: Any, actors: list[Any], states: list[dict[str, Any]], local: bool, record: dict[str, Any],
+              record_path: Path) -> None:
+    """Look at the replicas a last time (the report's state of each: a replica that died since the last look is
+    dead), write it down, then stop every server through its actor, kill the actors, leave the cluster (shut it
+    down when local)."""
     if not ray.is_initialized():
         return
     try:
-        if states:
-            _mark_dead(ray, actors, states, timeout_s=2.0)
+        if states and _mark_dead(ray, actors, states, local, timeout_s=2.0):
+            record["replicas"] = states
+            _write_json(record_path, record)  # before the stops: the run's stop may not wait for all of them
         stops = [actor.stop.remote() for actor in actors]
         if stops:
             ray.wait(stops, num_returns=len(stops), timeout=8)
