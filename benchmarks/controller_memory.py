@@ -3,9 +3,11 @@
 Runs an N-case suite against a 0 ms stub (concurrency 256, ``-n 2`` by default) for each N
 given, samples the resident set of the controller and its worker processes every 100 ms from
 /proc, and prints the peaks, the growth per case between the smallest and each larger N
-(what one more case costs), and whether report.json holds every case.
+(what one more case costs), each run's throughput (cases per second of the whole run) against the
+smallest run's, and how many distinct cases report.json holds.
 
     python benchmarks/controller_memory.py --cases 10000 100000
+    python benchmarks/controller_memory.py --cases 100000 1000000   # issue 15's goal: < 2 GB, >= 0.8x
 """
 
 from __future__ import annotations
@@ -54,6 +56,23 @@ def peaks(proc: subprocess.Popen[bytes]) -> tuple[int, dict[int, int]]:
     return controller, workers
 
 
+def count_cases(report: Path) -> int:
+    """The distinct case ids in report.json, read a line at a time (it writes one line per case):
+    a million cases parsed at once would cost this script gigabytes."""
+    seen: set[tuple[str, str]] = set()
+    inside = False
+    with report.open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith('  "cases": ['):
+                inside = not line.rstrip().endswith("[]")
+            elif inside and line.startswith("  ]"):
+                inside = False
+            elif inside:
+                case = json.loads(line.strip().rstrip(","))
+                seen.add((case["suite"], case["id"]))
+    return len(seen)
+
+
 def run(url: str, cases: int, workers: str, concurrency: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -70,8 +89,7 @@ def run(url: str, cases: int, workers: str, concurrency: int) -> dict[str, float
         wall = time.perf_counter() - started
         if proc.returncode != 0:
             raise SystemExit(f"pytest failed ({proc.returncode}): {b''.join(stderr).decode()[-2000:]}")
-        report = json.loads((root / "report" / "report.json").read_text(encoding="utf-8"))
-        recorded = len(report["cases"])
+        recorded = count_cases(root / "report" / "report.json")
     return {"cases": cases, "wall_s": wall, "controller_mb": controller / 1024,
             "worker_mb": max(worker_peaks.values(), default=0) / 1024, "recorded": recorded}
 
@@ -96,14 +114,16 @@ def main() -> None:
         stub.wait(10)
     base = rows[0]
     print(f"-n {args.workers}, concurrency {args.concurrency}, 0 ms stub")
-    print(f"{'cases':>9} {'wall s':>8} {'controller MB':>14} {'worker MB':>10} {'KB/case ctrl':>13} "
-          f"{'KB/case worker':>15} {'in report':>10}")
+    print(f"{'cases':>9} {'wall s':>8} {'cases/s':>8} {'vs ' + format(base['cases'], ','):>10} {'controller MB':>14} "
+          f"{'worker MB':>10} {'KB/case ctrl':>13} {'KB/case worker':>15} {'in report':>10}")
     for row in rows:
         extra = row["cases"] - base["cases"]
         per_ctrl = (row["controller_mb"] - base["controller_mb"]) * 1024 / extra if extra else float("nan")
         per_worker = (row["worker_mb"] - base["worker_mb"]) * 1024 / extra if extra else float("nan")
-        print(f"{row['cases']:>9} {row['wall_s']:>8.1f} {row['controller_mb']:>14.1f} {row['worker_mb']:>10.1f} "
-              f"{per_ctrl:>13.2f} {per_worker:>15.2f} {row['recorded']:>10}")
+        rate = row["cases"] / row["wall_s"]  # the whole run's throughput: start-up, collection and reports included
+        print(f"{row['cases']:>9} {row['wall_s']:>8.1f} {rate:>8.0f} {rate / (base['cases'] / base['wall_s']):>10.2f} "
+              f"{row['controller_mb']:>14.1f} {row['worker_mb']:>10.1f} {per_ctrl:>13.2f} {per_worker:>15.2f} "
+              f"{row['recorded']:>10}")
     last = rows[-1]
     if len(rows) > 1 and last["cases"] < 1_000_000:
         # not measured: the largest run's peak plus the per-case growth for the cases it lacks

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from harness.metadata import dataset_metadata, environment, git_state, model_metadata, model_secrets
 from harness.packages import FREEZE_FILENAME
@@ -88,8 +89,50 @@ def build_envelope(record: RunRecord, args: list[str], workers: int,
         "version": SCHEMA_VERSION,
         "run": redact_data(run, secrets),
         "suites": redact_data([s.to_dict() for s in record.suite_results], secrets),
-        "cases": [_redact_case(r.to_dict(), secrets) for r in record.results],
+        "cases": CaseRows(record.results, secrets),
     }
+
+
+class CaseRows(Sequence[dict[str, Any]]):
+    """report.json's ``cases``: one dict per case result, built (and redacted) when it is read.
+
+    A million cases never stand in memory as dicts at once: each report writer reads them one at a
+    time (a dict of 31 keys is about a kilobyte, more than the slotted result it is made from). A
+    dict read twice is two equal dicts; a change to one is not kept. ``list(rows)`` makes them stay."""
+
+    __slots__ = ("_results", "_secrets")
+
+    def __init__(self, results: Sequence[CaseResult], secrets: list[str]) -> None:
+        self._results = results
+        self._secrets = secrets
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            return [_redact_case(r.to_dict(), self._secrets) for r in self._results[index]]
+        return _redact_case(self._results[index].to_dict(), self._secrets)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        secrets = self._secrets
+        for result in self._results:
+            yield _redact_case(result.to_dict(), secrets)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, CaseRows):
+            return self._results is other._results and self._secrets == other._secrets
+        return isinstance(other, list) and len(other) == len(self) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"CaseRows({len(self)} cases)"
 
 
 def _redact_case(case: dict[str, Any], secrets: list[str]) -> dict[str, Any]:

@@ -67,4 +67,6 @@ def pytest_llm_make_engine(spec: ModelSpec) -> Engine | None:
 def pytest_llm_write_report(record: dict[str, Any], out_dir: Path) -> list[Path] | None:
     """Write an extra report of a finished run into ``out_dir``; return the paths written.
 
-    ``record`` is the report envelope (what report.json holds): ``run``, ``suites``, ``cases``."""
+    ``record`` is the report envelope (what report.json holds): ``run``, ``suites``, ``cases``.
+    ``cases`` is a sequence (``len``, indexing, iteration) whose dicts are built as they are read, so a
+    million cases never stand in memory at once: read them in one pass, or ``list()`` them to keep."""

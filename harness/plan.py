@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import pytest
 
@@ -161,18 +161,21 @@ def make_plan(cases: list[CaseRef], gates: list[GateRef], root: Path, models_of:
     from harness.robustness import is_robustness_metric
 
     runs: dict[tuple[int, str], SuiteRun] = {}
-    every: dict[tuple[int, str], list[CaseRef]] = {}
     run_of: dict[str, SuiteRun] = {}
+
+    def every(suite: Suite, model: str) -> Iterator[CaseRef]:
+        """Every case of a suite on a model, made as it is read (a million cases never stand as a
+        second list of references beside the selected ones)."""
+        multi = len(models_of(suite)) > 1
+        for dataset in suite.datasets:
+            rel = relpath(dataset, root)
+            for case in cases_for(suite, dataset):
+                yield CaseRef(f"{rel}::{case_item_name(case.id, model, multi)}", suite, case, model, rel)
 
     def suite_run(suite: Suite, model: str) -> SuiteRun:
         key = (id(suite), model)
         if key not in runs:
-            multi = len(models_of(suite)) > 1
-            refs = [CaseRef(f"{relpath(dataset, root)}::{case_item_name(case.id, model, multi)}", suite, case,
-                            model, relpath(dataset, root))
-                    for dataset in suite.datasets for case in cases_for(suite, dataset)]
-            runs[key] = SuiteRun(suite, model, len(refs))
-            every[key] = refs
+            runs[key] = SuiteRun(suite, model, sum(len(cases_for(suite, dataset)) for dataset in suite.datasets))
         return runs[key]
 
     selected = {ref.nodeid for ref in cases}
@@ -182,7 +185,7 @@ def make_plan(cases: list[CaseRef], gates: list[GateRef], root: Path, models_of:
         run_of[ref.nodeid] = run
     pulled_refs: list[CaseRef] = []
 
-    def pull(run: SuiteRun, refs: list[CaseRef], with_copies: bool) -> None:
+    def pull(run: SuiteRun, refs: Iterable[CaseRef], with_copies: bool) -> None:
         for ref in refs:
             if (ref.case.attack is None or with_copies) and ref.nodeid not in selected and ref.nodeid not in run_of:
                 run.missing.add(ref.nodeid)
@@ -194,12 +197,12 @@ def make_plan(cases: list[CaseRef], gates: list[GateRef], root: Path, models_of:
         run.gates[gate.nodeid] = gate.expr
         run_of[gate.nodeid] = run
         metric = parse_gate(gate.expr).metric
-        pull(run, every[(id(gate.suite), gate.model)], is_robustness_metric(metric))
+        pull(run, every(gate.suite, gate.model), is_robustness_metric(metric))
         reference = reference_of(gate.model, gate.suite) if is_comparison(metric) else None
         if reference is not None:
             other = suite_run(gate.suite, reference)
             other.reference_for = True
-            pull(other, every[(id(gate.suite), reference)], False)
+            pull(other, every(gate.suite, reference), False)
     tasks = [_task(ref, build) for ref in [*cases, *pulled_refs]]
     pulled = tasks[len(cases):]
     return Plan(tasks, pulled, list(runs.values()), run_of, {t.nodeid: t for t in tasks})

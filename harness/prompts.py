@@ -118,6 +118,26 @@ def render_problem(exc: BaseException) -> str:
     return f"{parts[0] if parts else 'the prompt'} cannot render this case: {problem}"
 
 
+_SHARED_DICTS: dict[str, dict[str, Any]] = {}
+_SHARED_DICTS_MAX = 1024
+
+
+def shared_dict(values: dict[str, Any]) -> dict[str, Any]:
+    """One copy of equal small dicts (a suite's request parameters, the same on every case): requests
+    are frozen and nothing changes their dicts in place, so a million of them need not hold a million
+    copies. A dict that cannot be keyed (not JSON) is copied."""
+    try:
+        key = json.dumps(values, sort_keys=True, allow_nan=True)
+    except (TypeError, ValueError):
+        return dict(values)
+    shared = _SHARED_DICTS.get(key)
+    if shared is None:
+        shared = dict(values)
+        if len(_SHARED_DICTS) < _SHARED_DICTS_MAX:
+            _SHARED_DICTS[key] = shared
+    return shared
+
+
 def build_request(suite: Suite, case: Case, model: str, stream: bool = False, hook: Any = None,
                   overrides: dict[str, Any] | None = None, served: str | None = None) -> Request:
     """The request of one case, rendered once; ``hook`` (a pytest hook relay) lets
@@ -132,8 +152,8 @@ def build_request(suite: Suite, case: Case, model: str, stream: bool = False, ho
         "stop": gen.get("stop"),
         "seed": gen.get("seed"),
     }
-    request = Request(suite.api, served or model, render(suite, case), params, dict(suite.extra_body),
-                      stream=stream or bool(gen.get("stream")))
+    request = Request(suite.api, served or model, render(suite, case), shared_dict(params),
+                      shared_dict(suite.extra_body), stream=stream or bool(gen.get("stream")))
     if hook is not None:
         rewritten = hook.pytest_llm_build_request(suite=suite, case=case, model=model, request=request)
         if rewritten is not None:

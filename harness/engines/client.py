@@ -28,9 +28,11 @@ AUTH_STATUS = {401, 403}
 DOWN_S = 10.0  # a replica that refused a connection is passed over this long while another one is up
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Request:
-    """One generation request, engine-neutral."""
+    """One generation request, engine-neutral. Frozen, and its dicts are never changed in place:
+    requests of one suite share their ``params`` and ``extra_body`` (a large run builds them all
+    before the first is sent)."""
 
     api: str  # "chat" | "completion"
     model: str

@@ -25,6 +25,7 @@ import html
 import json
 import math
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,16 @@ from harness.report.files import write_text
 from harness.report.forest import FILENAME as FOREST_PNG
 from harness.report.forest import forest_rows
 from harness.report.heatmap import confusion_pngs
-from harness.report.markdown import _as_text, _interval, _ms, _num, _num4, _p, _pct, _prompt_text, _signed, is_bad
+from harness.report.formatting import as_text as _as_text
+from harness.report.formatting import interval as _interval
+from harness.report.formatting import is_bad
+from harness.report.formatting import ms as _ms
+from harness.report.formatting import num as _num
+from harness.report.formatting import num4 as _num4
+from harness.report.formatting import p_value as _p
+from harness.report.formatting import pct as _pct
+from harness.report.formatting import prompt_text as _prompt_text
+from harness.report.formatting import signed as _signed
 from harness.report.training_plots import throughput_pngs, training_pngs
 from harness.textsafe import visible
 
@@ -55,8 +65,10 @@ def render_html(report: dict[str, Any], out_dir: Path | None = None, max_cases: 
     """The page as a string; ``out_dir``: where to read the PNGs to embed (none when None)."""
     from markupsafe import Markup
 
-    cases: list[dict[str, Any]] = [c for c in report.get("cases") or [] if isinstance(c, dict)]
-    shown = select_cases(cases, max_cases)
+    # read one at a time, never all held as dicts (the envelope builds each row when it is read)
+    cases: Sequence[dict[str, Any]] = report.get("cases") or []
+    statuses = [case_status(c) if isinstance(c, dict) else None for c in cases]
+    shown = select_cases(cases, max_cases, statuses)
     only_comparison = set(report) == {"comparison"}
     context = {
         "title": "LLM comparison report" if only_comparison else f"LLM eval report — run {_v(_run(report).get('id'))}",
@@ -71,8 +83,8 @@ def render_html(report: dict[str, Any], out_dir: Path | None = None, max_cases: 
         "histogram": Markup(latency_svg(cases)),
         "cases_json": Markup(json_island([_case_row(c) for c in shown])),
         "shown": len(shown),
-        "total": len(cases),
-        "counts": {s: sum(1 for c in cases if case_status(c) == s) for s in _STATUSES},
+        "total": sum(status is not None for status in statuses),
+        "counts": {s: statuses.count(s) for s in _STATUSES},
     }
     return _template().render(**context)
 
@@ -97,13 +109,15 @@ def case_status(case: dict[str, Any]) -> str:
     return "failed" if is_bad(case) else "passed"
 
 
-def select_cases(cases: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+def select_cases(cases: Sequence[dict[str, Any]], limit: int,
+                 statuses: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
     """At most limit cases: every failed and errored one first, then passed ones, each in run order;
-    the chosen ones are returned in run order."""
-    if len(cases) <= limit:
-        return list(cases)
-    bad = [i for i, c in enumerate(cases) if case_status(c) != "passed"]
-    good = [i for i, c in enumerate(cases) if case_status(c) == "passed"]
+    the chosen ones are returned in run order. ``statuses``: each case's :func:`case_status` (None:
+    not a case dict, left out), when the caller has them."""
+    if statuses is None:
+        statuses = [case_status(c) if isinstance(c, dict) else None for c in cases]
+    bad = [i for i, s in enumerate(statuses) if s is not None and s != "passed"]
+    good = [i for i, s in enumerate(statuses) if s == "passed"]
     return [cases[i] for i in sorted((bad + good)[:max(limit, 0)])]
 
 
@@ -154,11 +168,13 @@ def _clip(text: str, tail: bool = False) -> str:
 # -- latency histogram --------------------------------------------------------
 
 
-def latency_svg(cases: list[dict[str, Any]], bins: int = HIST_BINS) -> str:
+def latency_svg(cases: Sequence[dict[str, Any]], bins: int = HIST_BINS) -> str:
     """Inline SVG: one histogram of the cases' latencies per model, on a shared axis; "" with none."""
     by_model: dict[str, list[float]] = {}
     cached: dict[str, int] = {}
     for c in cases:
+        if not isinstance(c, dict):
+            continue
         latency = c.get("latency_ms")
         if c.get("error") is None and _finite(latency) and latency >= 0:
             model = str(c.get("model"))

@@ -20,10 +20,13 @@ replies from the response cache: ...", "no case could be judged"): never a bare 
 from __future__ import annotations
 
 import json
+import math
 import re
+from array import array
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from harness.report.files import private_dir, write_text
 from harness.scoring.metrics import percentile
@@ -35,41 +38,81 @@ TOXICITY = "toxicity.json"
 ROBUSTNESS = "robustness_adv.json"
 
 
-def latency_indicator(cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    latencies = [c["latency_ms"] for c in _answered(cases) if c.get("latency_ms") is not None]
-    return {"indicator": "latency_p99", "p50_ms": percentile(latencies, 50), "p90_ms": percentile(latencies, 90),
-            "p99_ms": percentile(latencies, 99), "requests": len(latencies)}
+class Timings:
+    """The columns the latency and throughput files are computed from, gathered in one pass over
+    the cases (each read once, none kept): the answered requests' latencies, the counts, and the
+    first send and last answer of the requests this run sent."""
+
+    __slots__ = ("cases", "cached", "failed", "latencies", "live", "live_answered", "first_sent", "last_done")
+
+    def __init__(self) -> None:
+        self.cases = self.cached = self.failed = 0  # failed: sent in this run and errored
+        self.latencies = array("d")  # answered in this run (cache hits left out)
+        self.live = self.live_answered = 0  # sent in this run with send and answer times
+        self.first_sent, self.last_done = math.inf, -math.inf
+
+    @classmethod
+    def of(cls, cases: Iterable[dict[str, Any]]) -> "Timings":
+        timings = cls()
+        for case in cases:
+            timings.add(case)
+        return timings
+
+    def add(self, case: dict[str, Any]) -> None:
+        self.cases += 1
+        if case.get("cached"):
+            self.cached += 1
+            return
+        ok = case.get("error") is None
+        if not ok:
+            self.failed += 1
+        elif case.get("latency_ms") is not None:
+            self.latencies.append(case["latency_ms"])
+        sent, done = case.get("sent_at"), case.get("done_at")
+        if sent is not None and done is not None:
+            self.live += 1
+            self.live_answered += ok
+            self.first_sent = min(self.first_sent, sent)
+            self.last_done = max(self.last_done, done)
+
+    def latency(self) -> dict[str, Any]:
+        ordered = sorted(self.latencies)
+        return {"indicator": "latency_p99", "p50_ms": percentile(ordered, 50), "p90_ms": percentile(ordered, 90),
+                "p99_ms": percentile(ordered, 99), "requests": len(ordered)}
+
+    def throughput(self, concurrency: int | None) -> dict[str, Any]:
+        duration = self.last_done - self.first_sent if self.live else 0.0
+        return {"indicator": "throughput_rps", "rps": self.live_answered / duration if duration > 0 else None,
+                "concurrency": concurrency, "duration_s": round(duration, 3) if self.live else None}
+
+    def note(self) -> str:
+        """Why a latency or throughput figure has no value: what this run did (not) send."""
+        n, cached, failed = self.cases, self.cached, self.failed
+        if not n:
+            return "no case in this run"
+        if cached == n:
+            return f"all {n} replies from the response cache: no request was sent in this run, so none was timed"
+        from_cache = f", {cached} from the response cache" if cached else ""
+        if failed == n - cached:
+            return f"no request sent in this run was answered ({failed} failed{from_cache})"
+        return f"the engine recorded no send and answer times for the {n - cached - failed} answered request(s)"
 
 
-def throughput_indicator(cases: Sequence[dict[str, Any]], concurrency: int | None) -> dict[str, Any]:
-    live = [c for c in cases if not c.get("cached") and c.get("sent_at") is not None and c.get("done_at") is not None]
-    duration = max(c["done_at"] for c in live) - min(c["sent_at"] for c in live) if live else 0.0
-    answered = len(_answered(live))
-    return {"indicator": "throughput_rps", "rps": answered / duration if duration > 0 else None,
-            "concurrency": concurrency, "duration_s": round(duration, 3) if live else None}
+def latency_indicator(cases: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    return Timings.of(cases).latency()
 
 
-def _answered(cases: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [c for c in cases if not c.get("cached") and c.get("error") is None]
+def throughput_indicator(cases: Iterable[dict[str, Any]], concurrency: int | None) -> dict[str, Any]:
+    return Timings.of(cases).throughput(concurrency)
+
+
+def timing_note(cases: Iterable[dict[str, Any]]) -> str:
+    """Why a latency or throughput figure has no value: what this run did (not) send."""
+    return Timings.of(cases).note()
 
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.@-]+", "_", name)
-
-
-def timing_note(cases: Sequence[dict[str, Any]]) -> str:
-    """Why a latency or throughput figure has no value: what this run did (not) send."""
-    n = len(cases)
-    cached = sum(bool(c.get("cached")) for c in cases)
-    if not n:
-        return "no case in this run"
-    if cached == n:
-        return f"all {n} replies from the response cache: no request was sent in this run, so none was timed"
-    failed = sum(not c.get("cached") and c.get("error") is not None for c in cases)
-    from_cache = f", {cached} from the response cache" if cached else ""
-    if failed == n - cached:
-        return f"no request sent in this run was answered ({failed} failed{from_cache})"
-    return f"the engine recorded no send and answer times for the {n - cached - failed} answered request(s)"
 
 
 def _dumps(indicator: dict[str, Any]) -> str:
@@ -85,29 +128,28 @@ def _noted(indicator: dict[str, Any], note: Any) -> dict[str, Any]:
     return {**indicator, "note": note() if callable(note) else note}
 
 
-def _write(folder: Path, cases: Sequence[dict[str, Any]], concurrency: int | None) -> list[Path]:
+def _write(folder: Path, timings: Timings, concurrency: int | None) -> list[Path]:
     private_dir(folder)
     paths = [folder / LATENCY, folder / THROUGHPUT]
-    note = lambda: timing_note(cases)  # noqa: E731 - worked out only for a file with a null
-    write_text(paths[0], _dumps(_noted(latency_indicator(cases), note)))
-    write_text(paths[1], _dumps(_noted(throughput_indicator(cases, concurrency), note)))
+    write_text(paths[0], _dumps(_noted(timings.latency(), timings.note)))
+    write_text(paths[1], _dumps(_noted(timings.throughput(concurrency), timings.note)))
     return paths
 
 
 def write_indicators(report: dict[str, Any], out_dir: Path) -> list[Path]:
     """Write the indicator files of every model and suite; return their paths."""
-    cases: list[dict[str, Any]] = report.get("cases") or []
     concurrency = ((report.get("run") or {}).get("generation") or {}).get("concurrency")
-    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    by_suite: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for case in cases:
-        by_model[case["model"]].append(case)
-        by_suite[(case["model"], case["suite"])].append(case)
+    # one pass, columns only: a million cases are read one at a time, none kept
+    by_model: dict[str, Timings] = defaultdict(Timings)
+    by_suite: dict[tuple[str, str], Timings] = defaultdict(Timings)
+    for case in report.get("cases") or []:
+        by_model[case["model"]].add(case)
+        by_suite[(case["model"], case["suite"])].add(case)
     paths: list[Path] = []
-    for model, model_cases in by_model.items():
-        paths += _write(out_dir / "indicators" / _slug(model), model_cases, concurrency)
-    for (model, suite), suite_cases in by_suite.items():
-        paths += _write(out_dir / "indicators" / _slug(model) / _slug(suite), suite_cases, concurrency)
+    for model, timings in by_model.items():
+        paths += _write(out_dir / "indicators" / _slug(model), timings, concurrency)
+    for (model, suite), timings in by_suite.items():
+        paths += _write(out_dir / "indicators" / _slug(model) / _slug(suite), timings, concurrency)
     if len(by_model) == 1:
         paths += _write(out_dir, next(iter(by_model.values())), concurrency)
     suites = report.get("suites") or []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -51,13 +52,15 @@ def _pieces(report: dict[str, Any]) -> Iterator[str]:
     yield "{\n"
     for number, (key, value) in enumerate(report.items()):
         yield f"{',' + chr(10) if number else ''}  {_dumps(key)}: "
-        if key == "cases" and isinstance(value, list) and value:
+        if key == "cases" and isinstance(value, Sequence) and not isinstance(value, str) and value:
             yield "[\n"
             for index, case in enumerate(value):
                 yield ("    " if not index else ",\n    ") + _dumps(case)
             yield "\n  ]"
         elif key == "comparison" and isinstance(value, dict):
             yield _nested(value, "  ", _COMPARISON_LAYOUT)
+        elif key == "cases" and isinstance(value, Sequence) and not isinstance(value, str):
+            yield "[]"  # no case (the envelope's rows are a lazy sequence, not a list)
         else:
             yield _dumps(value, indent=2).replace("\n", "\n  ")
     yield "\n}"

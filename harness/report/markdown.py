@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shlex
@@ -15,6 +14,18 @@ from harness.report.forest import forest_rows
 from harness.report.heatmap import confusion_pngs
 from harness.report.training_plots import throughput_pngs, training_pngs
 from harness.textsafe import visible
+from harness.report.formatting import as_text as _as_text
+from harness.report.formatting import finite as _finite
+from harness.report.formatting import interval as _interval
+from harness.report.formatting import is_bad
+from harness.report.formatting import ms as _ms
+from harness.report.formatting import ms1 as _ms1
+from harness.report.formatting import num as _num
+from harness.report.formatting import num4 as _num4
+from harness.report.formatting import p_value as _p
+from harness.report.formatting import pct as _pct
+from harness.report.formatting import prompt_text as _prompt_text
+from harness.report.formatting import signed as _signed
 
 FILENAME = "report.md"
 WORST_CASES = 10
@@ -104,11 +115,6 @@ def _summary(suites: list[dict[str, Any]]) -> str:
         )
     headers = ["Suite", "Model", "Cases", "Main metric", "Error rate", "p99 latency", "Gates"]
     return "## Summary\n\n" + _table(headers, rows)
-
-
-def _interval(metrics: dict[str, Any], name: str) -> str:
-    low, high = metrics.get(f"{name}.lower"), metrics.get(f"{name}.upper")
-    return "" if low is None or high is None else f" [{_num(low)}, {_num(high)}]"
 
 
 def _comparison(report: dict[str, Any], forest: bool) -> str:
@@ -223,37 +229,6 @@ def _md(value: Any, html: bool = True) -> str:
     ``html=False`` for text going into a code span, where entities would show literally."""
     text = visible("—" if value is None else str(value), keep_newlines=False)
     return text if not html else _no_html(text).replace("$", "\\$")
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _num4(value: Any) -> str:
-    # metrics to 4 significant digits, large ones with separators and no exponent
-    return f"{value:,.0f}" if _finite(value) and abs(value) >= 10_000 else _num(value)
-
-
-def _ms1(value: Any) -> str:
-    # milliseconds to 0.1
-    return f"{value:,.1f}" if _finite(value) else _num(value)
-
-
-def _ms(value: Any) -> str:
-    return f"{_ms1(value)} ms" if _finite(value) else _num(value)
-
-
-def _signed(value: Any, latency: bool) -> str:
-    # a delta carries its sign: which way the candidate moved is the point
-    if not _finite(value):
-        return _num(value)
-    return f"{value:+,.1f}" if latency else f"{value:+,.0f}" if abs(value) >= 10_000 else f"{value:+.4g}"
-
-
-def _p(value: Any) -> str:
-    if not _finite(value):
-        return _num(value)
-    return "<0.001" if value < 0.001 else f"{value:.3g}"
 
 
 def _confusion(report: dict[str, Any]) -> str:
@@ -521,16 +496,6 @@ def _packages(run: dict[str, Any]) -> list[str]:
 # -- helpers ----------------------------------------------------------------
 
 
-def is_bad(case: dict[str, Any]) -> bool:
-    """A case that errored, was judged a failure, or (record-only suites) scored below 1."""
-    if case.get("error") is not None or case.get("passed") is False:
-        return True
-    if (case.get("data") or {}).get("pairwise") == "reference":
-        return False  # a pairwise judge's reference: its answers were not judged
-    score = case.get("score")
-    return case.get("passed") is None and isinstance(score, (int, float)) and score < 1
-
-
 def tool_table_rows(table: Any) -> list[tuple[str, dict[str, Any]]]:
     """(name, row) per tool or parameter of a tool-call table, then its micro and macro rows.
 
@@ -586,23 +551,6 @@ def _cell(value: Any) -> str:
     return text.replace("|", "\\|")
 
 
-def _as_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-def _prompt_text(prompt: Any) -> str:
-    if isinstance(prompt, list):
-        return "\n".join(
-            f"{m.get('role')}: {_as_text(m.get('content'))}" if isinstance(m, dict) else _as_text(m)
-            for m in prompt
-        )
-    return _as_text(prompt)
-
-
 def _head(text: str, limit: int) -> str:
     return _no_html(text if len(text) <= limit else text[: limit - 1] + "…")
 
@@ -615,26 +563,6 @@ def _tail(text: str, limit: int) -> str:
 def _no_html(text: str) -> str:
     # renderers swallow tag-like text such as "<|im_end|>", which is often the very bug
     return text.replace("<", "&lt;")
-
-
-def _num(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if not math.isfinite(value):
-        return str(value)
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:.4g}"
-
-
-def _pct(value: Any) -> str:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return f"{value:.1%}"
-    return _num(value)
 
 
 def _status(status: Any) -> str:

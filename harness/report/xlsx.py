@@ -25,7 +25,8 @@ from harness.report.files import private_dir, write_atomic
 from harness.report.forest import FILENAME as FOREST_PNG
 from harness.report.forest import forest_rows
 from harness.report.heatmap import confusion_pngs, confusion_table
-from harness.report.markdown import is_bad, tool_table_rows
+from harness.report.formatting import is_bad
+from harness.report.markdown import tool_table_rows
 from harness.report.training_plots import step_table, throughput_pngs, training_pngs
 from harness.textsafe import has_unsafe, visible
 
