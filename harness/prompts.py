@@ -124,8 +124,9 @@ _SHARED_DICTS_MAX = 1024
 
 def shared_dict(values: dict[str, Any]) -> dict[str, Any]:
     """One copy of equal small dicts (a suite's request parameters, the same on every case): requests
-    are frozen and nothing changes their dicts in place, so a million of them need not hold a million
-    copies. A dict that cannot be keyed (not JSON) is copied."""
+    are frozen and the harness never changes their dicts in place, so a million of them need not hold
+    a million copies (not shared when a ``pytest_llm_build_request`` hook could). A dict that cannot be
+    keyed (not JSON) is copied."""
     try:
         key = json.dumps(values, sort_keys=True, allow_nan=True)
     except (TypeError, ValueError):
@@ -152,9 +153,12 @@ def build_request(suite: Suite, case: Case, model: str, stream: bool = False, ho
         "stop": gen.get("stop"),
         "seed": gen.get("seed"),
     }
-    request = Request(suite.api, served or model, render(suite, case), shared_dict(params),
-                      shared_dict(suite.extra_body), stream=stream or bool(gen.get("stream")))
-    if hook is not None:
+    # a pytest_llm_build_request implementation may change the dicts in place: then each request has its own
+    rewrites = hook is not None and bool(hook.pytest_llm_build_request.get_hookimpls())
+    share = dict if rewrites else shared_dict
+    request = Request(suite.api, served or model, render(suite, case), share(params), share(suite.extra_body),
+                      stream=stream or bool(gen.get("stream")))
+    if rewrites:
         rewritten = hook.pytest_llm_build_request(suite=suite, case=case, model=model, request=request)
         if rewritten is not None:
             if not isinstance(rewritten, Request):

@@ -30,9 +30,9 @@ DOWN_S = 10.0  # a replica that refused a connection is passed over this long wh
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One generation request, engine-neutral. Frozen, and its dicts are never changed in place:
-    requests of one suite share their ``params`` and ``extra_body`` (a large run builds them all
-    before the first is sent)."""
+    """One generation request, engine-neutral. Frozen; the harness never changes its dicts in place, so
+    requests of one suite may share their ``params`` and ``extra_body`` (a large run builds them all
+    before the first is sent): make a new request with ``dataclasses.replace`` and new dicts."""
 
     api: str  # "chat" | "completion"
     model: str
