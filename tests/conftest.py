@@ -30,6 +30,29 @@ from harness.engines.managed import free_port, model_listed
 
 STUB_MODELS = "stub,stub-b"
 
+# Modules whose module-scoped fixture is expensive (the bundled CPU server, a real TRL run): under `-n` their
+# tests go to one xdist worker together, so the fixture is set up once instead of once per worker that happens
+# to get one of them. Every other test is scheduled on its own, as `--dist load` does.
+SHARED_FIXTURE_MODULES = frozenset({
+    "test_cpu_server.py", "test_training_accumulation.py", "test_training_eval_parity.py",
+    "test_training_loss_modes.py", "test_training_padding.py", "test_training_runner.py",
+    "test_training_telemetry.py",
+})
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`-n N` (``--dist load``): the tests of SHARED_FIXTURE_MODULES are one unit of work, the rest one each."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureModules(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module.rsplit("/", 1)[-1] in SHARED_FIXTURE_MODULES else nodeid
+
+    return SharedFixtureModules(config, log)
+
 
 @pytest.fixture(scope="session")
 def stub_url() -> Iterator[str]:

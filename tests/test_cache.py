@@ -18,9 +18,12 @@ CASES = answer_cases([(f"c{i}", f"a{i}", f"a{i}") for i in range(6)])
 
 
 def run(pytester, url, *args, models=("stub",), workers="0"):
+    # pytest in this process (with -n 2 its workers are processes of their own) against the real stub server
+    # process, which counts the requests that reach it
     model_args = [arg for model in models for arg in ("--llm-model", model)]
-    return pytester.runpytest_subprocess("-n", workers, "--llm-base-url", url, *model_args, "--llm-report-dir",
-                                         "out", "--llm-cache-path", "cache.sqlite", "evals", *args, timeout=180)
+    return pytester.runpytest_inprocess("-n", workers, "--llm-base-url", url, *model_args, "--llm-report-dir",
+                                        "out", "--llm-cache-path", "cache.sqlite", "-p", "no:cacheprovider",
+                                        "evals", *args)
 
 
 def sent(url: str, action) -> int:

@@ -261,9 +261,9 @@ def test_a_different_environment_is_a_warning_not_a_refusal(pytester):
 def test_two_models_on_the_command_line_print_the_paired_table(pytester, stub_url):
     # the command, against a real server process on 127.0.0.1 serving both names
     suite(pytester, ["delta(accuracy) >= -0.02"], cases=CASES[:12])
-    result = pytester.runpytest_subprocess("evals", "--llm-model", "stub", "--llm-model", "stub-b", "--llm-base-url",
-                                           stub_url, "--llm-report-dir", "out", "--llm-cache", "off",
-                                           "-p", "no:cacheprovider", timeout=300)
+    result = pytester.runpytest_inprocess("evals", "--llm-model", "stub", "--llm-model", "stub-b", "--llm-base-url",
+                                          stub_url, "--llm-report-dir", "out", "--llm-cache", "off",
+                                          "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2 * 12 + 1)
     result.stdout.fnmatch_lines(["*llm-harness comparison*", "geo: stub-b vs stub, 12 paired",
                                  "*accuracy*1*1*0 [[]0, 0[]]*",

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -69,9 +70,64 @@ def wait_until(predicate, timeout: float) -> bool:
     return predicate()
 
 
+# The official SDK's clients on the bundled server (formerly test_openai_fixtures.py's
+# test_bundled_model_through_the_sdk, which started a bundled engine of its own): one short chat and one short
+# completion request, then the same streamed; tools refused. Run here, in the runs that start the engine anyway.
+BUNDLED_SDK = """
+    import openai
+    import pytest
+
+    def test_bundled(llm_openai, llm_model):
+        assert llm_model == "gemma-3-270m"
+        chat = llm_openai.chat.completions.create(
+            model=llm_model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)
+        assert chat.choices[0].message.content.strip()
+        text = llm_openai.completions.create(
+            model=llm_model, prompt="Country: France\\nCapital:", max_tokens=4, temperature=0)
+        assert "Paris" in text.choices[0].text
+        chunks = llm_openai.completions.create(
+            model=llm_model, prompt="Country: France\\nCapital:", max_tokens=4, temperature=0, stream=True)
+        assert "".join(c.choices[0].text for c in chunks) == text.choices[0].text
+        with pytest.raises(openai.BadRequestError, match="'tools' is not supported by the bundled CPU server"):
+            llm_openai.chat.completions.create(
+                model=llm_model, messages=[{"role": "user", "content": "Hi"}], max_tokens=2,
+                tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
+"""
+
+# Streaming through llm_async_openai (formerly test_openai_fixtures.py's
+# test_bundled_model_streams_to_the_async_sdk_under_xdist, a bundled engine of its own): one country per
+# hand-written file of the workers test below, so two xdist workers each stream from the one shared server.
+BUNDLED_ASYNC_STREAM = """
+
+    import pytest
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("country", [{country!r}])
+    async def test_stream(llm_async_openai, llm_model, country):
+        kw = dict(model=llm_model, prompt=f"Country: {{country}}\\nCapital:", max_tokens=6, temperature=0)
+        whole = await llm_async_openai.completions.create(**kw)
+        parts, usage = [], None
+        stream = await llm_async_openai.completions.create(**kw, stream=True,
+                                                           stream_options={{"include_usage": True}})
+        async for chunk in stream:
+            parts.extend(c.text for c in chunk.choices)
+            usage = chunk.usage or usage
+        assert "".join(parts) == whole.choices[0].text
+        assert usage.completion_tokens == whole.usage.completion_tokens
+        chat = await llm_async_openai.chat.completions.create(
+            model=llm_model, messages=[{{"role": "user", "content": "Hi"}}], max_tokens=4, temperature=0,
+            stream=True)
+        chunks = [c async for c in chat]
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+"""
+
+
+@pytest.mark.bundled
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_one_engine_shared_by_suites_and_hand_written_tests(pytester, workers):
     write_suite(pytester.path / "evals", "capitals", CAPITALS, **SUITE)
+    pytester.makepyfile(test_bundled=BUNDLED_SDK)
     pytester.makepyfile(test_hand="""
         def test_uses_the_same_engine(llm_client, llm_model):
             assert llm_model == "gemma-3-270m"
@@ -81,8 +137,9 @@ def test_one_engine_shared_by_suites_and_hand_written_tests(pytester, workers):
                 handle.write(llm_client.base_url)
     """)
     result = pytester.runpytest_subprocess("-n", workers, "--llm-report-dir", "out", "--llm-cache", "off",
-                                           "evals", "test_hand.py", timeout=900)
-    result.assert_outcomes(passed=4)  # 2 cases, 1 gate, 1 hand-written test
+                                           "-rA", "evals", "test_hand.py", "test_bundled.py", timeout=900)
+    result.assert_outcomes(passed=5)  # 2 cases, 1 gate, 2 hand-written tests
+    assert "PASSED test_bundled.py::test_bundled" in result.stdout.str()
     report = json.loads((pytester.path / "out" / "report.json").read_text())
     engine = report["run"]["models"][0]["engine"]
     assert engine["kind"] == "bundled-cpu"
@@ -140,18 +197,23 @@ def test_no_engine_left_after_interrupt_or_kill(pytester, how):
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.bundled
 def test_workers_share_one_engine_they_started_and_the_controller_stops_it(pytester):
     # no eval items: the first worker that needs the engine starts it under a file lock
-    pytester.makepyfile(**{f"test_hand{i}": f"""
+    # (each file also streams one country through llm_async_openai: see BUNDLED_ASYNC_STREAM)
+    pytester.makepyfile(**{f"test_hand{i}": textwrap.dedent(f"""
         import os
 
         def test_engine(llm_client):
             assert llm_client.complete("Country: Italy\\nCapital:", max_tokens=3, stop=["\\n"]).strip()
             with open("url{i}.txt", "w") as handle:
                 handle.write(llm_client.base_url + " " + os.environ.get("PYTEST_XDIST_WORKER", ""))
-    """ for i in (1, 2)})
-    result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadfile", timeout=900)
-    result.assert_outcomes(passed=2)
+    """) + textwrap.dedent(BUNDLED_ASYNC_STREAM.format(country=country)) for i, country in ((1, "France"), (2, "Italy"))})
+    result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadfile", "-rA", "-o",
+                                           "asyncio_default_fixture_loop_scope=function", timeout=900)
+    result.assert_outcomes(passed=4)
+    for name in ("test_hand1.py::test_stream[France]", "test_hand2.py::test_stream[Italy]"):
+        assert f"PASSED {name}" in result.stdout.str()
     url1, worker1 = (pytester.path / "url1.txt").read_text().split()
     url2, worker2 = (pytester.path / "url2.txt").read_text().split()
     assert worker1 != worker2 and url1 == url2

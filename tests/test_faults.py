@@ -20,9 +20,10 @@ from tests.conftest import stub_server as stub
 
 
 def run(pytester: pytest.Pytester, url: str, *args: str, workers: str = "0") -> pytest.RunResult:
-    return pytester.runpytest_subprocess("-n", workers, "--llm-base-url", url, "--llm-model", "stub",
-                                         "--llm-report-dir", "out", "--llm-cache", "off", "evals", *args,
-                                         timeout=120)
+    # pytest in this process (with -n 2 its workers are processes of their own) against real stub processes
+    return pytester.runpytest_inprocess("-n", workers, "--llm-base-url", url, "--llm-model", "stub",
+                                        "--llm-report-dir", "out", "--llm-cache", "off", "-p", "no:cacheprovider",
+                                        "evals", *args)
 
 
 def reset(url: str) -> None:

@@ -67,8 +67,8 @@ def test_a_managed_vllm_server_is_started_used_recorded_and_stopped(pytester, wo
     cases = answer_cases([(f"c{i}", f"a{i}", f"a{i}") for i in range(6)])
     write_suite(pytester.path / "evals", "geo", cases, gates=["accuracy == 1"], **{"pass": "record"})
     models = models_file(pytester.path, fake_vllm(pytester.path))
-    result = pytester.runpytest_subprocess("-n", workers, "--llm-models-file", str(models), "--llm-report-dir",
-                                           "out", "--llm-cache", "off", "evals", timeout=120)
+    result = pytester.runpytest_inprocess("-n", workers, "--llm-models-file", str(models), "--llm-report-dir",
+                                          "out", "--llm-cache", "off", "evals")
     assert result.ret == 0, result.stdout.str()
     launched = json.loads((pytester.path / "launched.json").read_text())
     argv = launched["argv"][1:]
@@ -90,8 +90,7 @@ def test_a_server_that_dies_while_loading_is_a_clear_error(pytester, monkeypatch
     write_suite(pytester.path / "evals", "geo", answer_cases([("c1", "a", "a")]))
     models = models_file(pytester.path, fake_vllm(pytester.path))
     monkeypatch.setenv("FAKE_VLLM_CRASH", "1")
-    result = pytester.runpytest_subprocess("--llm-models-file", str(models), "--llm-cache", "off", "evals",
-                                           timeout=60)
+    result = pytester.runpytest_inprocess("--llm-models-file", str(models), "--llm-cache", "off", "evals")
     assert result.ret == pytest.ExitCode.INTERNAL_ERROR
     out = result.stdout.str() + result.stderr.str()
     assert "exited with code 7 before it was ready" in out and "CUDA out of memory (fake)" in out
@@ -101,8 +100,7 @@ def test_vllm_offline_without_a_gpu_is_a_clear_error(pytester):
     write_suite(pytester.path / "evals", "geo", answer_cases([("c1", "a", "a")]))
     (pytester.path / "models.yaml").write_text(yaml.safe_dump(
         [{"name": "local-7b", "engine": "vllm-offline", "model_path": "/models/local-7b"}]))
-    result = pytester.runpytest_subprocess("--llm-models-file", "models.yaml", "--llm-cache", "off", "evals",
-                                           timeout=60)
+    result = pytester.runpytest_inprocess("--llm-models-file", "models.yaml", "--llm-cache", "off", "evals")
     assert result.ret == pytest.ExitCode.INTERNAL_ERROR
     assert "vllm-offline could not load '/models/local-7b'" in result.stdout.str() + result.stderr.str()
 
@@ -117,7 +115,6 @@ def test_vllm_offline_without_a_gpu_is_a_clear_error(pytester):
 def test_bad_engine_entries_are_usage_errors(pytester, entry, message):
     write_suite(pytester.path / "evals", "geo", answer_cases([("c1", "a", "a")]))
     (pytester.path / "models.yaml").write_text(yaml.safe_dump([entry]))
-    result = pytester.runpytest_subprocess("--llm-models-file", "models.yaml", "--llm-cache", "off", "evals",
-                                           timeout=60)
+    result = pytester.runpytest_inprocess("--llm-models-file", "models.yaml", "--llm-cache", "off", "evals")
     assert result.ret != 0
     assert message in result.stdout.str() + result.stderr.str()

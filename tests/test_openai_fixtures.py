@@ -1,5 +1,5 @@
 """`llm_openai` / `llm_async_openai`: the official SDK's clients on the run's engine, in hand-written
-tests, against a real stub server process (with and without xdist) and once against the bundled model."""
+tests, against a real stub server process (with and without xdist); on the bundled model in test_engine_lifecycle.py."""
 
 from __future__ import annotations
 
@@ -136,59 +136,6 @@ def test_plugin_import_does_not_load_openai():
     assert out.split() == ["False", "False"]
 
 
-@pytest.mark.bundled
-def test_bundled_model_through_the_sdk(pytester):
-    # the real bundled CPU server: one short chat and one short completion request, then the same streamed
-    pytester.makepyfile(test_bundled="""
-        import openai
-        import pytest
-
-        def test_bundled(llm_openai, llm_model):
-            assert llm_model == "gemma-3-270m"
-            chat = llm_openai.chat.completions.create(
-                model=llm_model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)
-            assert chat.choices[0].message.content.strip()
-            text = llm_openai.completions.create(
-                model=llm_model, prompt="Country: France\\nCapital:", max_tokens=4, temperature=0)
-            assert "Paris" in text.choices[0].text
-            chunks = llm_openai.completions.create(
-                model=llm_model, prompt="Country: France\\nCapital:", max_tokens=4, temperature=0, stream=True)
-            assert "".join(c.choices[0].text for c in chunks) == text.choices[0].text
-            with pytest.raises(openai.BadRequestError, match="'tools' is not supported by the bundled CPU server"):
-                llm_openai.chat.completions.create(
-                    model=llm_model, messages=[{"role": "user", "content": "Hi"}], max_tokens=2,
-                    tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
-    """)
-    result = pytester.runpytest_subprocess("--llm-report-dir", "out", "-p", "no:cacheprovider", timeout=900)
-    result.assert_outcomes(passed=1)
-
-
-@pytest.mark.bundled
-def test_bundled_model_streams_to_the_async_sdk_under_xdist(pytester):
-    # two xdist workers share the one bundled server; each streams through llm_async_openai
-    pytester.makepyfile(test_bundled_stream="""
-        import pytest
-
-        @pytest.mark.asyncio
-        @pytest.mark.parametrize("country", ["France", "Italy"])
-        async def test_stream(llm_async_openai, llm_model, country):
-            kw = dict(model=llm_model, prompt=f"Country: {country}\\nCapital:", max_tokens=6, temperature=0)
-            whole = await llm_async_openai.completions.create(**kw)
-            parts, usage = [], None
-            stream = await llm_async_openai.completions.create(**kw, stream=True,
-                                                               stream_options={"include_usage": True})
-            async for chunk in stream:
-                parts.extend(c.text for c in chunk.choices)
-                usage = chunk.usage or usage
-            assert "".join(parts) == whole.choices[0].text
-            assert usage.completion_tokens == whole.usage.completion_tokens
-            chat = await llm_async_openai.chat.completions.create(
-                model=llm_model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0,
-                stream=True)
-            chunks = [c async for c in chat]
-            assert chunks[0].choices[0].delta.role == "assistant"
-            assert chunks[-1].choices[0].finish_reason in ("stop", "length")
-    """)
-    result = pytester.runpytest_subprocess("-n", "2", "--llm-report-dir", "out", "-p", "no:cacheprovider",
-                                           "-o", "asyncio_default_fixture_loop_scope=function", timeout=900)
-    result.assert_outcomes(passed=2)
+# The SDK clients on the real bundled model (a chat, a completion, the same streamed, tools refused; and async
+# streaming from two xdist workers) run in tests/test_engine_lifecycle.py, inside the runs that start the bundled
+# engine anyway: each used to start an engine of its own (tens of seconds each).

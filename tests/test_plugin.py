@@ -1,6 +1,6 @@
-"""Plugin behaviour end to end: pytest runs in this process on the scripted engine (with -n 2 its
-workers are real processes), or, where HTTP matters (keys, concurrency, waiting for a server),
-in a subprocess against a real stub server process."""
+"""Plugin behaviour end to end: pytest runs in this process (with -n 2 its workers are real processes)
+on the scripted engine, or, where HTTP matters (keys, concurrency, waiting for a server), against a
+real stub server process."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ def run(pytester: pytest.Pytester, url: str, *args: str, workers: str = "0", mod
     # each test gets its own response cache, so runs of one test never see another's replies
     if not http:
         return run_inline(pytester, "-n", workers, *args)
-    return pytester.runpytest_subprocess(
+    return pytester.runpytest_inprocess(
         "-n", workers, "--llm-base-url", url, "--llm-model", model, "--llm-report-dir", "out",
-        "--llm-cache-path", "cache.sqlite", *args, timeout=180,
+        "--llm-cache-path", "cache.sqlite", *args,
     )
 
 

@@ -225,8 +225,8 @@ def test_a_starting_engine_says_what_it_is_doing_and_for_how_long(pytester, work
     (pytester.path / "models.yaml").write_text(
         f"- {{name: served-7b, engine: vllm, model_path: /models/served-7b, options: {{executable: '{vllm}'}}}}\n")
     write_suite(pytester.path / "evals", "geo", [{"id": "a", "input": "q\nANSWER: x", "target": "x"}])
-    result = pytester.runpytest_subprocess("-n", workers, "--llm-models-file", "models.yaml", "--llm-report-dir",
-                                           "out", "--llm-cache", "off", "--llm-progress", "0.5", "evals", timeout=120)
+    result = pytester.runpytest_inprocess("-n", workers, "--llm-models-file", "models.yaml", "--llm-report-dir",
+                                          "out", "--llm-cache", "off", "--llm-progress", "0.5", "evals")
     assert result.ret == 0, result.stdout.str()
     text = result.stdout.str()
     # the server's log says it is loading; the line says so, with the time it has taken

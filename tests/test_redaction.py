@@ -104,10 +104,10 @@ def test_a_run_with_url_credentials_authenticates_and_writes_no_secret(pytester,
     with stub_server("--models", "stub") as (_, url):
         host = url.removeprefix("http://")
         base = f"http://user:{PASSWORD}@{host}?api_key={TOKEN}"
-        result = pytester.runpytest_subprocess(
+        result = pytester.runpytest_inprocess(
             "-p", "no:cacheprovider", "--llm-base-url", base, "--llm-model", "stub", "--llm-report-dir", "out",
             "--llm-cache", "off", "--llm-retries", "3", "--llm-wait-ready", "10", "--llm-wait-interval", "0.2",
-            "evals", timeout=120)
+            "evals")
         auth = stub_stats(url)["auth_sha256"]
     output = result.stdout.str() + result.stderr.str()
     assert result.ret == 0, output
@@ -133,9 +133,9 @@ def test_a_refused_login_names_the_server_without_its_secrets(pytester, monkeypa
     write_suite(pytester.path / "evals", "refused", [{"id": "a", "input": "ANSWER: a", "target": "a"}])
     with stub_server("--models", "stub", "--api-key", "the-right-key") as (_, url):  # wants a bearer key: Basic credentials get a 401
         host = url.removeprefix("http://")
-        result = pytester.runpytest_subprocess(
+        result = pytester.runpytest_inprocess(
             "-p", "no:cacheprovider", "--llm-base-url", f"http://user:{PASSWORD}@{host}?token={TOKEN}",
-            "--llm-model", "stub", "--llm-report-dir", "out", "--llm-cache", "off", "evals", timeout=120)
+            "--llm-model", "stub", "--llm-report-dir", "out", "--llm-cache", "off", "evals")
     output = result.stdout.str() + result.stderr.str()
     assert result.ret == pytest.ExitCode.USAGE_ERROR, output
     assert f"at {url}?token=*** refused the request (HTTP 401" in output

@@ -310,9 +310,10 @@ def stub(*args: str) -> Iterator[str]:
 
 
 def run(pytester: pytest.Pytester, url: str, *args: str, workers: str = "0") -> pytest.RunResult:
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", workers, "--llm-base-url", url,
-                                         "--llm-model", "stub", "--llm-report-dir", "out", "--llm-cache", "off",
-                                         "evals", *args, timeout=120)
+    # pytest in this process (with -n 2 its workers are processes of their own) against a real stub process
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider", "-n", workers, "--llm-base-url", url,
+                                        "--llm-model", "stub", "--llm-report-dir", "out", "--llm-cache", "off",
+                                        "evals", *args)
 
 
 # what each odd shape becomes (chat, completion); None: the reply is read and scored
