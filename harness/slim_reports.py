@@ -14,7 +14,7 @@ After every other plugin has seen a case item's report (this hook is trylast: ju
   sections prints nothing for (with ``--durations``, which lists them, they stay);
 - a passed call report with nothing to show is replaced on the terminal reporter's list by a
   :class:`CompactReport`: a slotted ``TestReport`` with the five values the end of the run reads
-  (node id, location, outcome, phase, duration), about 150 bytes instead of 1.3 kilobytes;
+  (node id, location, outcome, phase, duration), about 100 bytes instead of 1.3 kilobytes;
 - any other report kept shares its node id, path and repeated strings with the run's plan, and a
   failed one drops its keyword names (only skipped reports' keywords are read at the end, to fold
   skip reasons, and those are kept).
