@@ -106,11 +106,6 @@ def throughput_indicator(cases: Iterable[dict[str, Any]], concurrency: int | Non
     return Timings.of(cases).throughput(concurrency)
 
 
-def timing_note(cases: Iterable[dict[str, Any]]) -> str:
-    """Why a latency or throughput figure has no value: what this run did (not) send."""
-    return Timings.of(cases).note()
-
-
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.@-]+", "_", name)
 
