@@ -13,15 +13,15 @@ from collections import defaultdict
 import pytest
 
 _times: dict[str, float] = defaultdict(float)
+_PATH = os.environ.get("LLM_BENCH_ITEM_TIMES")  # unset: nothing is kept (controller_memory.py measures without it)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if ".jsonl::" in report.nodeid:
+    if _PATH and ".jsonl::" in report.nodeid:
         _times[report.nodeid] += report.duration
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    path = os.environ.get("LLM_BENCH_ITEM_TIMES")
-    if path and not hasattr(session.config, "workerinput"):
-        with open(path, "w") as handle:
+    if _PATH and not hasattr(session.config, "workerinput"):
+        with open(_PATH, "w") as handle:
             json.dump(list(_times.values()), handle)

@@ -44,9 +44,15 @@ def build_envelope(record: RunRecord, args: list[str], workers: int,
     commit, dirty = git_state(record.root)
     suites = record.suites
     # the judges that graded cases are models of the run too (their records, weights, launch lines)
-    judges = {r.judge["model"] for r in record.results if r.judge and r.judge.get("model")}
-    used_models = {r.model for r in record.results} | judges
-    sent = {r.model for r in record.results if not r.cached} | judges
+    judges, used_models, sent = set(), set(), set()
+    for r in record.results:  # one pass: a large run's results are read from disk
+        used_models.add(r.model)
+        if not r.cached:
+            sent.add(r.model)
+        if r.judge and r.judge.get("model"):
+            judges.add(r.judge["model"])
+    used_models |= judges
+    sent |= judges
     engines = state.started_engines()
     for spec in state.all_models:  # a remote server answered from the cache alone still gets its record
         served = state.served_name(spec.name)

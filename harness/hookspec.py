@@ -14,7 +14,7 @@ defined in a nested ``conftest.py`` takes effect with and without ``-n``. Where 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import pytest
 
@@ -46,12 +46,13 @@ def pytest_llm_case_result(result: CaseResult, suite: Suite, case: Case) -> None
 
 
 @hookspec
-def pytest_llm_suite_metrics(suite: Suite, model: str, results: list[CaseResult],
+def pytest_llm_suite_metrics(suite: Suite, model: str, results: Sequence[CaseResult],
                              metrics: dict[str, float | None]) -> None:
     """Add or change suite metrics (in ``metrics``, in place) before the suite's gates are judged.
 
-    ``results`` are every case result of the suite on ``model`` in data order; a metric you add
-    here can be gated on like any other (``gates: [my_metric >= 0.9]``)."""
+    ``results`` are every case result of the suite on ``model`` in data order: a read-only sequence
+    that a run reads from disk as you iterate it (each read is a fresh object; changing one changes
+    nothing). A metric you add here can be gated on like any other (``gates: [my_metric >= 0.9]``)."""
 
 
 @hookspec(firstresult=True)

@@ -19,7 +19,8 @@ import pytest
 from harness.collect import CaseItem, GateItem, case_item_name, gate_item_name, relpath
 from harness.engines.client import Request
 from harness.gates import parse_gate
-from harness.results import CaseResult, SuiteResult
+from harness.result_store import RunResults
+from harness.results import SuiteResult
 from harness.suite import Case, Suite, SuiteError, suite_files_in, suite_for_dataset, suites_in
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +82,8 @@ class SuiteRun:
     total: int  # cases of the suite (copies included) on this model
     gates: dict[str, str] = field(default_factory=dict)  # selected gate node id -> expression
     missing: set[str] = field(default_factory=set)  # needed case node ids without a result yet
-    results: dict[str, CaseResult] = field(default_factory=dict)
+    missing_size: int = 0  # the most ids ``missing`` held since its set was last made anew
+    results: RunResults = field(default_factory=RunResults)  # on disk once the run spools them
     result: SuiteResult | None = None  # set once judged
     reference_for: bool = False  # another model's comparison gates need this run complete
     compared: bool = False  # its comparison gates have their verdicts
@@ -178,7 +180,6 @@ def make_plan(cases: list[CaseRef], gates: list[GateRef], root: Path, models_of:
             runs[key] = SuiteRun(suite, model, sum(len(cases_for(suite, dataset)) for dataset in suite.datasets))
         return runs[key]
 
-    selected = {ref.nodeid for ref in cases}
     for ref in cases:
         run = suite_run(ref.suite, ref.model)
         run.missing.add(ref.nodeid)
@@ -187,7 +188,8 @@ def make_plan(cases: list[CaseRef], gates: list[GateRef], root: Path, models_of:
 
     def pull(run: SuiteRun, refs: Iterable[CaseRef], with_copies: bool) -> None:
         for ref in refs:
-            if (ref.case.attack is None or with_copies) and ref.nodeid not in selected and ref.nodeid not in run_of:
+            # run_of holds every selected case already: no second set of a million ids
+            if (ref.case.attack is None or with_copies) and ref.nodeid not in run_of:
                 run.missing.add(ref.nodeid)
                 run_of[ref.nodeid] = run
                 pulled_refs.append(ref)

@@ -292,6 +292,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
+        session.close()
         config.pluginmanager.unregister(session)
         del config.stash[SESSION_KEY]
         from harness.slim_reports import PLUGIN_NAME as SLIM_NAME

@@ -101,7 +101,9 @@ def render(suite: Suite, case: Case, keep: bool = True) -> Messages | str:
 def forget_rendered() -> None:
     """Drop what collection rendered: once the run's requests are built they hold their prompts (a
     case rendered again later, to show a failure, renders the same text)."""
-    _RENDERED.clear()
+    global _RENDERED
+    # a new mapping, not clear(): a dict keeps its table at its largest size after its keys go
+    _RENDERED = weakref.WeakKeyDictionary()
 
 
 def render_problem(exc: BaseException) -> str:

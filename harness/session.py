@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generator, Iterable
+from typing import TYPE_CHECKING, Any, Generator, Iterable, Sequence
 
 import pytest
 
@@ -25,6 +25,7 @@ from harness.cache import cache_key
 from harness.engines.client import Reply
 from harness.collect import catalog, relpath
 from harness.plan import CaseRef, Plan, SuiteRun, Task, make_plan, refs_from_ids, refs_from_items
+from harness.result_store import ResultSpool, RunResults, merged
 from harness.results import CaseResult, SuiteResult
 from harness.run import RunState
 from harness.suite import Suite
@@ -65,7 +66,7 @@ class EvalSession:
         self._pulled: threading.Thread | None = None
         self._failures = 0
         self._stray: list[CaseResult] = []  # results of cases outside the plan (none expected)
-        self._texts: dict[str, str] = {}  # short reasons and errors, one copy each (see _share)
+        self._spool: ResultSpool | None = None  # every case result, on disk (harness.result_store)
         self.comparisons = comparisons_of(config, state.model_names)
         self.comparison: dict[str, Any] | None = None  # the report's comparison block
         self.baseline_path: Path | None = None
@@ -291,6 +292,9 @@ class EvalSession:
             lambda ref: build_request(ref.suite, ref.case, ref.model, stream, hook=self._hook(ref.suite),
                                       overrides=self._overrides(ref.model), served=self.state.served_name(ref.model)),
             self.comparisons.reference_of)
+        self._spool = ResultSpool(self.state.runtime_dir / "results.spool")
+        for run in plan.runs:
+            run.results = RunResults(self._spool)
         if self.xdist:
             from harness.prompts import forget_rendered
 
@@ -530,10 +534,12 @@ class EvalSession:
                 return
             if result.nodeid in run.results:
                 return  # the first result of a case counts (an item scored early for its gate, then run)
-            if result.prompt is None:
-                result.prompt = self._prompt(result.nodeid)
-            _share(result, self.plan.by_id.get(result.nodeid), self._texts)
-            run.results[result.nodeid] = result
+            task = self.plan.by_id.get(result.nodeid)
+            if result.prompt is None and task is not None:
+                result.prompt = task.prompt
+            run.results.add(result)
+            if task is not None:
+                task.prompt = None  # the result on disk has it now
             ready = self._settle(run, result.nodeid)
         if ready:
             self._conclude(run)
@@ -556,15 +562,16 @@ class EvalSession:
         """A case of run is done (under the lock): whether its suite is now complete and this caller
         concludes it (marked pending, so no other thread does too)."""
         run.missing.discard(nodeid)
+        if len(run.missing) * 4 < run.missing_size:
+            # a set keeps its table at its largest size: a million planned ids would stay to the end
+            run.missing = set(run.missing)
+            run.missing_size = len(run.missing)
+        elif run.missing_size < len(run.missing):
+            run.missing_size = len(run.missing)
         ready = bool(run.gates or run.reference_for) and not run.missing and run.result is None
         if ready:
             run.result = _PENDING
         return ready
-
-    def _prompt(self, nodeid: str) -> Any:
-        assert self.plan is not None
-        task = self.plan.by_id.get(nodeid)
-        return task.prompt if task is not None else None
 
     def _conclude(self, run: SuiteRun, stopped: str | None = None) -> None:
         """Metrics of one suite on one model, its gates held to them, their verdicts posted.
@@ -574,7 +581,7 @@ class EvalSession:
 
         from harness.gates import is_comparison, parse_gate, unjudged_gate
 
-        results = self._ordered(run.results.values())
+        results = run.results.ordered()
         comparing = {expr for expr in run.gates.values() if is_comparison(parse_gate(expr).metric)}
         judged = set() if stopped else set(run.gates.values()) - comparing
         reason = f"{stopped}: judged {len(results)} of {run.total} cases" if stopped else None
@@ -628,7 +635,7 @@ class EvalSession:
             ref = task.ref
             return score_reply(ref.suite, ref.case, ref.model, ref.nodeid, ref.dataset, reply, hook)
 
-        record, gates = audit_run(run.suite, run.model, self._ordered(run.results.values()), run.result.gates,
+        record, gates = audit_run(run.suite, run.model, run.results.ordered(), run.result.gates,
                                   self.audit_k, request_of, lambda: self._client(run.model),
                                   self.state.settings.concurrency, score, hook)
         run.result.gates = gates
@@ -714,8 +721,8 @@ class EvalSession:
                     for gate in gates]
         try:
             pair = self.comparisons.pair(run.suite, run.model, run.result.main_metric,
-                                         self._ordered(run.results.values()),
-                                         self._ordered(other.results.values()) if other is not None else None)
+                                         run.results.ordered(),
+                                         other.results.ordered() if other is not None else None)
         except Exception as exc:  # noqa: BLE001 - a comparison bug fails its gates with the reason, never hangs them
             return [self.comparisons.judge(gate, None, suite_file,
                                            f"comparison raised {type(exc).__name__}: {exc}") for gate in gates]
@@ -771,8 +778,8 @@ class EvalSession:
                 continue
             try:
                 self.comparisons.pair(run.suite, run.model, run.result.main_metric,
-                                      self._ordered(run.results.values()),
-                                      self._ordered(other.results.values()) if other is not None else None)
+                                      run.results.ordered(),
+                                      other.results.ordered() if other is not None else None)
             except Exception as exc:  # noqa: BLE001 - the reports say so; the run's other figures still count
                 self._report_failures.append(f"comparison of {run.suite.name} on {run.model} failed: "
                                              f"{type(exc).__name__}: {exc}")
@@ -789,58 +796,31 @@ class EvalSession:
                 missing = sorted(run.missing)
                 run.missing.clear()
             for nodeid in missing:
-                run.results.setdefault(nodeid, self._error_result(nodeid, f"not run: {why}"))
+                run.results.add(self._error_result(nodeid, f"not run: {why}"))
             self.unaccounted.extend(missing)
         self.reconciliation = {"planned": recorded + len(self.unaccounted), "recorded": recorded,
                                "not_run": len(self.unaccounted), "skipped": len(self.skipped), "stopped": self._stopped,
                                "not_run_ids": self.unaccounted[:100]}
 
-    def _ordered(self, results: Iterable[CaseResult]) -> list[CaseResult]:
-        # reports list cases in data order, whichever worker finished first
+    def results(self) -> Sequence[CaseResult]:
+        """Every case result in report order (suite, data order, model), read from disk as it is read."""
+        assert self.plan is not None and self._spool is not None
         models = {name: index for index, name in enumerate(self.state.all_model_names)}
-        return sorted(results, key=lambda r: (r.suite, r.dataset, r.line, r.attack or "", models.get(r.model, 0)))
+        stray: dict[tuple[str, str], RunResults] = {}
+        for result in self._stray:
+            stray.setdefault((result.suite, result.model), RunResults(self._spool)).add(result)
+        parts = [(run.suite.name, models.get(run.model, 0), run.results) for run in self.plan.runs]
+        parts += [(suite, models.get(model, 0), results) for (suite, model), results in stray.items()]
+        return merged(parts)
 
-    def results(self) -> list[CaseResult]:
-        assert self.plan is not None
-        return self._ordered([r for run in self.plan.runs for r in run.results.values()] + self._stray)
+    def close(self) -> None:
+        """The run is over: its results file goes."""
+        if self._spool is not None:
+            self._spool.close()
 
     def suites(self) -> list[Suite]:
         assert self.plan is not None
         return list({id(run.suite): run.suite for run in self.plan.runs if run.results}.values())
-
-
-# the short texts kept one copy of (reasons and errors repeat: "no match", a server's error)
-_SHARED_TEXT_LEN = 128
-_SHARED_TEXTS = 4096
-
-
-def _share(result: CaseResult, task: Task | None, texts: dict[str, str]) -> None:
-    """Point a case result's fields at equal objects the controller holds already.
-
-    A result from an xdist worker arrives as fresh copies of its case's node id, suite, model, dataset,
-    id, target and metadata, which the plan's case holds too: with a million cases the copies were
-    hundreds of megabytes. Only equal values of the same type are replaced, so nothing a report shows
-    changes (a worker's result shares them with its case the same way)."""
-    if task is not None:
-        ref = task.ref
-        case = ref.case
-        for name, known in (("nodeid", ref.nodeid), ("suite", ref.suite.name), ("model", ref.model),
-                            ("dataset", ref.dataset), ("id", case.id), ("target", case.target),
-                            ("metadata", case.metadata), ("cluster", case.cluster), ("attack", case.attack),
-                            ("human_label", case.human_label)):
-            value = getattr(result, name)
-            if value is not known and type(value) is type(known) and value == known:
-                setattr(result, name, known)
-    for name in ("reason", "error"):
-        value = getattr(result, name)
-        if isinstance(value, str) and len(value) <= _SHARED_TEXT_LEN:
-            shared = texts.get(value)
-            if shared is not None:
-                setattr(result, name, shared)
-            elif len(texts) < _SHARED_TEXTS:
-                texts[value] = value
-    if isinstance(result.extracted, str) and result.extracted is not result.output and result.extracted == result.output:
-        result.extracted = result.output
 
 
 # a suite run being concluded by another thread

@@ -28,7 +28,7 @@ from __future__ import annotations
 import inspect
 import sys
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generator
 
 import pytest
 
@@ -96,14 +96,20 @@ class SlimReports:
         # --durations lists every kept report's duration, setup and teardown too: then they stay
         self.drop = getattr(self.config.option, "durations", None) is None
 
-    @pytest.hookimpl(trylast=True)
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> Generator[None, None, None]:
         plan = self.session.plan
-        if plan is None:
-            return
-        task = plan.by_id.get(report.nodeid)
-        if task is None:
-            return  # not a case item: a gate, another test
+        task = plan.by_id.get(report.nodeid) if plan is not None else None
+        if task is not None:
+            # before the terminal reporter keeps the node id (in its set of reported ids, for a run's
+            # percentage): the plan's copy, not one more from the worker's message
+            share_node_id(report, task.ref.nodeid, task.ref.case.id)
+        yield
+        if task is not None:
+            self._slim(report, task)
+
+    def _slim(self, report: pytest.TestReport, task: Any) -> None:
+        """After every other implementation: the terminal reporter has appended the report to its list."""
         if (self.drop and report.when in ("setup", "teardown") and report.passed and not report.sections
                 and report.longrepr is None and not report.user_properties):
             reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -135,17 +141,19 @@ def slim(report: pytest.TestReport, nodeid: str, name: str, keywords: bool) -> N
     location = rebuilt.get("location")
     if type(location) is tuple and len(location) == 3 and type(location[0]) is str:
         rebuilt["location"] = (sys.intern(location[0]), *location[1:])
-    if rebuilt.get("nodeid") == nodeid:  # a pytest that keeps the node id as text
-        rebuilt["nodeid"] = nodeid
     if keywords and rebuilt.get("keywords"):
         rebuilt["keywords"] = _NO_KEYWORDS
     report.__dict__ = rebuilt
-    _share_node_id(report, nodeid, name)
+    share_node_id(report, nodeid, name)
 
 
-def _share_node_id(report: Any, nodeid: str, name: str) -> None:
-    """pytest 9.2 keeps a parsed node id on each report (``_id``): its path interned, its text and
-    its name (the case id, before any ``[model]``) the plan's (equal ones only)."""
+def share_node_id(report: Any, nodeid: str, name: str) -> None:
+    """A report's node id becomes ``nodeid`` (the plan's equal copy). pytest 9.0 keeps it as text;
+    9.2 keeps a parsed node id (``_id``): its path interned, its text and its name (the case id,
+    before any ``[model]``) the plan's (equal ones only)."""
+    state = report.__dict__
+    if type(state.get("nodeid")) is str and state["nodeid"] is not nodeid and state["nodeid"] == nodeid:
+        state["nodeid"] = nodeid
     parsed = getattr(report, "_id", None)
     if parsed is None or not hasattr(parsed, "path") or not hasattr(parsed, "_str_cache"):
         return

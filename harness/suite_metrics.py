@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Collection, Sequence
+import math
+from array import array
+from typing import Any, Collection, Iterable, Sequence
 
 from harness.gates import evaluate_gate, parse_gate, unjudged_gate
+from harness.result_store import take
 from harness.results import CaseResult, SuiteResult
 from harness.scoring.metrics import percentile
 from harness.scoring.scorers import Scorer, get_scorer
@@ -19,20 +22,71 @@ def _scorer(suite: Suite) -> Scorer | None:
         return None
 
 
-def suite_metrics(suite: Suite, results: Sequence[CaseResult]) -> tuple[str, dict[str, float | None]]:
+class Columns:
+    """The per-case figures the built-in metrics read, gathered in one pass over a suite's results
+    (which may be on disk: harness.result_store). ``nan`` stands for a missing value."""
+
+    def __init__(self, results: Iterable[CaseResult]) -> None:
+        self.error, self.cached, self.truncated, self.passed, self.clean = (bytearray() for _ in range(5))
+        self.latency, self.sent, self.done, self.tokens, self.score, self.ttft, self.tpot = (
+            array("d") for _ in range(7))
+        self.dataset: list[str] = []
+        self.pairwise_reference = False
+        nan = math.nan
+        for r in results:
+            self.error.append(r.error is not None)
+            self.cached.append(bool(r.cached))
+            self.truncated.append(bool(r.truncated))
+            self.passed.append(r.passed is True)
+            self.clean.append(r.attack is None)
+            self.latency.append(nan if r.latency_ms is None else r.latency_ms)
+            self.sent.append(nan if r.sent_at is None else r.sent_at)
+            self.done.append(nan if r.done_at is None else r.done_at)
+            self.tokens.append(nan if r.output_tokens is None else r.output_tokens)
+            self.score.append(r.score or 0.0)
+            self.ttft.append(nan if r.ttft_ms is None else r.ttft_ms)
+            self.tpot.append(nan if r.tpot_ms is None else r.tpot_ms)
+            self.dataset.append(r.dataset)
+            if not self.pairwise_reference and r.data and r.data.get("pairwise") == "reference":
+                self.pairwise_reference = True
+
+    def __len__(self) -> int:
+        return len(self.error)
+
+    def take(self, mask: Sequence[bool]) -> "Columns":
+        """The rows where ``mask`` is true."""
+        part = Columns(())
+        for name in ("error", "cached", "truncated", "passed", "clean", "latency", "sent", "done", "tokens",
+                     "score", "ttft", "tpot"):
+            kept = getattr(part, name)
+            kept.extend(v for v, keep in zip(getattr(self, name), mask) if keep)
+        part.dataset = [v for v, keep in zip(self.dataset, mask) if keep]
+        part.pairwise_reference = self.pairwise_reference
+        return part
+
+
+def _present(values: Iterable[float]) -> list[float]:
+    return [v for v in values if v == v]  # nan is the one value unequal to itself
+
+
+def suite_metrics(suite: Suite, results: Sequence[CaseResult],
+                  columns: Columns | None = None) -> tuple[str, dict[str, float | None]]:
     """The main metric's name and every metric of one suite on one model.
 
     In a robustness suite the quality metrics are those of the clean cases; errors, latency and
     throughput count every request, perturbed copies included."""
-    clean = [r for r in results if r.attack is None]
-    perturbed = [r for r in results if r.attack is not None]
-    main, metrics = _metrics(suite, clean)
+    cols = columns if columns is not None else Columns(results)
+    everything_clean = all(cols.clean)
+    clean = results if everything_clean else take(results, cols.clean)
+    clean_cols = cols if everything_clean else cols.take(cols.clean)
+    main, metrics = _metrics(suite, clean, clean_cols)
     if suite.judge is not None:
         metrics.update(_judge_figures(suite, clean, None)[0])
     if suite.robustness is not None:
         from harness.robustness import robustness_metrics
 
-        metrics.update(_operational(results))
+        perturbed = take(results, [not c for c in cols.clean])
+        metrics.update(_operational(cols))
         metrics.update(robustness_metrics(suite.robustness, _scorer(suite), main, clean, perturbed, set(metrics)))
     return main, metrics
 
@@ -47,40 +101,41 @@ def _judge_figures(suite: Suite, results: Sequence[CaseResult],
     return judge_quality(suite.judge, judge or suite.judge.model or "", model, clean)
 
 
-def _operational(results: Sequence[CaseResult]) -> dict[str, float | None]:
+def _operational(cols: Columns) -> dict[str, float | None]:
     """Errors, latency and throughput over every request of a suite."""
-    n = len(results)
-    errors = sum(r.error is not None for r in results)
-    latencies = [r.latency_ms for r in results if r.error is None and not r.cached and r.latency_ms is not None]
+    n = len(cols)
+    errors = sum(cols.error)
+    latencies = _present(lat for lat, error, cached in zip(cols.latency, cols.error, cols.cached)
+                         if not error and not cached)
     metrics: dict[str, float | None] = {
         "errors": float(errors),
-        "cached": float(sum(r.cached for r in results)),
+        "cached": float(sum(cols.cached)),
         "error_rate": errors / n if n else None,
         "latency_p50_ms": percentile(latencies, 50),
         "latency_p90_ms": percentile(latencies, 90),
         "latency_p99_ms": percentile(latencies, 99),
-        **throughput(results),
+        **throughput(cols),
     }
     with_interval(metrics, "error_rate", wilson(errors, n))
-    truncated = sum(r.truncated for r in results)  # replies cut off at max_tokens
+    truncated = sum(cols.truncated)  # replies cut off at max_tokens
     metrics["truncated_rate"] = truncated / n if n else None
     with_interval(metrics, "truncated_rate", wilson(truncated, n))
     return metrics
 
 
-def _metrics(suite: Suite, results: Sequence[CaseResult]) -> tuple[str, dict[str, float | None]]:
-    n = len(results)
-    tokens = [r.output_tokens for r in results if r.output_tokens is not None]
+def _metrics(suite: Suite, results: Sequence[CaseResult], cols: Columns) -> tuple[str, dict[str, float | None]]:
+    n = len(cols)
+    tokens = _present(cols.tokens)
     metrics: dict[str, float | None] = {
         "cases": float(n),
-        **_operational(results),
-        "score": sum(r.score or 0.0 for r in results) / n if n else None,
+        **_operational(cols),
+        "score": sum(cols.score) / n if n else None,
         "output_tokens_mean": sum(tokens) / len(tokens) if tokens else None,
     }
     # quality figures carry their 95% interval; operational ones (latency, throughput) do not
-    with_interval(metrics, "score", mean_interval([r.score or 0.0 for r in results]))
+    with_interval(metrics, "score", mean_interval(cols.score.tolist()))
     if suite.pass_rule is not None:
-        passed = sum(r.passed is True for r in results)
+        passed = sum(cols.passed)
         metrics["pass_rate"] = passed / n if n else None
         with_interval(metrics, "pass_rate", wilson(passed, n))
     scorer = _scorer(suite)
@@ -94,21 +149,25 @@ def _metrics(suite: Suite, results: Sequence[CaseResult]) -> tuple[str, dict[str
     return main, metrics
 
 
-def throughput(results: Sequence[CaseResult]) -> dict[str, float | None]:
+def throughput(results: Sequence[CaseResult] | Columns) -> dict[str, float | None]:
     """Requests/s and output tokens/s over the wall time from first send to last answer; TTFT/TPOT.
 
     Cache hits are left out (they were not sent); failed requests count in the wall time but
     not as throughput."""
-    live = [r for r in results if not r.cached and r.sent_at is not None and r.done_at is not None]
-    answered = [r for r in live if r.error is None]
-    wall = max(r.done_at for r in live) - min(r.sent_at for r in live) if live else 0.0  # type: ignore[type-var]
+    cols = results if isinstance(results, Columns) else Columns(results)
+    live = [i for i, (cached, sent, done) in enumerate(zip(cols.cached, cols.sent, cols.done))
+            if not cached and sent == sent and done == done]
+    answered = [i for i in live if not cols.error[i]]
+    wall = max(cols.done[i] for i in live) - min(cols.sent[i] for i in live) if live else 0.0
+    tokens = cols.tokens
     metrics: dict[str, float | None] = {
         "wall_s": wall if live else None,
         "throughput_rps": len(answered) / wall if wall > 0 else None,
-        "output_tokens_per_s": sum(r.output_tokens or 0 for r in answered) / wall if wall > 0 else None,
+        "output_tokens_per_s": sum(tokens[i] if tokens[i] == tokens[i] else 0 for i in answered) / wall
+        if wall > 0 else None,
     }
-    for name in ("ttft_ms", "tpot_ms"):
-        values = [getattr(r, name) for r in answered if getattr(r, name) is not None]
+    for name, column in (("ttft_ms", cols.ttft), ("tpot_ms", cols.tpot)):
+        values = _present(column[i] for i in answered)
         if values:
             stem = name.removesuffix("_ms")
             for q in (50, 90, 99):
@@ -116,17 +175,21 @@ def throughput(results: Sequence[CaseResult]) -> dict[str, float | None]:
     return metrics
 
 
-def by_dataset(suite: Suite, main: str, clean: Sequence[CaseResult],
-               metrics: dict[str, float | None]) -> list[dict[str, Any]]:
+def by_dataset(suite: Suite, main: str, clean: Sequence[CaseResult], metrics: dict[str, float | None],
+               cols: Columns | None = None) -> list[dict[str, Any]]:
     """One row per source file of a suite's clean cases, in data order: its cases, errors and main
     metric with its interval. A suite of one file reuses its own figures (``metrics``)."""
-    groups: dict[str, list[CaseResult]] = {}
-    for result in clean:
-        groups.setdefault(result.dataset, []).append(result)
+    cols = cols if cols is not None else Columns(clean)
+    datasets = list(dict.fromkeys(cols.dataset))
     rows = []
-    for dataset, part in groups.items():
-        figures = metrics if len(groups) == 1 else _metrics(suite, part)[1]
-        rows.append({"dataset": dataset, "cases": len(part), "errors": sum(r.error is not None for r in part),
+    for dataset in datasets:
+        if len(datasets) == 1:
+            figures, part = metrics, cols
+        else:
+            mask = [d == dataset for d in cols.dataset]
+            part = cols.take(mask)
+            figures = _metrics(suite, take(clean, mask), part)[1]
+        rows.append({"dataset": dataset, "cases": len(part), "errors": sum(part.error),
                      "metric": main, "value": figures.get(main), "lower": figures.get(f"{main}.lower"),
                      "upper": figures.get(f"{main}.upper")})
     return rows
@@ -149,12 +212,12 @@ def is_timing_metric(metric: str) -> bool:
     return metric in TIMING_METRICS
 
 
-def unmeasured_reason(results: Sequence[CaseResult]) -> str | None:
+def unmeasured_reason(cols: Columns) -> str | None:
     """Why a suite has no timing figures, when every reply came from the response cache; else None
     (a partly cached suite is timed on the requests it sent)."""
-    if not results or not all(r.cached for r in results):
+    if not len(cols) or not all(cols.cached):
         return None
-    n = len(results)
+    n = len(cols)
     return (f"no request of this suite was sent in this run ({n} of {n} replies from the response cache): "
             f"latency not measured")
 
@@ -167,12 +230,13 @@ def suite_result(suite: Suite, model: str, results: Sequence[CaseResult], total_
     ``judged``: the gate expressions to hold to the metrics (None: all); the others are
     recorded as skipped with ``unjudged_reason``. ``hook`` (a pytest hook relay) lets
     ``pytest_llm_suite_metrics`` add or change metrics before any gate is judged."""
-    main, metrics = suite_metrics(suite, results)
+    cols = Columns(results)  # the one pass over every result the built-in figures need
+    main, metrics = suite_metrics(suite, results, cols)
     judge_table = _judge_figures(suite, results, model)[1] if suite.judge is not None else None
     if hook is not None:
-        hook.pytest_llm_suite_metrics(suite=suite, model=model, results=list(results), metrics=metrics)
-    unmeasured = unmeasured_reason(results)
-    reference_of_pairwise = any(r.data.get("pairwise") == "reference" for r in results)
+        hook.pytest_llm_suite_metrics(suite=suite, model=model, results=results, metrics=metrics)
+    unmeasured = unmeasured_reason(cols)
+    reference_of_pairwise = cols.pairwise_reference
     gates = []
     for expr in suite.gates:
         gate = parse_gate(expr)
@@ -187,10 +251,12 @@ def suite_result(suite: Suite, model: str, results: Sequence[CaseResult], total_
         else:
             gates.append(evaluate_gate(gate, metrics))
     scorer = _scorer(suite)
-    clean = [r for r in results if r.attack is None]  # tables, like quality metrics, are the clean cases
+    everything_clean = all(cols.clean)  # tables, like quality metrics, are the clean cases
+    clean = results if everything_clean else take(results, cols.clean)
+    clean_cols = cols if everything_clean else cols.take(cols.clean)
     tables = scorer.tables(clean) if scorer is not None and hasattr(scorer, "tables") else {}
-    tables = {**tables, "by_dataset": by_dataset(suite, main, clean, metrics)}
+    tables = {**tables, "by_dataset": by_dataset(suite, main, clean, metrics, clean_cols)}
     if judge_table is not None:
         tables["judge"] = judge_table
-    subset = len(results) < total_cases
-    return SuiteResult(suite.name, model, main, metrics, gates, len(results), total_cases, subset, tables)
+    subset = len(cols) < total_cases
+    return SuiteResult(suite.name, model, main, metrics, gates, len(cols), total_cases, subset, tables)

@@ -379,3 +379,26 @@ def test_importing_harness_report_skips_openpyxl() -> None:
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_worst_cases_of_a_long_run_are_the_worst_ten_in_order(tmp_path: Path) -> None:
+    """report.md keeps only a few failing cases while it reads a large run's cases (40 at most per
+    suite and model, so 500 cases with 450 failing cut the kept list many times): the ten it shows are still the run's worst (errors first, then the lowest scores, ties in data
+    order), and the counts are of every case."""
+    import random
+
+    rnd = random.Random(3)
+    scores = [round(rnd.random(), 2) for _ in range(500)]
+    cases = [_case("s", f"c{i}", "m", score=score, passed=None if score < 0.9 else True,
+                   error="timeout" if i in (401, 77) else None) for i, score in enumerate(scores)]
+    failing = [c for c in cases if c["error"] is not None or (c["passed"] is None and c["score"] < 1)]
+    expected = sorted(failing, key=lambda c: (c["error"] is None, c["score"]))[:10]
+    report = {"run": {"id": "r"}, "suites": [_suite("s", "m", "accuracy", [])],
+              "cases": cases}
+    text = write_markdown(report, tmp_path).read_text()
+    worst = text.split("## Worst cases", 1)[1]
+    assert f"10 of {len(failing)} failing (of 500 cases)" in worst
+    shown = [line.split("`")[1] for line in worst.splitlines() if line.startswith("| `c")]
+    assert shown == [c["id"] for c in expected]
+    assert shown[:2] == ["c77", "c401"]  # the errors, in data order
+

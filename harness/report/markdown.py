@@ -6,7 +6,7 @@ import math
 import re
 import shlex
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, Iterable
 
 from harness.report.files import write_text
 from harness.report.forest import FILENAME as FOREST_PNG
@@ -379,25 +379,38 @@ def _gates(suites: list[dict[str, Any]]) -> str:
     return "## Gates\n\n" + _table(headers, rows)
 
 
-def _worst(suites: list[dict[str, Any]], cases: list[dict[str, Any]]) -> str:
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+def _worst(suites: list[dict[str, Any]], cases: Iterable[dict[str, Any]]) -> str:
+    # one pass over the cases, keeping counts and only the worst few of each suite and model: a large
+    # run's cases are read one at a time (harness.envelope.CaseRows), never all held
+    groups: dict[tuple[str, str], list[int]] = {}  # -> [cases, failing]
+    worst: dict[tuple[str, str], list[dict[str, Any]]] = {}
+
+    def order(c: dict[str, Any]) -> tuple[bool, Any]:
+        return c.get("error") is None, _score_key(c.get("score"))  # errors first, then the lowest scores
+
     for s in suites:
-        groups.setdefault((str(s.get("name")), str(s.get("model"))), [])
+        groups.setdefault((str(s.get("name")), str(s.get("model"))), [0, 0])
     for c in cases:
-        groups.setdefault((str(c.get("suite")), str(c.get("model"))), []).append(c)
+        key = (str(c.get("suite")), str(c.get("model")))
+        counts = groups.setdefault(key, [0, 0])
+        counts[0] += 1
+        if is_bad(c):
+            counts[1] += 1
+            kept = worst.setdefault(key, [])
+            kept.append(c)
+            if len(kept) >= 4 * WORST_CASES:
+                kept.sort(key=order)  # stable: equal cases stay in data order
+                del kept[WORST_CASES:]
 
     out = ["## Worst cases\n"]
     headers = ["ID", "Prompt (tail)", "Output", "Extracted", "Target", "Score", "Reason / error"]
-    for (suite, model), group in groups.items():
-        bad = [c for c in group if is_bad(c)]
+    for (suite, model), (total, failing) in groups.items():
         out.append(f"### {_text(suite)} · {_text(model)}\n")
-        if not bad:
-            out.append(f"_No failing cases among {len(group)}._\n")
+        if not failing:
+            out.append(f"_No failing cases among {total}._\n")
             continue
-        # errors first (the model never answered), then the lowest scores
-        bad.sort(key=lambda c: (c.get("error") is None, _score_key(c.get("score"))))
-        shown = bad[:WORST_CASES]
-        out.append(f"{len(shown)} of {len(bad)} failing (of {len(group)} cases):\n")
+        shown = sorted(worst[(suite, model)], key=order)[:WORST_CASES]
+        out.append(f"{len(shown)} of {failing} failing (of {total} cases):\n")
         rows = [
             [
                 _code(str(c.get("id"))),

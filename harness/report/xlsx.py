@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from array import array
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
@@ -118,7 +119,7 @@ def write_xlsx(report: dict[str, Any], out_dir: Path) -> Path:
         if (s := by_key.get((suite, model))) is not None:
             _table_sheets(wb, s, group, raw, taken, pngs.get(id(s)))
 
-    bad = [c for c in cases if is_bad(c)]
+    bad = _Picked(cases, array("q", (i for i, c in enumerate(cases) if is_bad(c))))
     _fill(
         wb.create_sheet("bad_cases"),
         ["suite", *CASE_COLUMNS],
@@ -189,7 +190,7 @@ def _cleaner(illegal: re.Pattern[str]) -> Callable[[Any], Any]:
 # -- suite tables -----------------------------------------------------------
 
 
-def _table_sheets(wb: Workbook, suite: dict[str, Any], cases: list[dict[str, Any]], raw: str,
+def _table_sheets(wb: Workbook, suite: dict[str, Any], cases: Sequence[dict[str, Any]], raw: str,
                   taken: set[str], png: Path | None) -> None:
     """The suite's confusion matrix sheet, or its three tool-call sheets, when it has them."""
     table = confusion_table(suite)
@@ -365,15 +366,35 @@ def _gate_rows(suites: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 def _group_cases(
-    suites: list[dict[str, Any]], cases: list[dict[str, Any]]
-) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    suites: list[dict[str, Any]], cases: Sequence[dict[str, Any]]
+) -> dict[tuple[str, str], Sequence[dict[str, Any]]]:
+    """Each suite and model's cases, as positions in ``cases``: a large run's cases are built when they
+    are read (harness.envelope.CaseRows), so a sheet reads each one as it writes its row."""
     # suites first, so a suite with no cases still gets its (empty) sheet in suite order
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str], array[int]] = {}
     for s in suites:
-        groups.setdefault((str(s.get("name")), str(s.get("model"))), [])
-    for c in cases:
-        groups.setdefault((str(c.get("suite")), str(c.get("model"))), []).append(c)
-    return groups
+        groups.setdefault((str(s.get("name")), str(s.get("model"))), array("q"))
+    for index, c in enumerate(cases):
+        groups.setdefault((str(c.get("suite")), str(c.get("model"))), array("q")).append(index)
+    return {key: _Picked(cases, picked) for key, picked in groups.items()}
+
+
+class _Picked(Sequence[dict[str, Any]]):
+    """Some of a sequence's items, by position, read when they are read."""
+
+    def __init__(self, items: Sequence[dict[str, Any]], positions: Sequence[int]) -> None:
+        self.items, self.positions = items, positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self.items[i] for i in self.positions[index]]
+        return self.items[self.positions[index]]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self.items[i] for i in self.positions)
 
 
 def _judge_cells(case: dict[str, Any]) -> list[Any]:
@@ -386,7 +407,7 @@ class _Rows(Sequence[list[Any]]):
     """A sheet's rows made one at a time as they are written, from its cases: a million cases never
     stand in memory as rows of cells at once."""
 
-    def __init__(self, items: list[Any], make: Callable[[Any], list[Any]]) -> None:
+    def __init__(self, items: Sequence[Any], make: Callable[[Any], list[Any]]) -> None:
         self.items, self.make = items, make
 
     def __len__(self) -> int:
