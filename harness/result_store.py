@@ -135,6 +135,7 @@ class RunResults:
         self._attack = array("q")
         self._codes: dict[str, int] = {}
         self._names: list[str] = []
+        self._lock = threading.Lock()  # results arrive on one thread while another reads them in order
 
     def __len__(self) -> int:
         return len(self._row)
@@ -144,23 +145,38 @@ class RunResults:
 
     def add(self, result: CaseResult) -> bool:
         """Keep ``result`` unless its case has one already; whether it was kept."""
-        if result.nodeid in self._row:
-            return False
-        self._row[result.nodeid] = len(self._row)
-        if self._spool is None:
-            self._objects.append(result)
-        else:
-            self._at.append(self._spool.append(result))
-        self._line.append(result.line)
-        self._dataset.append(self._code(result.dataset))
-        self._attack.append(self._code(result.attack or ""))
+        at = None
+        with self._lock:
+            if result.nodeid in self._row:
+                return False
+            if self._spool is not None:
+                at = self._spool.append(result)
+            self._row[result.nodeid] = len(self._row)
+            if at is None:
+                self._objects.append(result)
+            else:
+                self._at.append(at)
+            self._line.append(result.line)
+            self._dataset.append(self._code(result.dataset))
+            self._attack.append(self._code(result.attack or ""))
         return True
 
     def get(self, nodeid: str) -> CaseResult | None:
-        row = self._row.get(nodeid)
-        if row is None:
-            return None
-        return self._objects[row] if self._spool is None else self._spool.read(self._at[row])
+        with self._lock:
+            row = self._row.get(nodeid)
+            if row is None:
+                return None
+            if self._spool is None:
+                return self._objects[row]
+            at = self._at[row]
+        return self._spool.read(at)
+
+    def snapshot(self) -> tuple[bytes, bytes, bytes, bytes, list[str], list[CaseResult]]:
+        """The rows so far, as one consistent copy: spool offsets, lines, dataset and perturbation
+        codes (int64 bytes), the code names, and (no spool) the results."""
+        with self._lock:
+            return (self._at.tobytes(), self._line.tobytes(), self._dataset.tobytes(), self._attack.tobytes(),
+                    list(self._names), list(self._objects))
 
     def _code(self, text: str) -> int:
         code = self._codes.get(text)
@@ -179,26 +195,28 @@ def merged(parts: Sequence[tuple[str, int, RunResults]]) -> Sequence[CaseResult]
     model. ``parts``: each run's suite name, its model's rank, and its results."""
     import numpy as np
 
-    parts = [part for part in parts if len(part[2])]
-    if not parts:
+    taken = [(suite, model, run, run.snapshot()) for suite, model, run in parts]
+    taken = [part for part in taken if part[3][1]]
+    if not taken:
         return []
-    names = sorted({name for _, _, run in parts for name in run._names})
+    names = sorted({name for *_, shot in taken for name in shot[4]})
     rank = {name: index for index, name in enumerate(names)}
-    suites = {name: index for index, name in enumerate(sorted({suite for suite, _, _ in parts}))}
+    suites = {name: index for index, name in enumerate(sorted({suite for suite, *_ in taken}))}
     keys: list[list[Any]] = [[], [], [], [], []]  # suite, dataset, line, attack, model
-    for suite, model, run in parts:
-        n = len(run)
-        codes = np.array([rank[name] for name in run._names], dtype=np.int64)
-        keys[0].append(np.full(n, suites[suite], dtype=np.int64))
-        keys[1].append(codes[np.frombuffer(run._dataset, dtype=np.int64)])
-        keys[2].append(np.frombuffer(run._line, dtype=np.int64))
-        keys[3].append(codes[np.frombuffer(run._attack, dtype=np.int64)])
-        keys[4].append(np.full(n, model, dtype=np.int64))
+    for suite, model, _, (_, lines, datasets, attacks, codes_of, _) in taken:
+        line = np.frombuffer(lines, dtype=np.int64)
+        codes = np.array([rank[name] for name in codes_of], dtype=np.int64)
+        keys[0].append(np.full(len(line), suites[suite], dtype=np.int64))
+        keys[1].append(codes[np.frombuffer(datasets, dtype=np.int64)])
+        keys[2].append(line)
+        keys[3].append(codes[np.frombuffer(attacks, dtype=np.int64)])
+        keys[4].append(np.full(len(line), model, dtype=np.int64))
     suite_key, dataset, line, attack, model_key = (np.concatenate(part) for part in keys)
     order = np.lexsort((model_key, attack, line, dataset, suite_key))  # the last key sorts first
-    spool = parts[0][2]._spool
-    if spool is not None and all(run._spool is spool for _, _, run in parts):
-        offsets = np.concatenate([np.frombuffer(run._at, dtype=np.int64) for _, _, run in parts])
+    spool = taken[0][2]._spool
+    if spool is not None and all(run._spool is spool for _, _, run, _ in taken):
+        offsets = np.concatenate([np.frombuffer(shot[0], dtype=np.int64) for *_, shot in taken])
         return ResultRows(spool, array("q", offsets[order].tobytes()))
-    objects = [run.get(nodeid) for _, _, run in parts for nodeid in run._row]
-    return [objects[i] for i in order.tolist()]  # type: ignore[misc]
+    objects = [r for _, _, run, shot in taken for r in (shot[5] if run._spool is None else
+               [run._spool.read(at) for at in array("q", shot[0])])]
+    return [objects[i] for i in order.tolist()]

@@ -158,3 +158,31 @@ def test_the_file_goes_when_the_spool_closes(tmp_path: Path) -> None:
     spool.append(result(1))
     spool.close()
     assert not (tmp_path / "r.spool").exists()
+
+
+def test_reading_in_order_while_results_arrive(spool: ResultSpool) -> None:
+    """A suite run is read in order (a stopped run's gates) on one thread while results still arrive
+    on another: every read is a consistent snapshot, and no append fails."""
+    import threading
+
+    run = RunResults(spool)
+    errors: list[BaseException] = []
+
+    def arrive() -> None:
+        try:
+            for i in range(3000):
+                run.add(result(i, dataset=f"d{i % 3}.jsonl"))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    writer = threading.Thread(target=arrive)
+    writer.start()
+    sizes = []
+    while writer.is_alive():
+        rows = run.ordered()
+        sizes.append(len(rows))
+        if len(rows):
+            assert rows[0].dataset == "d0.jsonl"
+    writer.join()
+    assert not errors
+    assert len(run.ordered()) == 3000 and sizes == sorted(sizes)
