@@ -48,7 +48,7 @@ class ResultSpool:
         try:
             payload = _MARSHAL + marshal.dumps(values)
         except ValueError:  # not primitives only
-            payload = _PICKLE + pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
+            payload = _PICKLE + _pickled(values)
         with self._lock:
             at = self._size
             self._file.write(_LENGTH.pack(len(payload)))
@@ -74,6 +74,22 @@ class ResultSpool:
                 self._file.close()
                 os.close(self._reader)
         self.path.unlink(missing_ok=True)
+
+
+def _pickled(values: tuple[Any, ...]) -> bytes:
+    """Pickled fields; one that cannot be pickled (a scorer kept a lambda, a lock) is kept as its repr,
+    which is what a report shows of it anyway: a result is never lost to its encoding."""
+    try:
+        return pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - pickling runs arbitrary __reduce__ code
+        def plain(value: Any) -> Any:
+            try:
+                pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+                return value
+            except Exception:  # noqa: BLE001
+                return repr(value)
+
+        return pickle.dumps(tuple(plain(v) for v in values), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class ResultRows(Sequence[CaseResult]):

@@ -33,6 +33,7 @@ class Columns:
         self.dataset: list[str] = []
         self.pairwise_reference = False
         nan = math.nan
+        names: dict[str, str] = {}  # each result read from disk has its own copy of its dataset's name
         for r in results:
             self.error.append(r.error is not None)
             self.cached.append(bool(r.cached))
@@ -46,7 +47,7 @@ class Columns:
             self.score.append(r.score or 0.0)
             self.ttft.append(nan if r.ttft_ms is None else r.ttft_ms)
             self.tpot.append(nan if r.tpot_ms is None else r.tpot_ms)
-            self.dataset.append(r.dataset)
+            self.dataset.append(names.setdefault(r.dataset, r.dataset))
             if not self.pairwise_reference and r.data and r.data.get("pairwise") == "reference":
                 self.pairwise_reference = True
 

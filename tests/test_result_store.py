@@ -46,6 +46,14 @@ def test_values_that_are_not_json_primitives_survive(spool: ResultSpool) -> None
     assert spool.read(spool.append(original)) == original
 
 
+def test_a_value_that_cannot_be_pickled_is_kept_as_its_repr(spool: ResultSpool) -> None:
+    import threading
+
+    lock = threading.Lock()
+    back = spool.read(spool.append(result(3, extracted=lock, output="kept")))
+    assert back.extracted == repr(lock) and back.output == "kept"
+
+
 def test_the_first_result_of_a_case_counts(spool: ResultSpool) -> None:
     run = RunResults(spool)
     assert run.add(result(1, output="first"))
