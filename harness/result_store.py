@@ -12,11 +12,10 @@ import marshal
 import os
 import pickle
 import struct
-import tempfile
 import threading
 from array import array
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, overload
+from typing import Any, Iterator, Sequence, overload
 
 from harness.results import _CASE_FIELDS, CaseResult
 
@@ -30,11 +29,7 @@ class ResultSpool:
     Results are JSON primitives on the wire; one a custom scorer filled with other objects in this
     process is pickled instead (the file is this run's own, never read from elsewhere)."""
 
-    def __init__(self, path: Path | None = None) -> None:
-        if path is None:
-            handle, name = tempfile.mkstemp(prefix="llm-harness-results-", suffix=".spool")
-            os.close(handle)
-            path = Path(name)
+    def __init__(self, path: Path) -> None:
         self.path = path
         self._file = path.open("wb")
         self._reader = os.open(path, os.O_RDONLY)
@@ -117,21 +112,13 @@ class ResultRows(Sequence[CaseResult]):
         for at in self._offsets:
             yield read(at)
 
-    def where(self, keep: Callable[[CaseResult], bool]) -> "ResultRows":
-        """The rows whose result ``keep`` accepts, in the same order (one pass)."""
-        return ResultRows(self._spool, array("q", (at for at, r in zip(self._offsets, self) if keep(r))))
-
     def take(self, mask: Sequence[bool]) -> "ResultRows":
         """The rows where ``mask`` is true."""
         return ResultRows(self._spool, array("q", (at for at, keep in zip(self._offsets, mask) if keep)))
 
 
-def where(results: Sequence[CaseResult], keep: Callable[[CaseResult], bool]) -> Sequence[CaseResult]:
-    """``results`` filtered, staying on disk when they are."""
-    return results.where(keep) if isinstance(results, ResultRows) else [r for r in results if keep(r)]
-
-
 def take(results: Sequence[CaseResult], mask: Sequence[bool]) -> Sequence[CaseResult]:
+    """``results`` where ``mask`` is true, staying on disk when they are."""
     return results.take(mask) if isinstance(results, ResultRows) else [r for r, keep in zip(results, mask) if keep]
 
 

@@ -10,7 +10,7 @@ import numpy
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from harness.result_store import ResultRows, ResultSpool, RunResults, merged
+from harness.result_store import ResultRows, ResultSpool, RunResults, merged, take
 from harness.results import CaseResult
 from harness.suite import Suite
 from harness.suite_metrics import suite_result
@@ -110,7 +110,7 @@ def test_rows_filter_and_slice_on_disk(spool: ResultSpool) -> None:
     for i in range(10):
         run.add(result(i, attack="typo" if i % 3 == 0 else None))
     rows = run.ordered()
-    clean = rows.where(lambda r: r.attack is None)  # type: ignore[attr-defined]
+    clean = take(rows, [r.attack is None for r in rows])
     assert isinstance(clean, ResultRows) and [r.id for r in clean] == [f"c{i}" for i in range(10) if i % 3]
     assert [r.id for r in rows.take([i < 2 for i in range(10)])] == ["c0", "c1"]  # type: ignore[attr-defined]
     assert len(rows[2:5]) == 3 and rows[2:5][0].id == "c2"
