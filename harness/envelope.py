@@ -99,21 +99,36 @@ def build_envelope(record: RunRecord, args: list[str], workers: int,
     }
 
 
+# Up to this many cases, each case's dict is built once and kept while the reports are written (about
+# 1 KB a case), and every read is a shallow copy of it: the writers read the cases about twenty times in
+# all, and decoding a result from disk and making its dict is most of that. Above it, as in a million-case
+# run, each read builds the dict anew, so that they never all stand in memory.
+KEPT_ROWS = 20_000
+
+
 class CaseRows(Sequence[dict[str, Any]]):
     """report.json's ``cases``: one dict per case result, built (and redacted) when it is read.
 
     A million cases never stand in memory as dicts at once: each report writer reads them one at a
-    time (a dict of 31 keys is about a kilobyte, more than the slotted result it is made from). A
-    dict read twice is two equal dicts; a change to one is not kept. ``list(rows)`` makes them stay."""
+    time (a dict of 31 keys is about a kilobyte, more than the slotted result it is made from); a run
+    of up to KEPT_ROWS cases keeps them once built. A dict read twice is two equal dicts; a change to
+    one (to its keys: the values are shared when kept) is not kept. ``list(rows)`` makes them stay."""
 
-    __slots__ = ("_results", "_secrets")
+    __slots__ = ("_results", "_secrets", "_kept")
 
     def __init__(self, results: Sequence[CaseResult], secrets: list[str]) -> None:
         self._results = results
         self._secrets = secrets
+        self._kept: list[dict[str, Any]] | None = None
 
     def __len__(self) -> int:
         return len(self._results)
+
+    def _built(self) -> list[dict[str, Any]] | None:
+        """Every case's dict, built once, in a run of up to KEPT_ROWS cases; else None."""
+        if self._kept is None and len(self._results) <= KEPT_ROWS:
+            self._kept = [_redact_case(r.to_dict(), self._secrets) for r in self._results]
+        return self._kept
 
     @overload
     def __getitem__(self, index: int) -> dict[str, Any]: ...
@@ -121,11 +136,17 @@ class CaseRows(Sequence[dict[str, Any]]):
     def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
 
     def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if (kept := self._built()) is not None:
+            return [dict(case) for case in kept[index]] if isinstance(index, slice) else dict(kept[index])
         if isinstance(index, slice):
             return [_redact_case(r.to_dict(), self._secrets) for r in self._results[index]]
         return _redact_case(self._results[index].to_dict(), self._secrets)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        if (kept := self._built()) is not None:
+            for case in kept:
+                yield dict(case)
+            return
         secrets = self._secrets
         for result in self._results:
             yield _redact_case(result.to_dict(), secrets)

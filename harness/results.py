@@ -6,6 +6,7 @@ field must survive execnet serialisation: str, int, float, bool, None, list, dic
 
 from __future__ import annotations
 
+import operator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -55,7 +56,7 @@ class CaseResult:
 
     def to_dict(self) -> dict[str, Any]:
         # shallow on purpose: asdict's deep copy costs more than scoring a case
-        return {name: getattr(self, name) for name in _CASE_FIELDS}
+        return dict(zip(_CASE_FIELDS, _case_values(self)))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "CaseResult":
@@ -64,6 +65,7 @@ class CaseResult:
 
 _CASE_FIELDS = tuple(f.name for f in fields(CaseResult))
 _CASE_FIELD_SET = frozenset(_CASE_FIELDS)
+_case_values = operator.attrgetter(*_CASE_FIELDS)  # one C call for all fields: to_dict runs per case per writer
 
 
 @dataclass

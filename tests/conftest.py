@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,8 +14,14 @@ from typing import Any, Iterator
 # Loaded before any pytester test: pytester drops the modules first imported during a test, so a
 # module that an in-process run loads first would be imported again later, with new classes
 # (jinja2.UndefinedError would no longer match) or not at all (numpy's C core refuses twice).
+# It also makes each in-process run cheaper: what every run loads (openpyxl alone is 176 modules) is loaded
+# once per test process instead of once per run.
+import aiohttp  # noqa: F401
 import jinja2  # noqa: F401
+import jinja2.sandbox  # noqa: F401
 import numpy  # noqa: F401
+import openpyxl  # noqa: F401
+import PIL.Image  # noqa: F401
 import scipy.stats  # noqa: F401
 import pytest
 import yaml
@@ -22,11 +29,41 @@ import yaml
 import harness.case_scoring  # noqa: F401
 import harness.comparison.compare  # noqa: F401
 import harness.comparison.statistics  # noqa: F401
+import harness.engines.lease  # noqa: F401
+import harness.envelope  # noqa: F401
+import harness.generation  # noqa: F401
+import harness.judging.options  # noqa: F401
+import harness.metadata  # noqa: F401
+import harness.progress  # noqa: F401
 import harness.prompts  # noqa: F401
+import harness.report.details  # noqa: F401
+import harness.report.files  # noqa: F401
+import harness.report.html  # noqa: F401
+import harness.report.indicators  # noqa: F401
+import harness.report.json_report  # noqa: F401
+import harness.report.markdown  # noqa: F401
+import harness.report.training_plots  # noqa: F401
+import harness.report.xlsx  # noqa: F401
 import harness.session  # noqa: F401
 import harness.suite_metrics  # noqa: F401
+import harness.testing.scripted  # noqa: F401
+import harness.testing.stub_server  # noqa: F401
+import harness.training.api  # noqa: F401
+import harness.training.job  # noqa: F401
 
+from harness.engines.bundled import default_cache_root
 from harness.engines.managed import free_port, model_listed
+
+# The user's cache root, named before pytester moves HOME (see shared_bundled_model).
+USER_CACHE = default_cache_root()
+
+# The processes the tests start (pytester's subprocess runs, the xdist workers of in-process runs, stub
+# servers) cache their bytecode even where the environment says not to (PYTHONDONTWRITEBYTECODE): else each
+# of them compiles again every module it imports and pytest rewrites the asserts of every module of each
+# installed plugin package, this one included (about 2 of a 3.4 s run, 4 of each xdist worker's 4.5 CPU-s).
+# The caches go to a folder of their own in the user's cache, never next to the sources.
+if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
+    os.environ.setdefault("PYTHONPYCACHEPREFIX", str(USER_CACHE / "pycache"))
 
 STUB_MODELS = "stub,stub-b"
 
@@ -52,6 +89,22 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return module if module.rsplit("/", 1)[-1] in SHARED_FIXTURE_MODULES else nodeid
 
     return SharedFixtureModules(config, log)
+
+
+@pytest.fixture(autouse=True)
+def shared_bundled_model(request: pytest.FixtureRequest) -> None:
+    """A pytester test's runs get a harness cache of their own (responses, ...) whose converted models are the
+    user's: pytester's HOME of its own would otherwise make each run convert the bundled GGUF again (about 70 s
+    on 2 cores). A converted model is read-only once made and its conversion is locked across processes."""
+    if "pytester" not in request.fixturenames:
+        return
+    pytester: pytest.Pytester = request.getfixturevalue("pytester")
+    models = USER_CACHE / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    root = pytester.path / ".cache" / "pytest-llm-harness"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "models").symlink_to(models, target_is_directory=True)
+    request.getfixturevalue("monkeypatch").setenv("LLM_HARNESS_CACHE", str(root))
 
 
 @pytest.fixture(scope="session")

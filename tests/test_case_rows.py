@@ -1,6 +1,6 @@
-"""report.json's cases as the envelope hands them to the writers: built one at a time from the run's
-results (harness.envelope.CaseRows), never all held as dicts. Every writer must give the same files
-from them as from a list of the same dicts."""
+"""report.json's cases as the envelope hands them to the writers: built from the run's results
+(harness.envelope.CaseRows), once and kept up to KEPT_ROWS cases, else one at a time and never all held
+as dicts. Every writer must give the same files from them as from a list of the same dicts."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from harness import envelope
 from harness.envelope import CaseRows
 from harness.report import write_reports
 from harness.report.json_report import dumps_report
@@ -27,7 +30,11 @@ def _files(folder: Path) -> dict[str, bytes]:
             if p.is_file() and p.suffix != ".xlsx"}
 
 
-def test_case_rows_read_like_a_list_and_mask_secrets(report: dict[str, Any]) -> None:  # noqa: F811
+@pytest.mark.parametrize("kept", [True, False], ids=["kept", "built-on-each-read"])
+def test_case_rows_read_like_a_list_and_mask_secrets(report: dict[str, Any], kept: bool,  # noqa: F811
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # up to KEPT_ROWS cases each dict is built once and copied on each read; above, built on each read
+    monkeypatch.setattr(envelope, "KEPT_ROWS", len(report["cases"]) if kept else len(report["cases"]) - 1)
     cases = report["cases"]
     cases[0]["error"] = f"connection refused: http://user:{SECRET}@127.0.0.1:9/v1"
     rows = _rows(cases)
@@ -40,6 +47,7 @@ def test_case_rows_read_like_a_list_and_mask_secrets(report: dict[str, Any]) -> 
     # each read builds a new dict: a writer that changes one does not change what the next one reads
     rows[0]["output"] = "changed"
     assert rows[0]["output"] == listed[0]["output"] != "changed"
+    assert (rows._kept is not None) is kept
 
 
 def test_every_writer_gives_the_same_files_from_rows_as_from_a_list(report: dict[str, Any],  # noqa: F811
