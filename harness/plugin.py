@@ -6,6 +6,7 @@ must stay cheap: no torch, transformers or openpyxl here.
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 from typing import Any, Generator
@@ -136,6 +137,22 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspec)
 
 
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    # Cleanups run last registered first: this one, registered before any plugin's pytest_configure,
+    # runs after them all, pytest's own end-of-run gc.collect() calls (unraisableexception) included,
+    # which then skip the frozen items (0.1-0.2 s at 1,000 cases).
+    early_config.add_cleanup(functools.partial(_restore_gc, early_config))
+
+
+def _restore_gc(config: pytest.Config) -> None:
+    """Give the user's process its collector back (pytest_collection froze what was collected)."""
+    if GC_KEY in config.stash:
+        import gc
+
+        gc.unfreeze()
+        del config.stash[GC_KEY]
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "llm_eval: an eval case collected from a JSONL suite")
     config.addinivalue_line("markers", "llm_gate: a quality gate judged on a whole suite")
@@ -197,7 +214,7 @@ def pytest_collection(session: pytest.Session) -> Generator[None, Any, Any]:
 
     # 100,000 items are 100,000 long-lived objects: the cyclic collector would rescan them over
     # and over while they are made (seconds), and again during the run unless they are frozen.
-    # Both are undone in pytest_unconfigure: the user's process gets its collector back.
+    # Both are undone at the end (_restore_gc): the user's process gets its collector back.
     enabled = gc.isenabled()
     session.config.stash[GC_KEY] = enabled
     gc.disable()
@@ -284,10 +301,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-@pytest.hookimpl(trylast=True)  # unfreeze after pytest's own end-of-run gc.collect(), which then skips the items
+@pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
-    import gc
-
     from harness.session import SESSION_KEY
 
     session = config.stash.get(SESSION_KEY, None)
@@ -300,9 +315,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         slimmer = config.pluginmanager.get_plugin(SLIM_NAME)
         if slimmer is not None:
             config.pluginmanager.unregister(slimmer)
-    if GC_KEY in config.stash:
-        gc.unfreeze()
-        del config.stash[GC_KEY]
     state = config.stash.get(STATE_KEY, None)
     if state is None:
         return

@@ -54,7 +54,7 @@ import harness.training.job  # noqa: F401
 from harness.engines.bundled import default_cache_root
 from harness.engines.managed import free_port, model_listed
 
-# The user's cache root, named before pytester moves HOME (see shared_bundled_model).
+# The user's cache root, named before pytester moves HOME (see pytester_runs).
 USER_CACHE = default_cache_root()
 
 # The processes the tests start (pytester's subprocess runs, the xdist workers of in-process runs, stub
@@ -91,20 +91,28 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return SharedFixtureModules(config, log)
 
 
+# Installed pytest plugins that no run a test starts uses; each would be imported by every process of
+# each run (hypothesis's and anyio's take about 0.4 s together).
+UNUSED_PLUGINS = "-p no:hypothesispytest -p no:anyio -p no:benchmark"
+
+
 @pytest.fixture(autouse=True)
-def shared_bundled_model(request: pytest.FixtureRequest) -> None:
-    """A pytester test's runs get a harness cache of their own (responses, ...) whose converted models are the
-    user's: pytester's HOME of its own would otherwise make each run convert the bundled GGUF again (about 70 s
-    on 2 cores). A converted model is read-only once made and its conversion is locked across processes."""
+def pytester_runs(request: pytest.FixtureRequest) -> None:
+    """The runs a pytester test starts: a harness cache of their own (responses, ...) whose converted models
+    are the user's, and no unused plugins. pytester's HOME of its own would otherwise make each run convert the
+    bundled GGUF again (about 70 s on 2 cores); a converted model is read-only once made and its conversion is
+    locked across processes."""
     if "pytester" not in request.fixturenames:
         return
     pytester: pytest.Pytester = request.getfixturevalue("pytester")
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
     models = USER_CACHE / "models"
     models.mkdir(parents=True, exist_ok=True)
     root = pytester.path / ".cache" / "pytest-llm-harness"
     root.mkdir(parents=True, exist_ok=True)
     (root / "models").symlink_to(models, target_is_directory=True)
-    request.getfixturevalue("monkeypatch").setenv("LLM_HARNESS_CACHE", str(root))
+    monkeypatch.setenv("LLM_HARNESS_CACHE", str(root))
+    monkeypatch.setenv("PYTEST_ADDOPTS", " ".join(filter(None, [os.environ.get("PYTEST_ADDOPTS"), UNUSED_PLUGINS])))
 
 
 @pytest.fixture(scope="session")

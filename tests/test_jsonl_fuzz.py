@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from harness.suite import Case, Suite, SuiteError, load_cases, load_suite
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # any text, lone surrogates often: json.dumps writes them as the \udXXX escapes a file may hold
 SURROGATES = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, exclude_categories=())
