@@ -17,6 +17,7 @@ from harness.collect import CaseItem, GateItem, JsonlFile, SuiteFile, is_suite_d
 from harness.run import STATE_KEY, WORKERINPUT_KEY, RunState, Settings, run_state
 
 GC_KEY = pytest.StashKey[bool]()
+GC_CLEANUP_KEY = pytest.StashKey[bool]()  # _restore_gc is registered as a cleanup
 REPORTED_KEY = pytest.StashKey[bool]()  # an item's run protocol made at least one report
 
 
@@ -139,9 +140,15 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     # Cleanups run last registered first: this one, registered before any plugin's pytest_configure,
-    # runs after them all, pytest's own end-of-run gc.collect() calls (unraisableexception) included,
-    # which then skip the frozen items (0.1-0.2 s at 1,000 cases).
-    early_config.add_cleanup(functools.partial(_restore_gc, early_config))
+    # runs after them all, pytest's own end-of-run gc.collect() calls (unraisableexception: five of them)
+    # included, which then skip the frozen items instead of scanning every collected item five times.
+    _add_gc_cleanup(early_config)
+
+
+def _add_gc_cleanup(config: pytest.Config) -> None:
+    if GC_CLEANUP_KEY not in config.stash:
+        config.stash[GC_CLEANUP_KEY] = True
+        config.add_cleanup(functools.partial(_restore_gc, config))
 
 
 def _restore_gc(config: pytest.Config) -> None:
@@ -224,6 +231,9 @@ def pytest_collection(session: pytest.Session) -> Generator[None, Any, Any]:
         if enabled:
             gc.enable()
         gc.freeze()
+        # registered here when the plugin came too late for pytest_load_initial_conftests (a conftest's
+        # pytest_plugins): it then runs before pytest's own cleanups, not after them
+        _add_gc_cleanup(session.config)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

@@ -60,7 +60,7 @@ USER_CACHE = default_cache_root()
 # The processes the tests start (pytester's subprocess runs, the xdist workers of in-process runs, stub
 # servers) cache their bytecode even where the environment says not to (PYTHONDONTWRITEBYTECODE): else each
 # of them compiles again every module it imports and pytest rewrites the asserts of every module of each
-# installed plugin package, this one included (about 2 of a 3.4 s run, 4 of each xdist worker's 4.5 CPU-s).
+# installed plugin package, this one included (a 3-case run: 3.4 -> 1.5 s at -n 0, 8 -> 3 CPU-s at -n 2).
 # The caches go to a folder of their own in the user's cache, never next to the sources.
 if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
     os.environ.setdefault("PYTHONPYCACHEPREFIX", str(USER_CACHE / "pycache"))

@@ -151,19 +151,24 @@ def test_an_unknown_engine_kind_is_a_usage_error_naming_the_known_ones(pytester)
     result.stderr.fnmatch_lines(["*models.yaml: model 'm': engine must be one of *scripted*vllm*not 'warp-drive'*"])
 
 
-def test_the_garbage_collector_is_given_back_as_it_was(pytester):
+@pytest.mark.parametrize("loaded", ["entry point", "conftest pytest_plugins"])
+def test_the_garbage_collector_is_given_back_as_it_was(pytester, monkeypatch, loaded):
     write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record"})
     from tests.conftest import scripted_models
 
     scripted_models(pytester)
     # a cleanup registered at configure time, as pytest's own unraisableexception cleanup (5 gc.collect()
     # calls) is: the collected items are still frozen when it runs, so those calls skip them
-    pytester.makeconftest("""
-        import gc
+    plugins = ""
+    if loaded == "conftest pytest_plugins":  # too late for pytest_load_initial_conftests
+        monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+        plugins = "pytest_plugins = ['harness.plugin']\n"
+    pytester.makeconftest(plugins + """
+import gc
 
-        def pytest_configure(config):
-            config.add_cleanup(lambda: open("frozen.txt", "w").write(str(gc.get_freeze_count())))
-    """)
+def pytest_configure(config):
+    config.add_cleanup(lambda: open("frozen.txt", "w").write(str(gc.get_freeze_count())))
+""")
     result = pytester.runpython_c(
         "import gc, pytest\n"
         "gc.disable()\n"  # a user's own choice survives the run
@@ -171,4 +176,5 @@ def test_the_garbage_collector_is_given_back_as_it_was(pytester):
         "'--llm-report-dir', 'out', '--llm-cache', 'off', 'evals'])\n"
         "print('RESULT', int(code), gc.get_freeze_count(), gc.isenabled())\n")
     result.stdout.fnmatch_lines(["RESULT 0 0 False"])
-    assert int((pytester.path / "frozen.txt").read_text()) > 0
+    if loaded == "entry point":
+        assert int((pytester.path / "frozen.txt").read_text()) > 0
