@@ -17,7 +17,7 @@ from array import array
 from pathlib import Path
 from typing import Any, Iterator, Sequence, overload
 
-from harness.results import _CASE_FIELDS, CaseResult
+from harness.results import CaseResult, case_values
 
 _LENGTH = struct.Struct("<I")
 _MARSHAL, _PICKLE = b"m", b"p"
@@ -39,7 +39,7 @@ class ResultSpool:
 
     def append(self, result: CaseResult) -> int:
         """Write one result; return its offset."""
-        values = tuple(getattr(result, name) for name in _CASE_FIELDS)
+        values = case_values(result)
         try:
             payload = _MARSHAL + marshal.dumps(values)
         except ValueError:  # not primitives only
