@@ -1,5 +1,9 @@
-"""End-to-end tests of harness.engines.cpu_server against the real bundled model,
-plus an in-process test of batch-failure handling with a fake model."""
+"""End-to-end tests of harness.engines.cpu_server, plus an in-process test of batch-failure handling with a
+fake model.
+
+The server runs a tiny random model built from a config (tests/tiny_lm.py): these tests check the server's
+mechanics (batching, streaming, stop strings, n, logprobs, errors, shutdown), which do not depend on what the
+model knows. The bundled model itself is served in tests/test_engine_lifecycle.py and by `pytest evals/`."""
 
 from __future__ import annotations
 
@@ -23,8 +27,8 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = "gemma-3-270m"
-FIRST_START_TIMEOUT = 600.0  # first run converts the GGUF (~100 s on 2 cores)
+MODEL = "tiny-lm"
+START_TIMEOUT = 120.0
 
 
 def _free_port() -> int:
@@ -46,14 +50,14 @@ def _request(base: str, path: str, body: Any = None, raw: bytes | None = None,
 
 
 class Server:
-    def __init__(self, tmp: Path, name: str, parent_pid: int, extra: list[str] | None = None):
+    def __init__(self, tmp: Path, name: str, parent_pid: int, model: Path, extra: list[str] | None = None):
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"{name}.log"
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.engines.cpu_server", "--model", "bundled",
+            [sys.executable, "-m", "harness.engines.cpu_server", "--model", str(model),
              "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(self.port),
              "--parent-pid", str(parent_pid), *(extra or [])],
             cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
@@ -88,12 +92,19 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_lm import build_tiny_lm
+
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Server]:
     # the gathering window the harness itself starts the server with; 5 ms misses batches on a busy machine
-    srv = Server(tmp_path_factory.mktemp("cpu_server"), "main", os.getpid(),
+    srv = Server(tmp_path_factory.mktemp("cpu_server"), "main", os.getpid(), tiny_model,
                  ["--max-batch", "16", "--batch-wait-ms", "50"])
     try:
-        srv.wait_ready(FIRST_START_TIMEOUT)
+        srv.wait_ready(START_TIMEOUT)
         yield srv
     finally:
         srv.stop()
@@ -146,10 +157,23 @@ def test_concurrent_requests_are_batched_and_match_sequential(server: Server) ->
     assert max(sizes) > 1, "concurrent requests were never batched"
 
 
+def _stop_across_tokens(base: str, prompt: str, max_tokens: int) -> tuple[str, str]:
+    """The greedy completion of ``prompt`` and a two-character stop string that first appears in it across a
+    token boundary past its third token: its first character ends one token, its second starts the next."""
+    body = _complete(base, prompt, max_tokens=max_tokens, logprobs=0)
+    text, tokens = body["choices"][0]["text"], body["choices"][0]["logprobs"]["tokens"]
+    for k in range(2, len(tokens) - 1):
+        boundary = len("".join(tokens[:k + 1]))
+        stop = text[boundary - 1:boundary + 1]
+        if len(stop) == 2 and text.index(stop) == boundary - 1:
+            return text, stop
+    raise AssertionError(f"no stop string across tokens in {tokens!r}")
+
+
 def test_stop_string_cuts_text(server: Server) -> None:
+    text, stop = _stop_across_tokens(server.base, "1, 2, 3, 4,", 16)
     full = _complete(server.base, "1, 2, 3, 4,", max_tokens=16)["choices"][0]
-    stop = "7,"
-    assert stop in full["text"], full
+    assert full["text"] == text
     cut = _complete(server.base, "1, 2, 3, 4,", max_tokens=16, stop=["zzz", stop])
     choice = cut["choices"][0]
     assert choice["text"] == full["text"][:full["text"].index(stop)]
@@ -232,7 +256,7 @@ def test_bad_json(server: Server) -> None:
     assert status == 400 and "JSON" in body["error"]["message"]
 
 
-# -- streaming, n, logprobs, field checks (real model) ---------------------------
+# -- streaming, n, logprobs, field checks ---------------------------
 
 
 def _sdk(server: Server) -> Any:
@@ -255,7 +279,7 @@ def _stream_raw(base: str, path: str, body: dict[str, Any]) -> list[dict[str, An
 
 def test_stream_completion_matches_non_streamed(server: Server) -> None:
     client = _sdk(server)
-    kw: dict[str, Any] = {"model": MODEL, "prompt": "Once upon a time, there was a", "max_tokens": 20,
+    kw: dict[str, Any] = {"model": MODEL, "prompt": "Once upon a time, there was a", "max_tokens": 120,
                           "temperature": 0}
     full = client.completions.create(**kw)
     start = time.perf_counter()
@@ -271,10 +295,11 @@ def test_stream_completion_matches_non_streamed(server: Server) -> None:
         finish = chunk.choices[0].finish_reason or finish
     assert "".join(texts) == full.choices[0].text
     assert finish == full.choices[0].finish_reason
-    assert usage is not None and usage.completion_tokens == full.usage.completion_tokens == 20
+    assert usage is not None and usage.completion_tokens == full.usage.completion_tokens == 120
     assert usage.prompt_tokens == full.usage.prompt_tokens
     assert len([t for t in texts if t]) > 10  # pushed token by token ...
-    assert stamps[0] < stamps[-1] / 3, stamps  # ... as they are generated, not all at the end
+    # ... as they are generated, not all at the end (120 tokens: generation outlasts the first reply)
+    assert stamps[0] < stamps[-1] / 3, stamps
 
 
 def test_stream_chat_matches_non_streamed(server: Server) -> None:
@@ -297,15 +322,15 @@ def test_stream_chat_matches_non_streamed(server: Server) -> None:
 def test_stream_holds_back_stop_strings(server: Server) -> None:
     client = _sdk(server)
     kw: dict[str, Any] = {"model": MODEL, "prompt": "1, 2, 3, 4,", "max_tokens": 16, "temperature": 0}
-    full = client.completions.create(**kw).choices[0].text
-    cut = client.completions.create(**kw, stop=["zzz", "7,"]).choices[0]
-    assert "7," in full and cut.text == full[:full.index("7,")]
-    # "7" comes one token before ",": it could start the stop string, so it is never shown
-    chunks = list(client.completions.create(**kw, stop=["zzz", "7,"], stream=True))
+    full, stop = _stop_across_tokens(server.base, kw["prompt"], kw["max_tokens"])
+    cut = client.completions.create(**kw, stop=["zzz", stop]).choices[0]
+    assert cut.text == full[:full.index(stop)]
+    # the stop string's first character ends a token: it could start the stop string, so it is never shown
+    chunks = list(client.completions.create(**kw, stop=["zzz", stop], stream=True))
     assert "".join(c.choices[0].text for c in chunks) == cut.text
     assert chunks[-1].choices[0].finish_reason == "stop"
-    # a stop string that never completes: what was held back comes out after all
-    chunks = list(client.completions.create(**kw, stop=["7;"], stream=True))
+    # a stop string that never completes (the model's vocabulary is ASCII only): what was held back comes out
+    chunks = list(client.completions.create(**kw, stop=[stop[0] + "é"], stream=True))
     assert "".join(c.choices[0].text for c in chunks) == full
 
 
@@ -452,11 +477,11 @@ def test_client_disconnect_mid_stream(server: Server) -> None:
     assert "new_tokens=0 " in server.log()
 
 
-def test_terminate_and_parent_death(tmp_path: Path) -> None:
+def test_terminate_and_parent_death(tmp_path: Path, tiny_model: Path) -> None:
     """SIGTERM exits promptly; so does losing the --parent-pid process."""
-    sigterm = Server(tmp_path, "sigterm", os.getpid())
+    sigterm = Server(tmp_path, "sigterm", os.getpid(), tiny_model)
     parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    orphan = Server(tmp_path, "orphan", parent.pid)
+    orphan = Server(tmp_path, "orphan", parent.pid, tiny_model)
     try:
         sigterm.wait_ready(120)
         orphan.wait_ready(120)
