@@ -15,6 +15,7 @@ never open a workbook.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -27,6 +28,7 @@ from harness.report.forest import FILENAME as FOREST_PNG
 from harness.report.forest import forest_rows
 from harness.report.heatmap import confusion_pngs, confusion_table
 from harness.report.formatting import is_bad
+from harness.report.sheet_rows import RowSplicer
 from harness.report.markdown import tool_table_rows
 from harness.report.training_plots import step_table, throughput_pngs, training_pngs
 from harness.textsafe import has_unsafe, visible
@@ -34,6 +36,9 @@ from harness.textsafe import has_unsafe, visible
 if TYPE_CHECKING:
     from openpyxl import Workbook
     from openpyxl.worksheet._write_only import WriteOnlyWorksheet
+
+# _fill with the workbook's RowSplicer bound: (sheet, headers, rows)
+_Fill = Callable[[Any, list[str], Sequence[list[Any]]], None]
 
 FILENAME = "report.xlsx"
 MAX_CELL_CHARS = 32_000  # Excel refuses cells over 32,767 characters
@@ -92,14 +97,18 @@ def write_xlsx(report: dict[str, Any], out_dir: Path) -> Path:
     pairs = [p for p in comparison.get("pairs") or [] if isinstance(p, dict)] if isinstance(comparison, dict) \
         else None
 
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+
     wb = Workbook(write_only=True)
+    rows_to_splice = RowSplicer(_cleaner(ILLEGAL_CHARACTERS_RE))
+    fill = functools.partial(_fill, splicer=rows_to_splice)
     taken: set[str] = set(_RESERVED_TITLES) | (set(_COMPARISON_TITLES) if pairs is not None else set())
-    _fill(wb.create_sheet("summary"), *_summary_table(suites))
-    _fill(wb.create_sheet("gates"), GATE_COLUMNS, _gate_rows(suites))
+    fill(wb.create_sheet("summary"), *_summary_table(suites))
+    fill(wb.create_sheet("gates"), GATE_COLUMNS, _gate_rows(suites))
     if pairs is not None:
         ws = wb.create_sheet("comparison")
         rows = _comparison_rows(pairs)
-        _fill(ws, COMPARISON_COLUMNS, rows)
+        fill(ws, COMPARISON_COLUMNS, rows)
         png = out_dir / FOREST_PNG
         # a stale plot of an earlier run in the same folder must not pass for this one
         if png.is_file() and forest_rows(report)[0]:
@@ -114,25 +123,25 @@ def write_xlsx(report: dict[str, Any], out_dir: Path) -> Path:
         ws = wb.create_sheet(sheet_title(raw, taken))
         judged = any(c.get("judge") for c in group)
         columns = [*CASE_COLUMNS, *JUDGE_COLUMNS] if judged else CASE_COLUMNS
-        _fill(ws, columns, _Rows(group, lambda c, judged=judged: [*(c.get(k) for k in CASE_COLUMNS),
+        fill(ws, columns, _Rows(group, lambda c, judged=judged: [*(c.get(k) for k in CASE_COLUMNS),
                                                                   *(_judge_cells(c) if judged else ())]))
         if (s := by_key.get((suite, model))) is not None:
-            _table_sheets(wb, s, group, raw, taken, pngs.get(id(s)))
+            _table_sheets(wb, fill, s, group, raw, taken, pngs.get(id(s)))
 
     bad = _Picked(cases, array("q", (i for i, c in enumerate(cases) if is_bad(c))))
-    _fill(
+    fill(
         wb.create_sheet("bad_cases"),
         ["suite", *CASE_COLUMNS],
         _Rows(bad, lambda c: [c.get("suite"), *(c.get(k) for k in CASE_COLUMNS)]),
     )
     if pairs is not None:
-        _fill(wb.create_sheet("disagreements"), DISAGREEMENT_COLUMNS, _disagreement_rows(pairs))
-    _training_sheets(wb, report, out_dir, taken)
+        fill(wb.create_sheet("disagreements"), DISAGREEMENT_COLUMNS, _disagreement_rows(pairs))
+    _training_sheets(wb, fill, report, out_dir, taken)
 
-    return write_atomic(out_dir / FILENAME, wb.save)
+    return write_atomic(out_dir / FILENAME, lambda path: rows_to_splice.save(wb, path))
 
 
-def _training_sheets(wb: Workbook, report: dict[str, Any], out_dir: Path, taken: set[str]) -> None:
+def _training_sheets(wb: Workbook, fill: _Fill, report: dict[str, Any], out_dir: Path, taken: set[str]) -> None:
     """A ``training_<job>`` sheet per job: one row per logged step (with its throughput and memory when
     the run recorded them), its curves' PNG and below it its throughput PNG beside them when drawn."""
     from openpyxl.utils import get_column_letter
@@ -142,7 +151,7 @@ def _training_sheets(wb: Workbook, report: dict[str, Any], out_dir: Path, taken:
     for entry in report.get("training") or []:
         columns, rows = step_table(entry)
         ws = wb.create_sheet(sheet_title(f"training_{entry.get('job')}", taken))
-        _fill(ws, columns, rows)
+        fill(ws, columns, rows)
         row = 2
         for png in (pngs.get(id(entry)), throughput.get(id(entry))):
             if png is not None and png.is_file():
@@ -190,7 +199,7 @@ def _cleaner(illegal: re.Pattern[str]) -> Callable[[Any], Any]:
 # -- suite tables -----------------------------------------------------------
 
 
-def _table_sheets(wb: Workbook, suite: dict[str, Any], cases: Sequence[dict[str, Any]], raw: str,
+def _table_sheets(wb: Workbook, fill: _Fill, suite: dict[str, Any], cases: Sequence[dict[str, Any]], raw: str,
                   taken: set[str], png: Path | None) -> None:
     """The suite's confusion matrix sheet, or its three tool-call sheets, when it has them."""
     table = confusion_table(suite)
@@ -199,13 +208,13 @@ def _table_sheets(wb: Workbook, suite: dict[str, Any], cases: Sequence[dict[str,
         _fill_matrix(ws, table["labels"], table["matrix"], png if png is not None and png.is_file() else None)
     tables = suite.get("tables") or {}
     if "tool_metrics" in tables:
-        _fill(wb.create_sheet(sheet_title(f"tools_{raw}", taken)), TOOL_COLUMNS,
-              _stat_rows(tables.get("tool_metrics")))
-        _fill(wb.create_sheet(sheet_title(f"params_{raw}", taken)), PARAM_COLUMNS,
-              _stat_rows(tables.get("param_metrics")))
+        fill(wb.create_sheet(sheet_title(f"tools_{raw}", taken)), TOOL_COLUMNS,
+             _stat_rows(tables.get("tool_metrics")))
+        fill(wb.create_sheet(sheet_title(f"params_{raw}", taken)), PARAM_COLUMNS,
+             _stat_rows(tables.get("param_metrics")))
         bad = [c for c in cases if _is_tool_bad(c)]
-        _fill(wb.create_sheet(sheet_title(f"badcases_{raw}", taken)), TOOL_BAD_COLUMNS,
-              [_tool_bad_row(c) for c in bad])
+        fill(wb.create_sheet(sheet_title(f"badcases_{raw}", taken)), TOOL_BAD_COLUMNS,
+             [_tool_bad_row(c) for c in bad])
 
 
 def _fill_matrix(ws: WriteOnlyWorksheet, labels: list[Any], matrix: list[list[int]], png: Path | None) -> None:
@@ -422,8 +431,9 @@ class _Rows(Sequence[list[Any]]):
         return (self.make(item) for item in self.items)
 
 
-def _fill(ws: WriteOnlyWorksheet, headers: list[str], rows: Sequence[list[Any]]) -> None:
-    """Bold frozen header, filter over the rows, widths from the first rows, text kept as text."""
+def _fill(ws: WriteOnlyWorksheet, headers: list[str], rows: Sequence[list[Any]], splicer: RowSplicer) -> None:
+    """Bold frozen header, filter over the rows, widths from the first rows, text kept as text; the rows
+    themselves are written by ``splicer`` when the workbook is saved."""
     from openpyxl.utils import get_column_letter
 
     # a streamed sheet writes its view and columns before the first row
@@ -434,9 +444,8 @@ def _fill(ws: WriteOnlyWorksheet, headers: list[str], rows: Sequence[list[Any]])
         ]
         ws.column_dimensions[get_column_letter(col)].width = min(max(max(sample) + 2, 8), 60)
     ws.append(_row(ws, headers, bold=True))
-    for row in rows:
-        ws.append(_row(ws, row))
     if rows:
+        ws.append(splicer.placeholder(rows, 2))
         ws.auto_filter.ref = f"A1:{get_column_letter(len(headers))}{len(rows) + 1}"
 
 
