@@ -333,6 +333,23 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
+    _close_run(config)
+    _freeze_for_cleanups(config)
+
+
+def _freeze_for_cleanups(config: pytest.Config) -> None:
+    """Collect once, then freeze what the run made, until _restore_gc: pytest's own cleanups then call
+    gc.collect() five times (unraisableexception) over a heap that no longer changes, each a full scan of
+    the run's reports and every library it loaded (about 0.1 s of a 1,000-case run's exit on 2 cores). The
+    one collection here comes first, so garbage whose finalizer raises is still found and reported."""
+    if GC_KEY in config.stash:
+        import gc
+
+        gc.collect()
+        gc.freeze()
+
+
+def _close_run(config: pytest.Config) -> None:
     from harness.session import SESSION_KEY
 
     session = config.stash.get(SESSION_KEY, None)

@@ -181,3 +181,46 @@ def pytest_configure(config):
     result.stdout.fnmatch_lines(["RESULT 0 0 False", "AT EXIT True"])
     if loaded == "entry point":
         assert int((pytester.path / "frozen.txt").read_text()) > 0
+
+
+def test_what_the_run_made_is_frozen_for_pytests_cleanups_after_one_collection(pytester):
+    """pytest's cleanups then scan a heap that no longer changes (five gc.collect() calls) only once the harness
+    has collected it once: garbage of the run whose finalizer raises is still found and reported."""
+    write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record"})
+    from tests.conftest import scripted_models
+
+    scripted_models(pytester)
+    pytester.makeconftest("""
+import gc
+
+import pytest
+
+counts = {}
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session):
+    counts["run"] = gc.get_freeze_count()
+
+def pytest_configure(config):
+    config.add_cleanup(lambda: open("frozen.txt", "w").write(f"{counts['run']} {gc.get_freeze_count()}"))
+""")
+    pytester.makepyfile(test_cycle="""
+class Loop:
+    def __init__(self):
+        self.me = self
+        self.made = [object() for _ in range(1000)]
+
+    def __del__(self):
+        raise RuntimeError("finalizer of the run's garbage")
+
+def test_leaves_garbage():
+    Loop()
+""")
+    # a process of its own: a warning raised in pytest's cleanups goes to its stderr
+    result = pytester.runpytest_subprocess("--llm-models-file", "models.yaml", "--llm-report-dir", "out",
+                                           "--llm-cache", "off", "-p", "no:cacheprovider", "evals", "test_cycle.py")
+    result.assert_outcomes(passed=4)  # three cases, the hand-written test
+    at_run, at_cleanup = map(int, (pytester.path / "frozen.txt").read_text().split())
+    assert at_run > 0 and at_cleanup > at_run + 1000
+    shown = "\n".join(result.outlines + result.errlines)
+    assert "PytestUnraisableExceptionWarning" in shown and "finalizer of the run's garbage" in shown, shown[-3000:]
