@@ -402,3 +402,20 @@ def test_worst_cases_of_a_long_run_are_the_worst_ten_in_order(tmp_path: Path) ->
     assert shown == [c["id"] for c in expected]
     assert shown[:2] == ["c77", "c401"]  # the errors, in data order
 
+
+
+def test_the_writers_are_warmed_while_requests_are_in_flight() -> None:
+    """What writing the reports would first wait for is done on a thread during the run: openpyxl imported,
+    report.html's template compiled (once per process), the installed packages read."""
+    import sys
+
+    from harness.report import warm_writers
+    from harness.report.html import page_template
+
+    page_template.cache_clear()
+    warm_writers().join(timeout=60)
+    assert "openpyxl" in sys.modules
+    assert page_template.cache_info().currsize == 1
+    hits = page_template.cache_info().hits
+    page_template()
+    assert page_template.cache_info().hits == hits + 1  # the page reuses what the thread compiled

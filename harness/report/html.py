@@ -86,11 +86,11 @@ def render_html(report: dict[str, Any], out_dir: Path | None = None, max_cases: 
         "total": sum(status is not None for status in statuses),
         "counts": {s: statuses.count(s) for s in _STATUSES},
     }
-    return _template().render(**context)
+    return page_template().render(**context)
 
 
 @functools.lru_cache(maxsize=1)
-def _template() -> Any:
+def page_template() -> Any:
     """The page's template, compiled once per process (autoescaped: every value is text unless marked)."""
     import jinja2
 
