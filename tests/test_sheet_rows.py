@@ -3,15 +3,21 @@ values given, text never a formula, every row in order across chunks, the rest o
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Any
 
+import numpy
 import pytest
 from openpyxl import Workbook, load_workbook
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
 from harness.report.sheet_rows import RowSplicer, column_letter
 from harness.report.xlsx import _cleaner
+
+
+class Size(enum.IntEnum):
+    LARGE = 3
 
 
 def _save(path: Path, sheets: dict[str, list[list[Any]]]) -> RowSplicer:
@@ -28,14 +34,14 @@ def _save(path: Path, sheets: dict[str, list[list[Any]]]) -> RowSplicer:
 
 def test_values_read_back_as_given(tmp_path: Path) -> None:
     values = ["=1+1", "=HYPERLINK(\"http://x\")", " lead", "trail ", "a\nb", "<b>&amp;</b> ]]>", "中文 😀", "tab\tx",
-              0, -7, 2**53, 1.5, 1e-7, 123.45678901234567, True, False]
+              0, -7, 2**53, 1.5, 1e-7, 123.45678901234567, True, False, numpy.float64(0.25), Size.LARGE]
     path = tmp_path / "r.xlsx"
     _save(path, {"s": [[v, "x"] for v in values] + [[None, "y"], ["", "z"]]})
     ws = load_workbook(path)["s"]
     got = [row for row in ws.iter_rows(values_only=True)]
     assert got[0] == ("head", "er")
     assert [row[0] for row in got[1:-2]] == values
-    assert all(type(row[0]) is type(v) for row, v in zip(got[1:], values))
+    assert [type(row[0]) for row in got[1:-2]] == [type(v) for v in values[:-2]] + [float, int]
     assert got[-2:] == [(None, "y"), (None, "z")]  # None and "" are empty cells, as openpyxl writes them
     assert all(ws.cell(row=r, column=1).data_type != "f" for r in range(2, len(values) + 2))
     assert ws.auto_filter.ref == f"A1:B{len(values) + 3}"

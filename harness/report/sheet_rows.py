@@ -48,8 +48,10 @@ def cell_xml(ref: str, value: Any) -> str:
         return ""
     if value is True or value is False:
         return f'<c r="{ref}" t="b"><v>{int(value)}</v></c>'
-    if isinstance(value, (int, float)):
-        return f'<c r="{ref}" t="n"><v>{value!r}</v></c>'
+    if isinstance(value, float):  # float's own repr: numpy's float64 would write "np.float64(0.5)"
+        return f'<c r="{ref}" t="n"><v>{float.__repr__(value)}</v></c>'
+    if isinstance(value, int):
+        return f'<c r="{ref}" t="n"><v>{int.__repr__(value)}</v></c>'
     text = _escape(value)
     space = ' xml:space="preserve"' if value != value.strip() else ""
     return f'<c r="{ref}" t="inlineStr"><is><t{space}>{text}</t></is></c>'
