@@ -67,7 +67,7 @@ if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
 
 STUB_MODELS = "stub,stub-b"
 
-# Modules whose module-scoped fixture is expensive (the bundled CPU server, a real TRL run): under `-n` their
+# Modules whose module-scoped fixture is expensive (a CPU server process, a real TRL run): under `-n` their
 # tests go to one xdist worker together, so the fixture is set up once instead of once per worker that happens
 # to get one of them. Every other test is scheduled on its own, as `--dist load` does.
 SHARED_FIXTURE_MODULES = frozenset({
