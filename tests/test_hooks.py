@@ -184,8 +184,8 @@ def pytest_configure(config):
 
 
 def test_what_the_run_made_is_frozen_for_pytests_cleanups_after_one_collection(pytester):
-    """pytest's cleanups then scan a heap that no longer changes (five gc.collect() calls) only once the harness
-    has collected it once: garbage of the run whose finalizer raises is still found and reported."""
+    """Before pytest's cleanups (five gc.collect() calls) the harness collects once and freezes what the run
+    made, so those calls skip it; garbage of the run whose finalizer raises is still found and reported."""
     write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record"})
     from tests.conftest import scripted_models
 

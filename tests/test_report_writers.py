@@ -403,7 +403,6 @@ def test_worst_cases_of_a_long_run_are_the_worst_ten_in_order(tmp_path: Path) ->
     assert shown[:2] == ["c77", "c401"]  # the errors, in data order
 
 
-
 def test_the_writers_are_warmed_while_requests_are_in_flight() -> None:
     """What writing the reports would first wait for is done on a thread during the run: openpyxl imported,
     report.html's template compiled (once per process), the installed packages read."""

@@ -1,8 +1,9 @@
 """A tiny causal LM saved as a Hugging Face folder, for the server-mechanics tests of the CPU server.
 
 Random weights (seeded) and a byte-level BPE tokenizer trained on a few English lines, with Gemma's chat
-template and turn tokens: the server treats it as it treats the bundled model, at a thousandth of the cost
-per token. Its vocabulary is printable ASCII only, so any token sequence it samples decodes to valid UTF-8."""
+template and turn tokens: the server treats it as it treats the bundled model, at a few milliseconds a token
+instead of about 140 on 2 cores. Its vocabulary is printable ASCII only, so any token sequence it samples
+decodes to valid UTF-8."""
 
 from __future__ import annotations
 
