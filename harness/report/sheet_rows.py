@@ -3,9 +3,9 @@
 openpyxl builds every cell as an element and serialises it through its XML writer: 2.5 s for a
 10,000-case run's case sheet on a 2-core machine, most of the time from a run's last reply to its
 exit. Here a sheet's rows are formatted as text, about ten times faster (benchmarks/xlsx_rows.py),
-and streamed into the saved file: openpyxl still writes everything else (the header row and its
-style, widths, frozen pane, filter, images, the other sheets), with one placeholder row per sheet
-that :meth:`RowSplicer.save` replaces by the rows. Values are those openpyxl would be given
+and streamed into the saved file: openpyxl still writes everything else (each sheet's header row and
+its style, widths, frozen pane, filter, the images, the confusion matrices), with one placeholder row
+per sheet that :meth:`RowSplicer.save` replaces by the rows. Values are those openpyxl would be given
 (``xlsx._cleaner``); every string is an inline string, so text such as ``=1+1`` stays text.
 """
 
