@@ -161,23 +161,18 @@ def _restore_gc(config: pytest.Config) -> None:
         _skip_collection_at_exit()
 
 
+@functools.cache  # registered once per process
 def _skip_collection_at_exit() -> None:
     """At interpreter exit, freeze every object so that CPython's final collections skip them.
 
     Those collections scan the whole heap (the run's items, reports and every library loaded): 0.4 s of
     a 1,000-case run's exit on this machine kind, after the last reply. They only free what the exit frees
     anyway; CPython does not promise that finalizers of objects in reference cycles run at exit. Registered
-    once per process: after the run, so the collector is the user's until the interpreter stops."""
-    global _EXIT_FREEZE_REGISTERED
-    if not _EXIT_FREEZE_REGISTERED:
-        import atexit
-        import gc
+    after the run, so the collector is the user's until the interpreter stops."""
+    import atexit
+    import gc
 
-        _EXIT_FREEZE_REGISTERED = True
-        atexit.register(gc.freeze)
-
-
-_EXIT_FREEZE_REGISTERED = False
+    atexit.register(gc.freeze)
 
 
 def pytest_configure(config: pytest.Config) -> None:
