@@ -177,6 +177,25 @@ class RunState:
             self._engines[model] = engine.start(self.context())
         return self._engines[model]
 
+    def alongside(self, models: list[str]) -> list[str]:
+        """Of these models, those whose engines are not started yet and may start side by side (CPU servers), when
+        there are two or more; else none."""
+        from harness.engines.lease import ManagedServer
+
+        found = [model for model in dict.fromkeys(self.served_name(m) for m in models)
+                 if model not in self._engines and isinstance(engine := self.engine_of(model), ManagedServer)
+                 and engine.alongside()]
+        return found if len(found) > 1 else []
+
+    def start_alongside(self, models: list[str]) -> None:
+        """Start the engines of ``alongside(models)`` together: each launched, then all waited for."""
+        from harness.engines.lease import start_together
+
+        found = self.alongside(models)
+        if found:
+            servers = [self.engine_of(model) for model in found]
+            self._engines.update(zip(found, start_together(servers, self.context())))  # type: ignore[arg-type]
+
     def started_engines(self) -> dict[str, dict[str, Any]]:
         """The records of the engines this process started or reached, by model."""
         return dict(self._engines)

@@ -351,7 +351,9 @@ class EvalSession:
                                     if (found := self._judge_of(t)) is not None))
         self._progress = self._monitor()
         try:
-            clients = {model: self._client(model) for model in dict.fromkeys([*models, *judges])}
+            wanted = list(dict.fromkeys([*models, *judges]))
+            self._start_alongside(wanted)
+            clients = {model: self._client(model) for model in wanted}
         except EngineStartError as exc:
             board.finish(f"engine did not start: {exc}")
             self._progress.stop()
@@ -457,10 +459,29 @@ class EvalSession:
         self._terminal = TerminalSink(self.config, patience_s=interval) if interval > 0 else None
         return Monitor(self._terminal, log, interval)
 
+    def _start_alongside(self, models: list[str]) -> None:
+        """The CPU servers of several models start side by side: the run waits for the slowest, not for the sum."""
+        found = self.state.alongside(models)
+        if not found:
+            return
+        started = time.monotonic()
+        what = ", ".join(f"{self.state.engine_of(model).kind} for {model}" for model in found)
+        self._say(f"llm-harness: starting {what}, side by side")
+        if self._progress is not None:
+            self._progress.phase(f"starting {what}")
+        try:
+            self.state.start_alongside(found)
+        finally:
+            if self._progress is not None:
+                self._progress.phase_done()
+        for model in found:
+            self._say(f"llm-harness: {model} ready at {self.state.engine(model)['base_url']} "
+                      f"in {time.monotonic() - started:.1f} s")
+
     def _client(self, model: str) -> Any:
         engine = self.state.engine_of(model)
         started = time.monotonic()
-        loads = engine.loads
+        loads = engine.loads and self.state.served_name(model) not in self.state.started_engines()
         if loads:
             note = " (a first run also converts the model: 1-2 min)" if engine.kind == "bundled" else ""
             self._say(f"llm-harness: starting {engine.kind} for {model}{note}")

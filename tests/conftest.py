@@ -19,6 +19,8 @@ from typing import Any, Iterator
 import aiohttp  # noqa: F401
 import jinja2  # noqa: F401
 import jinja2.sandbox  # noqa: F401
+import matplotlib.backends.backend_agg  # noqa: F401  (the report's plots: 1 s a run to import again)
+import matplotlib.figure  # noqa: F401
 import numpy  # noqa: F401
 import openpyxl  # noqa: F401
 import PIL.Image  # noqa: F401
@@ -120,6 +122,14 @@ def stub_url() -> Iterator[str]:
     """Base URL of a stub OpenAI-compatible server (see harness.testing.stub_server)."""
     with stub_server("--models", STUB_MODELS) as (_, url):
         yield url
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random causal LM as a Hugging Face folder (tests/tiny_lm.py): served in a few milliseconds a token."""
+    from tests.tiny_lm import build_tiny_lm
+
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
 
 
 @contextmanager

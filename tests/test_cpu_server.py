@@ -91,12 +91,6 @@ class Server:
         self._log.close()
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.tiny_lm import build_tiny_lm
-
-    return build_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Server]:

@@ -111,6 +111,11 @@ def test_vllm_offline_without_a_gpu_is_a_clear_error(pytester):
     ({"name": "m", "engine": "vllm", "model_path": "x", "base_url": "http://h/v1"}, "started by the harness"),
     ({"name": "m", "engine": "llama-cpp", "model_path": "x", "options": {"tensor_parallel_size": 2}},
      "llama-cpp does not take tensor_parallel_size"),
+    ({"name": "m", "engine": "cpu"}, "engine cpu needs model_path: a Hugging Face model folder"),
+    ({"name": "m", "engine": "cpu", "model_path": "no-such-folder"},
+     "engine cpu: no-such-folder is not a Hugging Face model folder (no config.json)"),
+    ({"name": "m", "engine": "cpu", "model_path": ".", "options": {"dtype": "bf16"}},
+     "unknown cpu option 'dtype' (engine cpu takes none)"),
 ])
 def test_bad_engine_entries_are_usage_errors(pytester, entry, message):
     write_suite(pytester.path / "evals", "geo", answer_cases([("c1", "a", "a")]))
@@ -118,3 +123,31 @@ def test_bad_engine_entries_are_usage_errors(pytester, entry, message):
     result = pytester.runpytest_inprocess("--llm-models-file", "models.yaml", "--llm-cache", "off", "evals")
     assert result.ret != 0
     assert message in result.stdout.str() + result.stderr.str()
+
+
+def test_engine_cpu_keys_the_cache_by_the_folders_files(tmp_path):
+    """New weights or a new tokenizer in the same folder are another model for the response cache; a copy of
+    the folder is not. The report's weights_sha256 is the weights' alone."""
+    from harness.engines.cpu_engine import CPUEngine
+    from harness.models import ModelSpec
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights one")
+    (folder / "tokenizer_config.json").write_text("{}")
+    def engine() -> CPUEngine:  # one per run: the folder as that run found it
+        return CPUEngine(ModelSpec("m", engine="cpu", model_path=str(folder)))
+
+    first, weights = engine().identity(), engine().metadata(None)["weights_sha256"]
+    assert set(first) == {"name", "engine", "files_sha256"} and first["engine"] == "cpu"
+    (folder / "tokenizer_config.json").write_text('{"chat_template": "{{ messages }}"}')
+    second = engine().identity()
+    assert second != first and engine().metadata(None)["weights_sha256"] == weights
+    (folder / "model.safetensors").write_bytes(b"weights two")
+    assert engine().identity() not in (first, second) and engine().metadata(None)["weights_sha256"] != weights
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in folder.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    assert CPUEngine(ModelSpec("m", engine="cpu", model_path=str(copy))).identity() == engine().identity()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from harness.engines.bundled import BUNDLED_MODEL_NAME
+from harness.engines.cpu_engine import cpu_server_argv
 from harness.engines.lease import ManagedServer
 from harness.engines.registry import EngineContext
 from harness.models import ModelSpec
@@ -15,19 +15,19 @@ class BundledEngine(ManagedServer):
     kind = "bundled"
     record_kind = "bundled-cpu"
 
+    def alongside(self) -> bool:
+        return True  # a CPU server: it may start while another does
+
     @classmethod
     def check(cls, spec: ModelSpec) -> str | None:
         if spec.name != BUNDLED_MODEL_NAME:
-            return "needs a base_url, or an engine (vllm, sglang, llama-cpp, vllm-offline, ...) and a model_path"
+            return "needs a base_url, or an engine (cpu, vllm, sglang, llama-cpp, vllm-offline, ...) and a model_path"
         return super().check(spec)
 
     def launch(self, port: int, ctx: EngineContext) -> tuple[list[str], dict[str, str], dict[str, Any]]:
-        max_batch = ctx.settings.max_batch
         # 50 ms: requests sent together land in one batch instead of a small first one
-        argv = [sys.executable, "-m", "harness.engines.cpu_server", "--model", "bundled",
-                "--served-model-name", self.spec.name, "--host", "127.0.0.1", "--port", str(port),
-                "--max-batch", str(max_batch), "--batch-wait-ms", "50", "--parent-pid", str(ctx.owner_pid)]
-        return argv, {}, {"argv": argv, "max_batch": max_batch}
+        argv = cpu_server_argv("bundled", self.spec.name, port, ctx, batch_wait_ms=50)
+        return argv, {}, {"argv": argv, "max_batch": ctx.settings.max_batch}
 
     def identity(self) -> dict[str, Any]:
         from harness.engines.bundled import bundled_sha256

@@ -12,8 +12,8 @@ import fcntl
 import json
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +74,27 @@ class ManagedServer(Engine):
         """argv, extra environment and the launch record (kept in the report) of the server."""
         raise NotImplementedError
 
+    def alongside(self) -> bool:
+        """Whether this server may start while the run's other servers start (launched together, then waited
+        for together): True for CPU servers. GPU servers start one after another, as two servers profiling
+        the free memory of one GPU at once could both claim it."""
+        return False
+
     def start(self, ctx: EngineContext) -> dict[str, Any]:
+        with self.launched(ctx) as ready:
+            return ready()
+
+    @contextmanager
+    def launched(self, ctx: EngineContext) -> Iterator[Callable[[], dict[str, Any]]]:
+        """Launch the server (unless a process of the run already did) and yield the function that waits until
+        it is ready and returns its record; the engine's lock is held until the context ends, so the run's other
+        processes wait for the same server instead of starting one."""
         spec = self.spec
         runtime_dir = ctx.runtime_dir
         with engine_lock(runtime_dir, spec.name) as (record_path, running):
             if running is not None:
-                return running
+                yield lambda: running
+                return
             port = free_port()
             log_path = engine_log_path(runtime_dir, spec.name)
             argv, env, launch = self.launch(port, ctx)
@@ -90,16 +105,29 @@ class ManagedServer(Engine):
                       "base_urls": [base_url], "pid": proc.pid, "launch": launch, "log": str(log_path)}
             # written before the wait so the controller can stop it even if we are interrupted
             record_path.write_text(json.dumps(record))
-            try:
-                wait_ready(record["base_url"], spec.name, ctx.settings.engine_timeout_s, proc, log_path)
-            except BaseException as exc:
-                stop_pid(proc.pid)
-                record["failed"] = str(exc)
+
+            def ready() -> dict[str, Any]:
+                try:
+                    wait_ready(record["base_url"], spec.name, ctx.settings.engine_timeout_s, proc, log_path)
+                except BaseException as exc:
+                    stop_pid(proc.pid)
+                    record["failed"] = str(exc)
+                    record_path.write_text(json.dumps(record))
+                    raise
+                record["ready_s"] = round(time.monotonic() - started, 2)
                 record_path.write_text(json.dumps(record))
-                raise
-            record["ready_s"] = round(time.monotonic() - started, 2)
-            record_path.write_text(json.dumps(record))
-            return record
+                return record
+
+            yield ready
+
+
+def start_together(servers: list[ManagedServer], ctx: EngineContext) -> list[dict[str, Any]]:
+    """Start several servers side by side: each launched in turn (a trained model's job trains here, in this
+    thread), then each waited for; their records in order. A server that fails raises as ``start`` does; the
+    others are recorded, so the run's end stops them."""
+    with ExitStack() as stack:
+        waits = [stack.enter_context(server.launched(ctx)) for server in servers]
+        return [ready() for ready in waits]
 
 
 def stop_engines(runtime_dir: Path) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ ENTRY_POINT_GROUP = "pytest_llm_harness.engines"
 BUILTIN: dict[str, str] = {
     "openai": "harness.engines.remote:RemoteEngine",
     "bundled": "harness.engines.bundled_engine:BundledEngine",
+    "cpu": "harness.engines.cpu_engine:CPUEngine",
     "vllm": "harness.engines.servers:VLLMServer",
     "sglang": "harness.engines.servers:SGLangServer",
     "llama-cpp": "harness.engines.servers:LlamaCppServer",

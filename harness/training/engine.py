@@ -18,10 +18,10 @@ first trains it); a job whose run failed is an engine that did not start, with t
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
+from harness.engines.cpu_engine import cpu_server_argv
 from harness.engines.lease import ManagedServer
 from harness.engines.managed import EngineStartError
 from harness.engines.registry import EngineContext
@@ -63,6 +63,9 @@ class TrainedEngine(ManagedServer):
             return f"options.server must be one of {', '.join(SERVERS)}"
         return super().check(spec)
 
+    def alongside(self) -> bool:
+        return resolve_server(str(self.spec.options.get("server", "auto"))) == "cpu"
+
     @property
     def checkpoint(self) -> str:
         return str(self.spec.options.get("checkpoint", "trained"))
@@ -91,9 +94,7 @@ class TrainedEngine(ManagedServer):
 
             launch = launch_for("vllm", str(folder), self.spec.name, port, {}, self.spec.args, self.spec.gpus)
             return launch.argv, launch.env, {**launch.to_dict(), **record}
-        argv = [sys.executable, "-m", "harness.engines.cpu_server", "--model", str(folder),
-                "--served-model-name", self.spec.name, "--host", "127.0.0.1", "--port", str(port),
-                "--max-batch", str(ctx.settings.max_batch), "--batch-wait-ms", "20", "--parent-pid", str(ctx.owner_pid)]
+        argv = cpu_server_argv(str(folder), self.spec.name, port, ctx, batch_wait_ms=20)
         return argv, {}, {"argv": argv, **record}
 
     def identity(self) -> dict[str, Any]:
