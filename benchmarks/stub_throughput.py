@@ -8,6 +8,8 @@ the bare openai client. It also prints the maximum in flight the stub saw (must 
 concurrency under -n 2), the median time pytest measured per case item (setup + call +
 teardown, which includes waiting for the item's reply), and the time to collect a large suite.
 With --repeat N each command runs N times, interleaved, and the median wall time is kept.
+The last rows run pytest alone on as many empty items (no plugin, no request): their CPU-s/1k is
+what pytest's own per-item protocol costs, a floor under the harness's figure.
 
 The pytest runs load only this plugin and xdist (PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 with -p):
 a user's plugins (hypothesis, asyncio, ...) cost what they cost with or without this one.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -68,6 +71,9 @@ async def main():
     assert len(out) == n
 asyncio.run(main())
 """
+
+
+FLOOR = "bare pytest, empty items"
 
 
 def write_suite(root: Path, cases: int) -> Path:
@@ -133,6 +139,11 @@ def commands_for(root: Path, url: str, cases: int, concurrency: int, workers: li
         (name, [sys.executable, "-c", script, url, str(cases), str(concurrency)])
         for script, name in ((BARE_OPENAI, "bare openai.AsyncOpenAI"), (BARE_AIOHTTP, "bare aiohttp"))]
     commands += [(f"pytest-llm-harness -n {n}", pytest_argv(evals, url, concurrency, n, root)) for n in workers]
+    # pytest alone on as many empty items: the CPU its own per-item protocol costs, with no plugin and no request
+    floor = root / "test_pytest_floor.py"
+    floor.write_text(f"import pytest\n\n@pytest.mark.parametrize('i', range({cases}))\ndef test_item(i):\n    pass\n")
+    commands += [(f"{FLOOR} -n {n}", [sys.executable, "-m", "pytest", str(floor), "-q", "-p", "no:cacheprovider",
+                                      "-p", "xdist.plugin", "-n", n]) for n in workers]
     return commands
 
 
@@ -153,8 +164,10 @@ def bench(url: str, cases: int, concurrency: int, workers: list[str], repeat: in
                 timing = timed(argv, root, LLM_BENCH_ITEM_TIMES=str(root / "items.json"))
                 runs[name].append(timing)
                 stats = stub_call(url, "/stats")
-                after_last[name].append(timing.ended_at - stats["last_reply_at"])
-                if name.startswith("pytest"):
+                after_last[name].append(timing.ended_at - stats["last_reply_at"] if stats["requests"] else math.nan)
+                if name.startswith(FLOOR):
+                    notes[name] = "no request: pytest's own per-item cost, the floor of the rows above"
+                elif name.startswith("pytest"):
                     notes[name] = (f"max in flight {stats['max_in_flight']} (limit {concurrency}); "
                                    f"item median {item_median_ms(root / 'items.json'):.2f} ms")
     base = statistics.median(t.wall for t in runs[commands[0][0]])

@@ -188,13 +188,12 @@ class RunState:
         return found if len(found) > 1 else []
 
     def start_alongside(self, models: list[str]) -> None:
-        """Start the engines of ``alongside(models)`` together: each launched, then all waited for."""
-        from harness.engines.lease import start_together
+        """Start the engines of these models (as ``alongside`` returned them) together: each launched, then all
+        waited for."""
+        from harness.engines.lease import ManagedServer, start_together
 
-        found = self.alongside(models)
-        if found:
-            servers = [self.engine_of(model) for model in found]
-            self._engines.update(zip(found, start_together(servers, self.context())))  # type: ignore[arg-type]
+        servers = [engine for model in models if isinstance(engine := self.engine_of(model), ManagedServer)]
+        self._engines.update(zip(models, start_together(servers, self.context())))
 
     def started_engines(self) -> dict[str, dict[str, Any]]:
         """The records of the engines this process started or reached, by model."""

@@ -465,8 +465,10 @@ class EvalSession:
         if not found:
             return
         started = time.monotonic()
-        what = ", ".join(f"{self.state.engine_of(model).kind} for {model}" for model in found)
-        self._say(f"llm-harness: starting {what}, side by side")
+        kinds = [self.state.engine_of(model).kind for model in found]
+        what = ", ".join(f"{kind} for {model}" for kind, model in zip(kinds, found))
+        note = " (a first run also converts the bundled model: 1-2 min)" if "bundled" in kinds else ""
+        self._say(f"llm-harness: starting {what}, side by side{note}")
         if self._progress is not None:
             self._progress.phase(f"starting {what}")
         try:
