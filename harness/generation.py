@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from harness.board import Board
 from harness.engines.client import AUTH_STATUS, Reply
 from harness.engines.loop import submit
+from harness.interruptible import wait_event, wait_future
 from harness.progress import ModelCounts, Snapshot
 from harness.redact import redact_url
 
@@ -88,7 +89,7 @@ class Generation:
 
     def wait_first(self) -> None:
         """Block until the first case is answered: a rejected API key stops the run before any item."""
-        self._first.wait()
+        wait_event(self._first)
         if self.aborted:
             self.join()
             raise GenerationAborted(self.aborted)
@@ -101,7 +102,7 @@ class Generation:
         if self._future is None:
             return
         try:
-            self._future.result()
+            wait_future(self._future)
         except BaseException as exc:  # noqa: BLE001 - cancelled on purpose, or a bug worth raising
             import concurrent.futures
 

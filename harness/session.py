@@ -24,6 +24,7 @@ from harness.board import Board
 from harness.cache import cache_key
 from harness.engines.client import Reply
 from harness.collect import catalog, relpath
+from harness.interruptible import join_thread
 from harness.plan import CaseRef, Plan, SuiteRun, Task, make_plan, refs_from_ids, refs_from_items
 from harness.result_store import ResultSpool, RunResults, merged
 from harness.results import CaseResult, SuiteResult
@@ -162,7 +163,7 @@ class EvalSession:
         if self.plan is None:
             return
         if self._pulled is not None:
-            self._pulled.join()
+            join_thread(self._pulled)
         self._conclude_rest()
         results = self.results()
         if not results and not self.training:

@@ -184,12 +184,11 @@ def _start_run(pytester: pytest.Pytester, tiny_model: Path) -> subprocess.Popen[
                             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1"})
 
 
-# Known defect, under investigation: on a loaded machine (CI, -n 2) a SIGINT sent while the run waits for
-# its first reply was seen not to stop the run (3 of 4 CI rehearsals on 2026-12-04; never reproduced alone).
-# The failure message carries the run's threads (faulthandler). Not strict: it passes where the signal lands.
-@pytest.mark.parametrize("how", [pytest.param("interrupt", marks=pytest.mark.xfail(
-    reason="known defect: SIGINT can be lost while the run waits for its first reply on a loaded machine",
-    strict=False)), "kill"])
+# A SIGINT that landed on another thread than the main one, while the main thread waited for the first reply
+# without a timeout, was not seen until that reply came (seen in 3 of 4 CI rehearsals on 2026-12-04; the
+# mechanism is pinned by tests/test_interrupts.py). Should it happen again, the failure message carries the
+# run's threads (faulthandler).
+@pytest.mark.parametrize("how", ["interrupt", "kill"])
 def test_no_engine_left_after_interrupt_or_kill(pytester, tiny_model, how):
     proc = _start_run(pytester, tiny_model)
     try:

@@ -39,7 +39,9 @@ def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
 
 def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     """Run a coroutine on the request loop and wait for it (never from inside that loop)."""
-    return submit(coro).result(timeout)
+    from harness.interruptible import wait_future
+
+    return wait_future(submit(coro), timeout)
 
 
 async def run_async(coro: Coroutine[Any, Any, T]) -> T:
