@@ -8,6 +8,8 @@ import concurrent.futures
 import threading
 from typing import Any, Coroutine, TypeVar
 
+from harness.interruptible import wait_future
+
 T = TypeVar("T")
 
 _lock = threading.Lock()
@@ -39,8 +41,6 @@ def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
 
 def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     """Run a coroutine on the request loop and wait for it (never from inside that loop)."""
-    from harness.interruptible import wait_future
-
     return wait_future(submit(coro), timeout)
 
 
