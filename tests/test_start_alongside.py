@@ -54,18 +54,20 @@ def _launched(folder: Path) -> dict[str, float]:
     return dict(map(json.loads, (folder / "events.jsonl").read_text().splitlines()))
 
 
-@pytest.mark.parametrize("alongside", [True, False])
-def test_cpu_servers_of_a_run_start_side_by_side_and_gpu_servers_in_turn(pytester, alongside):
+@pytest.mark.parametrize(("alongside", "workers"), [(True, "0"), (True, "2"), (False, "0")])
+def test_cpu_servers_of_a_run_start_side_by_side_and_gpu_servers_in_turn(pytester, alongside, workers):
     pytester.makeconftest(STUB_ENGINE)
-    models = [{"name": name, "engine": "stub-server", "options": {"alongside": alongside}} for name in ("stub", "stub-b")]
+    models = [{"name": name, "engine": "stub-server", "options": {"alongside": alongside}}
+              for name in ("stub", "stub-b")]
     pytester.makefile(".yaml", models=json.dumps(models))
     write_suite(pytester.path / "evals", "s", answer_cases([("a", "x", "x"), ("b", "y", "y")]))
-    result = pytester.runpytest_subprocess("--llm-models-file", "models.yaml", "--llm-report-dir", "out",
-                                           "--llm-cache", "off", "evals", timeout=120)
+    result = pytester.runpytest_subprocess("-n", workers, "--llm-models-file", "models.yaml", "--llm-report-dir",
+                                           "out", "--llm-cache", "off", "evals", timeout=120)
     result.assert_outcomes(passed=4)  # 2 cases x 2 models
     launched = _launched(pytester.path)
     if alongside:
-        result.stdout.fnmatch_lines(["llm-harness: starting stub-server for stub, stub-server for stub-b, side by side"])
+        result.stdout.fnmatch_lines(
+            ["llm-harness: starting stub-server for stub, stub-server for stub-b, side by side"])
         # the second server was launched before the first could be ready
         assert launched["stub-b"] - launched["stub"] < LOAD_S
     else:
