@@ -35,11 +35,8 @@ def file_digests(folder: Path) -> dict[str, str]:
     """The sha256 of each file of the folder (weights, config, tokenizer, chat template), by name."""
     digests = {}
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        digest = hashlib.sha256()
         with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-        digests[path.name] = digest.hexdigest()
+            digests[path.name] = hashlib.file_digest(handle, "sha256").hexdigest()
     return digests
 
 

@@ -16,8 +16,7 @@ from harness.report.files import private_dir
 from harness.report.forest import write_forest_png
 from harness.report.freeze import write_freeze
 from harness.report.heatmap import write_confusion_png, write_confusion_pngs
-from harness.report.html import page_template
-from harness.report.html import write_html
+from harness.report.html import page_template, write_html
 from harness.report.indicators import write_indicators
 from harness.report.json_report import write_json
 from harness.report.markdown import write_markdown
