@@ -63,9 +63,11 @@ USER_CACHE = default_cache_root()
 # servers) cache their bytecode even where the environment says not to (PYTHONDONTWRITEBYTECODE): else each
 # of them compiles again every module it imports and pytest rewrites the asserts of every module of each
 # installed plugin package, this one included (a 3-case run: 3.4 -> 1.5 s at -n 0, 8 -> 3 CPU-s at -n 2).
-# The caches go to a folder of their own in the user's cache, never next to the sources.
-if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
-    os.environ.setdefault("PYTHONPYCACHEPREFIX", str(USER_CACHE / "pycache"))
+# Where Python puts it by default (__pycache__ beside each source, ignored by git), not in a folder of its own
+# (PYTHONPYCACHEPREFIX): Python then reads bytecode from that folder only, never the bytecode pip compiled at
+# install, so on a fresh machine the first processes compiled torch, transformers, trl, scipy, ... again (the
+# suite took about 40 s longer on an empty folder than on a filled one).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 STUB_MODELS = "stub,stub-b"
 

@@ -194,7 +194,6 @@ def test_no_engine_left_after_interrupt_or_kill(pytester, tiny_model, how):
     try:
         assert wait_until(lambda: engine_pids(proc.pid), 120), "the engine never started"
         server = engine_pids(proc.pid)[0]
-        time.sleep(2)
         if how == "interrupt":
             # interrupted while requests are in flight (the engine loaded, generation started)
             seen = _read_until(proc, b"llm-harness: sending", 180)
@@ -211,6 +210,7 @@ def test_no_engine_left_after_interrupt_or_kill(pytester, tiny_model, how):
             assert "KeyboardInterrupt" in output
             assert wait_until(lambda: not os.path.exists(f"/proc/{server}"), 15)
         else:
+            time.sleep(0.5)
             proc.kill()  # no cleanup runs: the engine notices its parent is gone
             proc.wait(10)
             assert wait_until(lambda: not os.path.exists(f"/proc/{server}"), 15)

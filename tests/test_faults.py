@@ -221,7 +221,7 @@ def test_server_killed_mid_run_marks_the_rest_and_a_rerun_sends_only_those(pytes
     port = free_port()
     args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--llm-model", "stub", "--llm-base-url",
             f"http://127.0.0.1:{port}/v1", "--llm-report-dir", "out", "--llm-cache-path", "cache.sqlite",
-            "--llm-concurrency", "2", "--llm-retries", "1", "evals"]
+            "--llm-concurrency", "2", "--llm-retries", "0", "--llm-retry-passes", "0", "evals"]  # no backoff waits
     with stub("--models", "stub", "--delay-ms", "100", port=port) as (proc, url):
         run_proc = subprocess.Popen(args, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60

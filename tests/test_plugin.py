@@ -365,7 +365,7 @@ def test_waits_for_a_remote_server_to_list_the_model(pytester):
         late.append(subprocess.Popen([sys.executable, "-m", "harness.testing.stub_server", "--port", str(port),
                                       "--models", "stub"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
-    timer = threading.Timer(3.0, start_late)
+    timer = threading.Timer(1.0, start_late)  # the in-process run is waiting well before then
     timer.start()
     try:
         result = run(pytester, url, "evals", "--llm-wait-ready", "60", "--llm-wait-interval", "0.2", http=True)

@@ -106,7 +106,8 @@ def test_a_run_with_url_credentials_authenticates_and_writes_no_secret(pytester,
         base = f"http://user:{PASSWORD}@{host}?api_key={TOKEN}"
         result = pytester.runpytest_inprocess(
             "-p", "no:cacheprovider", "--llm-base-url", base, "--llm-model", "stub", "--llm-report-dir", "out",
-            "--llm-cache", "off", "--llm-retries", "3", "--llm-wait-ready", "10", "--llm-wait-interval", "0.2",
+            "--llm-cache", "off", "--llm-retries", "1", "--llm-retry-passes", "0", "--llm-wait-ready", "10",
+            "--llm-wait-interval", "0.2",
             "evals")
         auth = stub_stats(url)["auth_sha256"]
     output = result.stdout.str() + result.stderr.str()

@@ -55,14 +55,14 @@ def kto_job(folder: Path) -> Path:
     return folder / "job.yaml"
 
 
-def grpo_job(folder: Path, targets: dict[str, str] = CAPITALS, reward: str = "../reward") -> Path:
+def grpo_job(folder: Path, targets: dict[str, str] = CAPITALS, reward: str = "../reward", steps: int = 6) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     _write_rows(folder / "data.jsonl", [{"question": f"What is the capital of {c}?", "answer": a} for c, a in targets.items()])
     (folder / "job.yaml").write_text(
         "trainer: grpo\nmodel: {tiny: {}}\ntokenizer: {train: {vocab_size: 512}}\nchat_template: chatml\n"
         "dataset: data.jsonl\nfields: {prompt: question, target: answer}\n"
         f"reward: {{suite: {reward}}}\n"
-        "config: {max_steps: 6, per_device_train_batch_size: 32, num_generations: 8, learning_rate: 1.0e-3}\n")
+        f"config: {{max_steps: {steps}, per_device_train_batch_size: 32, num_generations: 8, learning_rate: 1.0e-3}}\n")
     return folder / "job.yaml"
 
 
@@ -116,7 +116,7 @@ def test_grpo_job_with_a_suite_reward_trains(tmp_path: Path) -> None:
 def test_grpo_whose_reward_never_varies_fails_training_happened(tmp_path: Path) -> None:
     _suite(tmp_path / "reward")
     never = {country: "Atlantis-Zzyzx" for country in CAPITALS}  # no completion ever contains it
-    run = run_job(load_job(grpo_job(tmp_path / "grpo", never)), tmp_path / "out")
+    run = run_job(load_job(grpo_job(tmp_path / "grpo", never, steps=2)), tmp_path / "out")  # 2 steps say it
     assert run.error is None
     assert failed(run) == {"training_happened"}
     assert "frac_reward_zero_std is 1 at every step" in run.checks["training_happened"]["reason"]
