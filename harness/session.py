@@ -377,7 +377,7 @@ class EvalSession:
                   f"at most {settings.concurrency} in flight{judged}")
         self._generation.start()
         self._progress.watch(self._generation)
-        warm_writers()  # while the model answers, not after its last reply
+        warm_writers()  # while the model answers, not after its last reply (in this thread: see its docstring)
         try:
             self._generation.wait_first()
         except GenerationAborted as exc:

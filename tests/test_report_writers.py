@@ -403,16 +403,51 @@ def test_worst_cases_of_a_long_run_are_the_worst_ten_in_order(tmp_path: Path) ->
     assert shown[:2] == ["c77", "c401"]  # the errors, in data order
 
 
+WATCH_OPENPYXL = """
+import sys
+import threading
+
+
+class Watch:  # records which thread imports openpyxl first
+    def find_spec(self, name, path=None, target=None):
+        if name == "openpyxl":
+            with open("openpyxl_thread.txt", "a") as handle:
+                handle.write(threading.current_thread().name + "\\n")
+        return None
+
+
+sys.meta_path.insert(0, Watch())
+"""
+
+
+def test_the_writers_libraries_are_imported_on_the_runs_main_thread(pytester: pytest.Pytester) -> None:
+    """On Python 3.11, an import on a thread of its own that a garbage collection interrupted (finalizers that
+    import) could leave its module lock held (CPython gh-91351): the run's main thread then waited forever in
+    write_xlsx's ``from openpyxl import Workbook`` (seen once, in a CI rehearsal, under a test whose garbage has
+    a raising finalizer). The warm-up during the run imports openpyxl on the main thread."""
+    from tests.conftest import scripted_models, write_suite
+
+    cases = [{"id": f"c{i}", "input": f"q{i}\nANSWER: a{i}", "target": f"a{i}"} for i in range(3)]
+    write_suite(pytester.path / "evals", "geo", cases, **{"pass": "record"})
+    scripted_models(pytester)
+    pytester.makeconftest(WATCH_OPENPYXL)
+    result = pytester.runpytest_subprocess("--llm-models-file", "models.yaml", "--llm-report-dir", "out",
+                                           "--llm-cache", "off", "-p", "no:cacheprovider", "evals", timeout=120)
+    result.assert_outcomes(passed=3)
+    assert (pytester.path / "openpyxl_thread.txt").read_text().split() == ["MainThread"]
+    assert (pytester.path / "out" / "report.xlsx").stat().st_size > 0
+
+
 def test_the_writers_are_warmed_while_requests_are_in_flight() -> None:
-    """What writing the reports would first wait for is done on a thread during the run: openpyxl imported,
-    report.html's template compiled (once per process), the installed packages read."""
+    """What writing the reports would first wait for is done during the run: openpyxl imported, report.html's
+    template compiled (once per process), the installed packages read."""
     import sys
 
     from harness.report import warm_writers
     from harness.report.html import page_template
 
     page_template.cache_clear()
-    warm_writers().join(timeout=60)
+    warm_writers()
     assert "openpyxl" in sys.modules
     assert page_template.cache_info().currsize == 1
     hits = page_template.cache_info().hits

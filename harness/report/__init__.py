@@ -6,7 +6,6 @@ one self-contained page that embeds those PNGs and browses the cases."""
 from __future__ import annotations
 
 import importlib
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,29 +32,29 @@ __all__ = [
 _HEAVY_IMPORTS = ("openpyxl",)
 
 
-def warm_writers() -> threading.Thread:
+def warm_writers() -> None:
     """Import the writers' heavy libraries, compile report.html's template and read the installed packages
-    (report.json's versions, requirements-freeze.txt) on a daemon thread, while requests are in flight, so
-    that writing the reports after the last reply waits for none of them."""
+    (report.json's versions, requirements-freeze.txt) while requests are in flight, so that writing the reports
+    after the last reply waits for none of them.
 
-    def load() -> None:
-        for name in _HEAVY_IMPORTS:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - the writer reports a missing library itself
-                pass
+    In the calling thread, the run's main one, right after the requests start: not on a thread of its own. On
+    Python 3.11 an import that a garbage collection interrupts, and whose finalizers import in turn, can leave
+    the module's import lock held by a thread that has moved on (CPython gh-91351, fixed in 3.12): the main
+    thread then waited forever in ``from openpyxl import Workbook``. A lock the main thread itself holds is
+    re-entered by it."""
+    for name in _HEAVY_IMPORTS:
         try:
-            page_template()  # about 0.05 s on 2 cores, once per process
-        except Exception:  # noqa: BLE001 - compiled again, and reported, when the page is written
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the writer reports a missing library itself
             pass
-        try:
-            warm_packages()
-        except Exception:  # noqa: BLE001 - read again, and reported, when the report is built
-            pass
-
-    thread = threading.Thread(target=load, name="llm-harness-warm-writers", daemon=True)
-    thread.start()
-    return thread
+    try:
+        page_template()  # about 0.05 s on 2 cores, once per process
+    except Exception:  # noqa: BLE001 - compiled again, and reported, when the page is written
+        pass
+    try:
+        warm_packages()
+    except Exception:  # noqa: BLE001 - read again, and reported, when the report is built
+        pass
 
 
 class ReportsIncomplete(Exception):
