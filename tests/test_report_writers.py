@@ -421,10 +421,10 @@ sys.meta_path.insert(0, Watch())
 
 
 def test_the_writers_libraries_are_imported_on_the_runs_main_thread(pytester: pytest.Pytester) -> None:
-    """On Python 3.11, an import on a thread of its own that a garbage collection interrupted (finalizers that
-    import) could leave its module lock held (CPython gh-91351): the run's main thread then waited forever in
-    write_xlsx's ``from openpyxl import Workbook`` (seen once, in a CI rehearsal, under a test whose garbage has
-    a raising finalizer). The warm-up during the run imports openpyxl on the main thread."""
+    """The warm-up during the run imports openpyxl on the run's main thread. On a thread of its own, a run hung
+    once (a CI rehearsal, Python 3.11, a test whose garbage has a raising finalizer): the main thread waited
+    forever in write_xlsx's ``from openpyxl import Workbook`` for a module lock no live thread held (likely
+    CPython gh-91351: an import interrupted by a garbage collection whose finalizers import)."""
     from tests.conftest import scripted_models, write_suite
 
     cases = [{"id": f"c{i}", "input": f"q{i}\nANSWER: a{i}", "target": f"a{i}"} for i in range(3)]

@@ -37,11 +37,11 @@ def warm_writers() -> None:
     (report.json's versions, requirements-freeze.txt) while requests are in flight, so that writing the reports
     after the last reply waits for none of them.
 
-    In the calling thread, the run's main one, right after the requests start: not on a thread of its own. On
-    Python 3.11 an import that a garbage collection interrupts, and whose finalizers import in turn, can leave
-    the module's import lock held by a thread that has moved on (CPython gh-91351, fixed in 3.12): the main
-    thread then waited forever in ``from openpyxl import Workbook``. A lock the main thread itself holds is
-    re-entered by it."""
+    In the calling thread, the run's main one, right after the requests start: not on a thread of its own. When
+    it was, a run hung once (a CI rehearsal, Python 3.11): its main thread waited forever in ``from openpyxl
+    import Workbook`` for a module lock that no live thread held. The likely cause is CPython gh-91351, fixed in
+    3.12: an import that a garbage collection interrupts, with finalizers that import in turn, can leave its
+    module lock held after the importing thread moved on. A lock the main thread itself holds, it re-enters."""
     for name in _HEAVY_IMPORTS:
         try:
             importlib.import_module(name)
