@@ -218,7 +218,8 @@ def test_leaves_garbage():
 """)
     # a process of its own: a warning raised in pytest's cleanups goes to its stderr
     result = pytester.runpytest_subprocess("--llm-models-file", "models.yaml", "--llm-report-dir", "out",
-                                           "--llm-cache", "off", "-p", "no:cacheprovider", "evals", "test_cycle.py")
+                                           "--llm-cache", "off", "-p", "no:cacheprovider", "evals", "test_cycle.py",
+                                           timeout=300)  # a hang is this test's failure, not CI's time limit
     result.assert_outcomes(passed=4)  # three cases, the hand-written test
     at_run, at_cleanup = map(int, (pytester.path / "frozen.txt").read_text().split())
     assert at_run > 0 and at_cleanup > at_run + 1000
