@@ -202,6 +202,10 @@ class TerminalSink:
             fd = None  # stdout is not a file (pytester's inline runs): pytest's writer only
         if fd is not None:
             self._file = open(fd, "w", encoding="utf-8", errors="replace", closefd=True)
+        if self._writer.hasmarkup and not os.environ.get("NO_COLOR"):
+            # the styled lines' library, imported here on the main thread: the progress thread imports nothing
+            import rich.console  # noqa: F401
+            import rich.text  # noqa: F401
 
     def line(self, text: str, figures: Figures | None) -> None:
         now = time.monotonic()

@@ -18,6 +18,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime  # here, not on the request loop's thread on a first Retry-After
 from typing import Any, Sequence
 
 from harness.engines.limiter import AdaptiveLimit
@@ -98,6 +99,12 @@ class OpenAICompatClient:
                  retries: int = 2, backoff_s: float = 0.5, backoff_cap_s: float = 8.0,
                  max_retry_after_s: float = 60.0, deadline_s: float | None = None,
                  limiter: AdaptiveLimit | None = None) -> None:
+        # imported by the thread that makes the client (a run's main thread), not by the request loop's thread
+        # on its first request while the main thread imports the report writers' libraries: two threads
+        # importing at once is what hung a run once (see harness.report.warm_writers), and the first
+        # request waited for aiohttp's import to share the interpreter with theirs
+        import aiohttp  # noqa: F401
+
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls:
             raise ValueError("a client needs at least one base URL")
@@ -537,8 +544,6 @@ def _retry_after(headers: Any) -> float | None:
 
 
 def _seconds_until(http_date: str) -> float | None:
-    from email.utils import parsedate_to_datetime
-
     try:
         return parsedate_to_datetime(http_date).timestamp() - time.time()
     except (TypeError, ValueError, IndexError, OverflowError):

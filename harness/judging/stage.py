@@ -21,7 +21,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+# imported with this module, on the run's main thread: judge_call and JudgeStage run on the request loop's
+# thread, which imports nothing of its own (see harness.engines.client.OpenAICompatClient)
+from harness.cache import cache_key
 from harness.engines.client import Reply, Request
+from harness.judging.pairwise import render_pairwise
+from harness.judging.rubric import RubricRenderError, render_judge_prompt
+from harness.scoring.extract import ExtractionError, run_pipeline
 
 if TYPE_CHECKING:
     from harness.cache import ResponseCache
@@ -50,9 +56,6 @@ class JudgeCall:
 def judge_call(spec: JudgeSpec, model: str, suite: Suite, case: Case, text: str | None) -> JudgeCall | None:
     """The judge requests for one case's reply ``text``; None when the reply's extraction fails (the
     case scores 0 for that, with no judge to ask)."""
-    from harness.judging.rubric import RubricRenderError, render_judge_prompt
-    from harness.scoring.extract import ExtractionError, run_pipeline
-
     try:
         prediction = run_pipeline(suite.extract, text or "")
     except ExtractionError:
@@ -150,8 +153,6 @@ class JudgeStage:
 
     async def _ask_all(self, model: str, requests: tuple[Request, ...]) -> list[dict[str, Any]]:
         """Requests to the judge, from the cache where it holds them (``sample`` keys repeated ones)."""
-        from harness.cache import cache_key
-
         keys = [cache_key(self.identities[model], request, sample=requests[:i].count(request))
                 for i, request in enumerate(requests)]
         hits = self.cache.get_many(keys) if self.cache is not None else {}
@@ -163,9 +164,6 @@ class JudgeStage:
 
     async def _pairwise(self, task: Task, payload: dict[str, Any], spec: JudgeSpec, model: str) -> None:
         """A compared model's answer against its reference's answer to the same case, in both orders."""
-        from harness.judging.pairwise import render_pairwise
-        from harness.judging.rubric import RubricRenderError
-
         reference = self.reference_of(task)
         if reference is None:  # the reference's own cases: the others are judged against them
             payload["judge"] = {"model": model, "reference": True}
