@@ -21,10 +21,10 @@ the prompt inject faults:
 apart, usage in the last chunk. ``--fail-first N --fail-status S`` answers S to the first N
 requests the server gets, whatever they ask (a burst). ``--api-key`` makes every request
 without that bearer key a 401. ``--delay-ms`` delays every answer. Every request is counted;
-``GET /stats`` returns the counts, the maximum in flight, when the last reply went out
-(``last_reply_at``, epoch seconds) and the Authorization headers seen
-(hashed, so a test can check a key arrived without the key being stored); ``POST /stats/reset``
-zeroes them.
+``GET /stats`` returns the counts, the maximum in flight, when the first request came and the
+last reply went out (``first_request_at``, ``last_reply_at``, epoch seconds) and the
+Authorization headers seen (hashed, so a test can check a key arrived without the key being
+stored); ``POST /stats/reset`` zeroes them.
 
 Run: ``python -m harness.testing.stub_server --port 8000 [--models a,b] [--delay-ms 50]``.
 """
@@ -111,7 +111,7 @@ class Stub:
         self.requests = 0
         self.in_flight = 0
         self.max_in_flight = 0
-        self.last_reply_at = 0.0
+        self.first_request_at = self.last_reply_at = 0.0
         self.auth: set[str] = set()
 
     def app(self) -> web.Application:
@@ -128,10 +128,12 @@ class Stub:
 
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response({"requests": self.requests, "max_in_flight": self.max_in_flight,
-                                  "last_reply_at": self.last_reply_at, "auth_sha256": sorted(self.auth)})
+                                  "first_request_at": self.first_request_at, "last_reply_at": self.last_reply_at,
+                                  "auth_sha256": sorted(self.auth)})
 
     async def reset(self, request: web.Request) -> web.Response:
         self.requests = self.max_in_flight = 0
+        self.first_request_at = self.last_reply_at = 0.0
         self.attempts.clear()
         return web.json_response({"ok": True})
 
@@ -143,6 +145,7 @@ class Stub:
 
     async def _answer(self, request: web.Request, chat: bool) -> web.Response:
         self.requests += 1
+        self.first_request_at = self.first_request_at or time.time()
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
