@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from typing import Any
 
@@ -15,6 +16,10 @@ from harness.suite import Case, Suite
 
 
 TRUNCATED_ERROR = "reply cut off at max_tokens (finish_reason=length)"
+# one case scored at a time in a process: the controller scores the cases only gates need on a thread of its
+# own beside the items', and a scorer's first call may import its libraries (jsonschema, a classifier); two
+# threads importing at once is what hung a run once (see harness.report.warm_writers)
+_SCORING = threading.RLock()
 
 
 @lru_cache(maxsize=None)
@@ -36,24 +41,26 @@ def score_reply(suite: Suite, case: Case, model: str, nodeid: str, dataset: str,
         metadata=case.metadata, error=reply.get("error"), cached=bool(reply.get("cached")),
         attempts=reply.get("attempts"), ttft_ms=reply.get("ttft_ms"), tpot_ms=reply.get("tpot_ms"),
         sent_at=reply.get("sent_at"), done_at=reply.get("done_at"), tool_calls=reply.get("tool_calls"),
-        attack=case.attack, cluster=case.cluster, truncated=bool(reply.get("truncated") or reply.get("finish_reason") == "length"),
+        attack=case.attack, cluster=case.cluster,
+        truncated=bool(reply.get("truncated") or reply.get("finish_reason") == "length"),
         human_label=case.human_label,
     )
     if result.truncated and result.error is None and suite.truncated == "error":
         # applied when scoring, not sending: the cached reply stays valid whatever the suite says
         result.error = TRUNCATED_ERROR
-    try:
-        _score(suite, case, result, reply)
-    except JudgeFailed as exc:
-        # no verdict is not a wrong answer: an error with the judge's raw reply, never a silent 0
-        result.score, result.error = 0.0, str(exc)
-        result.reason = result.error
-    except Exception as exc:  # noqa: BLE001
-        # a scorer that raises did not judge the case: an error (error_rate counts it), not a wrong answer
-        result.score, result.error = 0.0, _scorer_error(exc)
-        result.reason = result.error
-    if hook is not None:
-        hook.pytest_llm_case_result(result=result, suite=suite, case=case)
+    with _SCORING:
+        try:
+            _score(suite, case, result, reply)
+        except JudgeFailed as exc:
+            # no verdict is not a wrong answer: an error with the judge's raw reply, never a silent 0
+            result.score, result.error = 0.0, str(exc)
+            result.reason = result.error
+        except Exception as exc:  # noqa: BLE001
+            # a scorer that raises did not judge the case: an error (error_rate counts it), not a wrong answer
+            result.score, result.error = 0.0, _scorer_error(exc)
+            result.reason = result.error
+        if hook is not None:
+            hook.pytest_llm_case_result(result=result, suite=suite, case=case)
     # record-only suites leave `passed` unset: their gates alone judge
     if result.data.get("pairwise") == "reference" and result.error is None:
         result.passed = None  # the pairwise reference: the other models are judged against its answers

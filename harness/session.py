@@ -322,13 +322,17 @@ class EvalSession:
                         if n > left[model]}
         self.generation_stats = {"cases": len(plan.tasks), "cached": len(sendable) - len(pending),
                                  "gate_only_cases": len(plan.pulled)}
-        if plan.pulled:
-            self._pulled = threading.Thread(target=self._score_pulled, name="llm-harness-gate-cases", daemon=True)
-            self._pulled.start()
         if not pending and not answered:
             board.finish()
-            return
-        self._send(pending, answered, board)
+        else:
+            self._send(pending, answered, board)
+        if plan.pulled:
+            # after _send's warm-up of the writers, and with what it runs imported here: a thread of a run imports
+            # nothing while another one does (see harness.report.warm_writers)
+            from harness import case_scoring, suite_metrics  # noqa: F401
+
+            self._pulled = threading.Thread(target=self._score_pulled, name="llm-harness-gate-cases", daemon=True)
+            self._pulled.start()
 
     def _overrides(self, model: str) -> dict[str, Any]:
         """Generation settings over every suite's: --llm-set, then the model's own (a variant's)."""

@@ -403,51 +403,6 @@ def test_worst_cases_of_a_long_run_are_the_worst_ten_in_order(tmp_path: Path) ->
     assert shown[:2] == ["c77", "c401"]  # the errors, in data order
 
 
-WATCH_IMPORTS = """
-import sys
-import threading
-
-
-class Watch:  # records each module first imported by a thread other than the main one, and openpyxl's thread
-    def find_spec(self, name, path=None, target=None):
-        thread = threading.current_thread()
-        if name == "openpyxl":
-            with open("openpyxl_thread.txt", "a") as handle:
-                handle.write(thread.name + "\\n")
-        if thread is not threading.main_thread() and name not in sys.modules:
-            with open("other_threads.txt", "a") as handle:
-                handle.write(f"{thread.name} {name}\\n")
-        return None
-
-
-sys.meta_path.insert(0, Watch())
-"""
-
-
-@pytest.mark.parametrize("workers", ["0", "2"])
-def test_a_runs_imports_happen_on_its_main_thread(pytester: pytest.Pytester, stub_url: str, workers: str) -> None:
-    """A run's other threads (the request loop, progress, the judges) import nothing: its main thread imports
-    aiohttp when it makes the client and openpyxl in the writers' warm-up. When openpyxl was imported on a thread
-    of its own, a run hung once (a CI rehearsal, Python 3.11, a test whose garbage has a raising finalizer): the
-    main thread waited forever in write_xlsx's ``from openpyxl import Workbook`` for a module lock no live thread
-    held (likely CPython gh-91351: an import interrupted by a garbage collection whose finalizers import). The
-    request loop imported aiohttp on its first request, while the main thread imported the writers' libraries:
-    the same two threads importing at once."""
-    from tests.conftest import write_suite
-
-    cases = [{"id": f"c{i}", "input": f"q{i}\nANSWER: a{i}", "target": f"a{i}"} for i in range(3)]
-    write_suite(pytester.path / "evals", "geo", cases, **{"pass": "record"})
-    pytester.makeconftest(WATCH_IMPORTS)
-    result = pytester.runpytest_subprocess("--llm-base-url", stub_url, "--llm-model", "stub", "-n", workers,
-                                           "--llm-report-dir", "out", "--llm-cache", "off", "-p", "no:cacheprovider",
-                                           "evals", timeout=120)
-    result.assert_outcomes(passed=3)
-    assert (pytester.path / "openpyxl_thread.txt").read_text().split() == ["MainThread"]
-    others = pytester.path / "other_threads.txt"
-    assert not others.exists(), others.read_text()
-    assert (pytester.path / "out" / "report.xlsx").stat().st_size > 0
-
-
 def test_the_writers_are_warmed_while_requests_are_in_flight() -> None:
     """What writing the reports would first wait for is done during the run: openpyxl imported, report.html's
     template compiled (once per process), the installed packages read."""
