@@ -160,6 +160,15 @@ def stub_stats(url: str) -> dict[str, Any]:
         return json.loads(response.read())
 
 
+def stub_reset(url: str) -> None:
+    """Zero a stub's counts (requests, the maximum in flight, ...): the session's stub is shared by the tests of
+    an xdist worker, one after the other, so a test that reads a maximum resets it first."""
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(url.removesuffix("/v1") + "/stats/reset", method="POST"),
+                           timeout=5).close()
+
+
 def write_suite(root: Path, name: str, cases: list[dict[str, Any]], dataset: str = "cases.jsonl",
                 **suite: Any) -> Path:
     """A suite folder: suite.yaml (defaults: chat mode, exact_match) and its JSONL."""

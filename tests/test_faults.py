@@ -15,7 +15,7 @@ import pytest
 from harness.engines.client import OpenAICompatClient, Request
 from harness.engines.limiter import AdaptiveLimit
 from harness.engines.managed import free_port
-from tests.conftest import answer_cases, load_report, stub_stats, write_suite
+from tests.conftest import answer_cases, load_report, stub_reset, stub_stats, write_suite
 from tests.conftest import stub_server as stub
 
 
@@ -24,13 +24,6 @@ def run(pytester: pytest.Pytester, url: str, *args: str, workers: str = "0") -> 
     return pytester.runpytest_inprocess("-n", workers, "--llm-base-url", url, "--llm-model", "stub",
                                         "--llm-report-dir", "out", "--llm-cache", "off", "-p", "no:cacheprovider",
                                         "evals", *args)
-
-
-def reset(url: str) -> None:
-    import urllib.request
-
-    urllib.request.urlopen(urllib.request.Request(url.removesuffix("/v1") + "/stats/reset", method="POST"),
-                           timeout=5).close()
 
 
 def by_id(report: dict) -> dict[str, dict]:
@@ -101,7 +94,7 @@ def test_failures_after_retries_get_a_second_pass(pytester):
         assert result.ret == 0
         assert load_report(pytester)["cases"][0]["error"] is None
         assert stub_stats(url)["requests"] == 4
-        reset(url)  # the stub forgets the prompt's failed attempts
+        stub_reset(url)  # the stub forgets the prompt's failed attempts
         result = run(pytester, url, "--llm-retries", "2", "--llm-retry-passes", "0")
         assert stub_stats(url)["requests"] == 3
     assert load_report(pytester)["cases"][0]["error"].startswith("HTTP 502")
