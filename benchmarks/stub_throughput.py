@@ -10,9 +10,9 @@ teardown, which includes waiting for the item's reply), and the time to collect 
 With --repeat N each command runs N times, interleaved, and the median wall time is kept.
 The last rows run pytest alone on as many empty items (no plugin, no request; items of the kind the
 harness's are, from a File collector): their CPU-s/1k is what pytest's own per-item protocol costs,
-a floor under the harness's figure. Below the table,
-each goal of issue 9 with its figure and whether it is met; the CPU figure is split into pytest's
-own cost, bare aiohttp's and the harness's own (what is left).
+a floor under the harness's figure. Below the table: each goal of issue 9 with its figure and
+whether it is met; the CPU figure is split into pytest's own cost, bare aiohttp's and the
+harness's own (what is left).
 
 The pytest runs load only this plugin and xdist (PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 with -p):
 a user's plugins (hypothesis, asyncio, ...) cost what they cost with or without this one.
