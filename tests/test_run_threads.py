@@ -74,24 +74,22 @@ def timed_match(prediction, target, case):
 """
 
 
-@pytest.mark.parametrize("workers", ["0", "2"])
-def test_cases_scored_on_two_threads_are_scored_one_at_a_time(pytester: pytest.Pytester, stub_url: str,
-                                                              workers: str) -> None:
-    """With some cases selected and the gate of their suite too, the selected cases are scored by their items (on
-    the main thread, or a worker's) and the others, which only the gate needs, on a thread of the controller's own:
-    never two at once in one process (a scorer's first call may import its libraries)."""
+def test_cases_scored_on_two_threads_are_scored_one_at_a_time(pytester: pytest.Pytester, stub_url: str) -> None:
+    """With some cases selected and the gate of their suite too, the selected cases are scored by their items on the
+    main thread and the others, which only the gate needs, on a thread of their own: never two at once (a scorer's
+    first call may import its libraries). Without xdist only: under it, a worker scores on its main thread alone
+    and the controller on its gate-only thread alone, so no process has two threads that score."""
     cases = [{"id": f"x{i:02}", "input": f"q{i}\nANSWER: a{i}", "target": f"a{i}"} for i in range(12)]
     write_suite(pytester.path / "evals", "geo", cases, scorer="timed_match", gates=["timed_match >= 0.5"],
                 **{"pass": "record"})
     pytester.makeconftest(TIMED_SCORER)
     result = pytester.runpytest_subprocess("--llm-base-url", stub_url, "--llm-model", "stub", "--llm-report-dir",
                                            "out", "--llm-cache", "off", "-p", "no:cacheprovider", "evals",
-                                           "-k", "gate or x00 or x01 or x02 or x03 or x04 or x05", "-n", workers,
-                                           timeout=120)
+                                           "-k", "gate or x00 or x01 or x02 or x03 or x04 or x05", timeout=120)
     result.assert_outcomes(passed=7)
     scored = [json.loads(line) for line in (pytester.path / "scored.jsonl").read_text().splitlines()]
     assert len(scored) == 12
     assert {thread for _, thread, _, _ in scored} == {"MainThread", "llm-harness-gate-cases"}
-    for pid in {pid for pid, _, _, _ in scored}:
-        spans = sorted((start, end) for p, _, start, end in scored if p == pid)
-        assert all(end <= later for (_, end), (later, _) in zip(spans, spans[1:])), spans
+    assert len({pid for pid, _, _, _ in scored}) == 1
+    spans = sorted((start, end) for _, _, start, end in scored)
+    assert all(end <= later for (_, end), (later, _) in zip(spans, spans[1:])), spans
