@@ -196,12 +196,12 @@ class RunResults:
 def merged(parts: Sequence[tuple[str, int, RunResults]]) -> Sequence[CaseResult]:
     """The results of several runs in report order: suite name, dataset, line, perturbation, then
     model. ``parts``: each run's suite name, its model's rank, and its results."""
-    import numpy as np
-
     taken = [(suite, model, run, run.snapshot()) for suite, model, run in parts]
     taken = [part for part in taken if part[3][1]]
     if not taken:
         return []
+    import numpy as np  # here: a run of hand-written tests alone does not import it
+
     names = sorted({name for *_, shot in taken for name in shot[4]})
     rank = {name: index for index, name in enumerate(names)}
     suites = {name: index for index, name in enumerate(sorted({suite for suite, *_ in taken}))}

@@ -71,8 +71,11 @@ def test_gate_values_identical_across_worker_counts_and_dist_modes(pytester):
         result = run_inline(pytester, "evals", *args)
         result.assert_outcomes(passed=43 + 4)
         report = load_report(pytester)
-        seen.append([(s["name"], _quality(s["metrics"]), s["gates"]) for s in report["suites"]])
+        seen.append(([(s["name"], _quality(s["metrics"]), s["gates"]) for s in report["suites"]],
+                     sorted((c["suite"], c["id"], c["score"]) for c in report["cases"])))
     assert all(s == seen[0] for s in seen[1:])
+    assert len(seen[0][1]) == 43
+    assert next(m for name, m, _ in seen[0][0] if name == "yn")["accuracy"] == pytest.approx(26 / 40)
 
 
 def _quality(metrics: dict) -> dict:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,19 +67,6 @@ def test_record_only_gates_judge_and_exit_code(pytester, stub_url, workers):
     assert failure is not None and "accuracy = 0.6667, needs >= 0.9" in failure.get("message", "")
 
 
-def test_metrics_identical_with_and_without_xdist(pytester, stub_url):
-    cases = answer_cases([(f"k{i}", "yes" if i % 3 else "no", "yes") for i in range(30)])
-    write_suite(pytester.path / "evals", "yn", cases, **{"pass": "record", "gates": ["accuracy >= 0.5"]})
-    reports = []
-    for n in ("0", "2", "8"):
-        assert run(pytester, stub_url, "evals", "--llm-cache", "off", workers=n).ret == 0
-        report = load_report(pytester)
-        reports.append(([(s["metrics"]["accuracy"], s["metrics"]["cases"], s["gates"]) for s in report["suites"]],
-                        sorted((c["id"], c["score"]) for c in report["cases"])))
-    assert reports[0] == reports[1] == reports[2]
-    assert reports[0][0][0][0] == pytest.approx(20 / 30)
-
-
 def test_a_subset_of_cases_without_gates_runs_and_reports_them_not_judged(pytester, stub_url, workers):
     write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record", "gates": ["accuracy >= 0.9"]})
     result = run(pytester, stub_url, "evals", "-k", "c1 or c2", workers=workers)
@@ -123,28 +112,46 @@ def test_garbage_output_scores_zero_with_reason(pytester, stub_url):
     assert report["suites"][0]["metrics"]["json_ok"] == 0.5
 
 
-@pytest.mark.parametrize(
-    ("jsonl", "suite", "expected"),
-    [
-        ('{"id": "a", "input": "x", "target": "y"}\n{"id": "b", "input": \n', {},
-         "cases.jsonl:2: malformed JSON"),
-        ('{"id": "a", "input": "x", "target": "y"}\n{"id": "a", "input": "x", "target": "y"}\n', {},
-         "cases.jsonl:2: duplicate id 'a' (first on line 1)"),
-        ('{"input": "x", "target": "y"}\n', {}, "cases.jsonl:1: missing id field 'id'"),
-        ('{"id": "a", "input": "x", "target": "y"}\n', {"scorer": "no_such_scorer"},
-         "unknown scorer 'no_such_scorer'"),
-        ('{"id": "a", "input": "x", "target": "y"}\n', {"gates": ["f1 >>= 2"]}, "suite.yaml:"),
-    ],
-    ids=["malformed-line", "duplicate-id", "missing-id", "unknown-scorer", "bad-gate"],
-)
-def test_bad_input_is_a_collection_error_naming_file_and_line(pytester, stub_url, jsonl, suite, expected, workers):
-    folder = write_suite(pytester.path / "evals", "bad", [], **suite)
+BAD_INPUTS = {
+    "malformed-line": ('{"id": "a", "input": "x", "target": "y"}\n{"id": "b", "input": \n', {},
+                       "cases.jsonl:2: malformed JSON"),
+    "duplicate-id": ('{"id": "a", "input": "x", "target": "y"}\n{"id": "a", "input": "x", "target": "y"}\n', {},
+                     "cases.jsonl:2: duplicate id 'a' (first on line 1)"),
+    "missing-id": ('{"input": "x", "target": "y"}\n', {}, "cases.jsonl:1: missing id field 'id'"),
+    "unknown-scorer": ('{"id": "a", "input": "x", "target": "y"}\n', {"scorer": "no_such_scorer"},
+                       "unknown scorer 'no_such_scorer'"),
+    "bad-gate": ('{"id": "a", "input": "x", "target": "y"}\n', {"gates": ["f1 >>= 2"]}, "suite.yaml:"),
+}
+
+
+def write_bad_suite(root: Path, name: str, jsonl: str, suite: dict[str, Any]) -> Path:
+    folder = write_suite(root, name, [], **suite)
     (folder / "cases.jsonl").write_text(jsonl)
-    result = run(pytester, stub_url, "evals", workers=workers)
-    assert result.ret == (2 if workers == "0" else 1)  # xdist reports collection errors as failures
+    return folder
+
+
+@pytest.mark.parametrize(("jsonl", "suite", "expected"), list(BAD_INPUTS.values()), ids=list(BAD_INPUTS))
+def test_bad_input_is_a_collection_error_naming_file_and_line(pytester, stub_url, jsonl, suite, expected):
+    write_bad_suite(pytester.path / "evals", "bad", jsonl, suite)
+    result = run(pytester, stub_url, "evals")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
     assert expected in result.stdout.str()
-    if "gate" in expected or suite.get("gates"):
+    if suite.get("gates"):
         assert "bad gate 'f1 >>= 2'" in result.stdout.str()
+
+
+def test_bad_inputs_under_xdist_are_each_a_collection_error_naming_file_and_line(pytester, stub_url):
+    # every bad input above in one run: xdist reports collection errors as failures
+    for name, (jsonl, suite, _) in BAD_INPUTS.items():
+        write_bad_suite(pytester.path / "evals", name, jsonl, suite)
+    result = run(pytester, stub_url, "evals", workers="2")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    text = result.stdout.str()
+    for name, (_, _, expected) in BAD_INPUTS.items():
+        # the file's own folder named: each message is the one its suite caused
+        named = f"{name}/{expected}" if expected.startswith(("cases.jsonl", "suite.yaml")) else expected
+        assert named in text, name
+    assert "bad gate 'f1 >>= 2'" in text
 
 
 def test_unreadable_suite_yaml_names_the_line(pytester, stub_url):
@@ -266,6 +273,17 @@ def test_help_does_not_import_heavy_modules(pytester):
         "pytest.main(['--help'])\n"
         "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'openpyxl', 'aiohttp') if m in sys.modules))")
     result.stdout.fnmatch_lines(["*--llm-model*", "HEAVY []"])
+
+
+def test_a_run_of_hand_written_tests_alone_imports_no_heavy_module(pytester):
+    # the plugin is loaded in every pytest run of an environment that has it installed
+    pytester.makepyfile(test_plain="def test_plain():\n    assert True\n")
+    result = pytester.runpython_c(
+        "import sys, pytest\n"
+        "assert pytest.main(['-q', '-p', 'no:cacheprovider', 'test_plain.py']) == 0\n"
+        "print('HEAVY', sorted(m for m in ('numpy', 'torch', 'transformers', 'openpyxl', 'aiohttp', 'jinja2', "
+        "'matplotlib') if m in sys.modules))")
+    result.stdout.fnmatch_lines(["*1 passed*", "HEAVY []"])
 
 
 def test_existing_records_run_through_a_field_mapping(pytester, stub_url):

@@ -6,6 +6,8 @@ Inline pytester runs on the in-process scripted engine; a few unit tests of the 
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
+from typing import Any
 
 import jinja2
 import pytest
@@ -219,27 +221,53 @@ REEXPORT = """
 """
 
 
-@pytest.mark.parametrize("classifier, options, refused", [
-    ("subprocess:Popen", {"args": ["touch", "{marker}"]}, "module 'subprocess' is not part of the project"),
-    ("os:system", {"command": "touch {marker}"}, "module 'os' is not part of the project"),
-    ("reexport:Popen", {"args": ["touch", "{marker}"]}, "module 'subprocess' is not part of the project"),
-    ("reexport:os.system", {"command": "touch {marker}"}, "module 'os' is not part of the project"),
-    ("reexport:__builtins__", {}, "'__builtins__' is not a public attribute"),
-], ids=["stdlib-class", "stdlib-function", "re-exported", "through-a-module", "dunder"])
-def test_an_import_outside_the_project_is_a_collection_error(pytester, workers, classifier, options, refused):
-    marker = pytester.path / "ran"
-    project(pytester, reexport=REEXPORT)
+OUTSIDE_IMPORTS = {
+    "stdlib-class": ("subprocess:Popen", {"args": ["touch", "{marker}"]},
+                     "module 'subprocess' is not part of the project"),
+    "stdlib-function": ("os:system", {"command": "touch {marker}"}, "module 'os' is not part of the project"),
+    "re-exported": ("reexport:Popen", {"args": ["touch", "{marker}"]},
+                    "module 'subprocess' is not part of the project"),
+    "through-a-module": ("reexport:os.system", {"command": "touch {marker}"},
+                         "module 'os' is not part of the project"),
+    "dunder": ("reexport:__builtins__", {}, "'__builtins__' is not a public attribute"),
+}
+
+
+def write_toxicity_suite(pytester: pytest.Pytester, name: str, classifier: str, options: dict[str, Any],
+                         marker: Path) -> None:
     options = {k: [str(a).format(marker=marker) for a in v] if isinstance(v, list) else v.format(marker=marker)
                for k, v in options.items()}
-    write_suite(pytester.path / "evals", "tox", CASES,
+    write_suite(pytester.path / "evals", name, CASES,
                 scorer={"name": "toxicity", "classifier": classifier, "classifier_options": options})
-    result = run_inline(pytester, "evals", "-n", workers)
-    assert not marker.exists()
-    assert result.ret == COLLECTION_ERROR[workers]
-    text = output(result)
-    assert f"tox/suite.yaml: toxicity classifier {classifier!r}: {refused}" in text
+
+
+def assert_refused(text: str, name: str, classifier: str, refused: str) -> None:
+    assert f"{name}/suite.yaml: toxicity classifier {classifier!r}: {refused}" in text
     if "not part of the project" in refused:
         assert "list it in the ini key llm_allow_imports" in text
+
+
+@pytest.mark.parametrize("classifier, options, refused", list(OUTSIDE_IMPORTS.values()), ids=list(OUTSIDE_IMPORTS))
+def test_an_import_outside_the_project_is_a_collection_error(pytester, classifier, options, refused):
+    marker = pytester.path / "ran"
+    project(pytester, reexport=REEXPORT)
+    write_toxicity_suite(pytester, "tox", classifier, options, marker)
+    result = run_inline(pytester, "evals")
+    assert not marker.exists()
+    assert result.ret == COLLECTION_ERROR["0"]
+    assert_refused(output(result), "tox", classifier, refused)
+
+
+def test_imports_outside_the_project_are_collection_errors_under_xdist(pytester):
+    # every import above in one run, each suite with a marker of its own: no worker runs any of them
+    project(pytester, reexport=REEXPORT)
+    for name, (classifier, options, _) in OUTSIDE_IMPORTS.items():
+        write_toxicity_suite(pytester, name, classifier, options, pytester.path / f"ran-{name}")
+    result = run_inline(pytester, "evals", "-n", "2")
+    assert result.ret == COLLECTION_ERROR["2"]
+    assert not list(pytester.path.glob("ran-*"))
+    for name, (classifier, _, refused) in OUTSIDE_IMPORTS.items():
+        assert_refused(output(result), name, classifier, refused)
 
 
 def test_llm_allow_imports_opts_a_module_outside_the_project_in(pytester, tmp_path_factory):

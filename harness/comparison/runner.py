@@ -182,13 +182,14 @@ class Comparisons:
     def block(self) -> dict[str, Any] | None:
         """The report's ``comparison`` block: every pair, with Holm-adjusted p-values over the family
         (each suite's main metric and every metric a comparison gate names, over every pair)."""
-        from harness.comparison.stats import holm
-        from harness.scoring.stats import CONFIDENCE
-
         with self._lock:
             pairs = list(self._pairs.values())
         if not pairs:
             return None
+        # here, not above: a run with nothing compared does not import numpy for it
+        from harness.comparison.stats import holm
+        from harness.scoring.stats import CONFIDENCE
+
         family = [row for pair in pairs for row in pair.rows if row.get("family") and row["p"] is not None]
         for row, adjusted in zip(family, holm([row["p"] for row in family])):
             row["p_holm"] = adjusted
