@@ -352,6 +352,28 @@ def test_xlsx_single_model_uses_plain_suite_names(report: dict, tmp_path: Path) 
     assert wb.sheetnames == ["summary", "gates", "sentiment", "math", "bad_cases"]
 
 
+class CountingCase(dict):
+    """A case that counts how often its row is made (each row reads the case's id once)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rows_made = 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "id":
+            self.rows_made += 1
+        return super().get(key, default)
+
+
+def test_xlsx_makes_a_cases_row_once_for_the_column_widths_and_once_to_write_it(report: dict,
+                                                                                 tmp_path: Path) -> None:
+    # rows are made as they are read: the width sample must not make them again for every column
+    report["cases"] = [CountingCase(c) for c in report["cases"]]
+    write_xlsx(report, tmp_path)
+    counts = {(c["suite"], c["model"], c["id"]): c.rows_made for c in report["cases"]}
+    assert max(counts.values()) <= 4, counts  # its suite's sheet and, for a bad case, bad_cases: twice each
+
+
 def test_xlsx_long_and_odd_suite_names(report: dict, tmp_path: Path) -> None:
     import openpyxl
 

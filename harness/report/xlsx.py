@@ -438,10 +438,10 @@ def _fill(ws: WriteOnlyWorksheet, headers: list[str], rows: Sequence[list[Any]],
 
     # a streamed sheet writes its view and columns before the first row
     ws.freeze_panes = "A2"
+    # made once for every column: a sheet's rows are made as they are read (_Rows)
+    first_rows = rows[:_WIDTH_SAMPLE_ROWS]
     for col, name in enumerate(headers, start=1):
-        sample = [len(name)] + [
-            len(str(row[col - 1])) for row in rows[:_WIDTH_SAMPLE_ROWS] if row[col - 1] is not None
-        ]
+        sample = [len(name)] + [len(str(row[col - 1])) for row in first_rows if row[col - 1] is not None]
         ws.column_dimensions[get_column_letter(col)].width = min(max(max(sample) + 2, 8), 60)
     ws.append(_row(ws, headers, bold=True))
     if rows:
