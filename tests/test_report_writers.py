@@ -371,6 +371,7 @@ def test_xlsx_makes_a_cases_row_once_for_the_column_widths_and_once_to_write_it(
     report["cases"] = [CountingCase(c) for c in report["cases"]]
     write_xlsx(report, tmp_path)
     counts = {(c["suite"], c["model"], c["id"]): c.rows_made for c in report["cases"]}
+    assert min(counts.values()) >= 2, counts  # sized and written: the rows were made from these very cases
     assert max(counts.values()) <= 4, counts  # its suite's sheet and, for a bad case, bad_cases: twice each
 
 
