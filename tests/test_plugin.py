@@ -281,9 +281,10 @@ def test_a_run_of_hand_written_tests_alone_imports_no_heavy_module(pytester):
     result = pytester.runpython_c(
         "import sys, pytest\n"
         "assert pytest.main(['-q', '-p', 'no:cacheprovider', 'test_plain.py']) == 0\n"
+        "print('LOADED', 'harness.session' in sys.modules)\n"
         "print('HEAVY', sorted(m for m in ('numpy', 'torch', 'transformers', 'openpyxl', 'aiohttp', 'jinja2', "
         "'matplotlib') if m in sys.modules))")
-    result.stdout.fnmatch_lines(["*1 passed*", "HEAVY []"])
+    result.stdout.fnmatch_lines(["*1 passed*", "LOADED True", "HEAVY []"])  # the run's session ended, cheaply
 
 
 def test_existing_records_run_through_a_field_mapping(pytester, stub_url):
