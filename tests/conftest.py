@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -154,8 +155,6 @@ def stub_server(*args: str, port: int | None = None) -> Iterator[tuple[subproces
 
 
 def stub_stats(url: str) -> dict[str, Any]:
-    import urllib.request
-
     with urllib.request.urlopen(url.removesuffix("/v1") + "/stats", timeout=5) as response:
         return json.loads(response.read())
 
@@ -163,8 +162,6 @@ def stub_stats(url: str) -> dict[str, Any]:
 def stub_reset(url: str) -> None:
     """Zero a stub's counts (requests, the maximum in flight, ...): the session's stub is shared by the tests of
     an xdist worker, one after the other, so a test that reads a maximum resets it first."""
-    import urllib.request
-
     urllib.request.urlopen(urllib.request.Request(url.removesuffix("/v1") + "/stats/reset", method="POST"),
                            timeout=5).close()
 
