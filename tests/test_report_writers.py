@@ -441,3 +441,14 @@ def test_the_writers_are_warmed_while_requests_are_in_flight() -> None:
     hits = page_template.cache_info().hits
     page_template()
     assert page_template.cache_info().hits == hits + 1  # the page reuses what the thread compiled
+
+
+def test_the_report_folder_helpers_import_no_writer_and_no_numpy():
+    # a run opens progress.log in its report folder (harness.report.files) before its first request: that must
+    # not import every writer and numpy with them (~0.08 s before the first request)
+    code = ("import sys, harness.progress, harness.report.files\n"
+            "print(sorted(m for m in ('numpy', 'harness.report.indicators', 'harness.report.xlsx', "
+            "'harness.report.html') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -9,27 +9,36 @@ import importlib
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.packages import warm_packages
-from harness.report.details import write_details
-from harness.report.files import private_dir
-from harness.report.forest import write_forest_png
-from harness.report.freeze import write_freeze
-from harness.report.heatmap import write_confusion_png, write_confusion_pngs
-from harness.report.html import page_template, write_html
-from harness.report.indicators import write_indicators
-from harness.report.json_report import write_json
-from harness.report.markdown import write_markdown
-from harness.report.training_plots import write_training_pngs
-from harness.report.xlsx import write_xlsx
-
-__all__ = [
-    "write_reports", "write_json", "write_freeze", "write_details", "write_indicators", "write_markdown", "write_xlsx",
-    "write_confusion_png", "write_confusion_pngs", "write_forest_png", "write_training_pngs", "write_html", "warm_writers",
-    "ReportsIncomplete",
-]  # fmt: skip
+__all__ = ["write_reports", "warm_writers", "ReportsIncomplete"]
 
 # what the writers import lazily and what costs most to import (openpyxl: ~0.15 s)
 _HEAVY_IMPORTS = ("openpyxl",)
+
+
+def _writers() -> list[tuple[str, Callable[[dict[str, Any], Path], Any]]]:
+    """Each format's name and writer, in the order write_reports runs them.
+
+    Imported here, not when the package is: a run imports ``harness.report.files`` as it starts (progress.log),
+    and the writers bring numpy (``indicators``), which must not delay the run's first request (~0.08 s)."""
+    from harness.report.details import write_details
+    from harness.report.forest import write_forest_png
+    from harness.report.freeze import write_freeze
+    from harness.report.heatmap import write_confusion_pngs
+    from harness.report.html import write_html
+    from harness.report.indicators import write_indicators
+    from harness.report.json_report import write_json
+    from harness.report.markdown import write_markdown
+    from harness.report.training_plots import write_training_pngs
+    from harness.report.xlsx import write_xlsx
+
+    return [
+        ("report.json", write_json), ("requirements-freeze.txt", write_freeze),
+        ("details", write_details), ("indicators", write_indicators),
+        ("heatmaps", write_confusion_pngs), ("comparison.png", write_forest_png), ("training plots", write_training_pngs),
+        ("report.md", write_markdown),
+        ("report.xlsx", write_xlsx),
+        ("report.html", write_html),
+    ]
 
 
 def warm_writers() -> None:
@@ -42,6 +51,10 @@ def warm_writers() -> None:
     import Workbook`` for a module lock that no live thread held. The likely cause is CPython gh-91351, fixed in
     3.12: an import that a garbage collection interrupts, with finalizers that import in turn, can leave its
     module lock held after the importing thread moved on. A lock the main thread itself holds, it re-enters."""
+    from harness.packages import warm_packages
+    from harness.report.html import page_template
+
+    _writers()
     for name in _HEAVY_IMPORTS:
         try:
             importlib.import_module(name)
@@ -74,15 +87,10 @@ def write_reports(report: dict[str, Any], out_dir: Path) -> list[Path]:
     report.json goes first. The heatmaps, the forest plot and the training plots go before
     report.md, report.xlsx and report.html, which link or embed them.
     """
+    from harness.report.files import private_dir
+
     out_dir = private_dir(Path(out_dir))
-    writers: list[tuple[str, Callable[[dict[str, Any], Path], Any]]] = [
-        ("report.json", write_json), ("requirements-freeze.txt", write_freeze),
-        ("details", write_details), ("indicators", write_indicators),
-        ("heatmaps", write_confusion_pngs), ("comparison.png", write_forest_png), ("training plots", write_training_pngs),
-        ("report.md", write_markdown),
-        ("report.xlsx", write_xlsx),
-        ("report.html", write_html),
-    ]
+    writers = _writers()
     paths: list[Path] = []
     failures: list[str] = []
     for name, writer in writers:
