@@ -34,6 +34,7 @@ class RunRecord:
     suite_results: list[SuiteResult]
     generation: dict[str, Any]
     reconciliation: dict[str, Any] | None = None  # planned cases against recorded results
+    git: tuple[str | None, bool | None] | None = None  # (commit, dirty) when read already (None: read it here)
 
 
 def build_envelope(record: RunRecord, args: list[str], workers: int,
@@ -41,7 +42,7 @@ def build_envelope(record: RunRecord, args: list[str], workers: int,
     """The report of a finished run; ``managed_engines`` are the records of the engines it started."""
     state = record.state
     finished = datetime.now(timezone.utc)
-    commit, dirty = git_state(record.root)
+    commit, dirty = record.git if record.git is not None else git_state(record.root)
     suites = record.suites
     # the judges that graded cases are models of the run too (their records, weights, launch lines)
     judges, used_models, sent = set(), set(), set()

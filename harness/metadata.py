@@ -24,15 +24,55 @@ def harness_version() -> str:
 
 
 def git_state(root: Path) -> tuple[str | None, bool | None]:
-    try:
-        done = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=root, capture_output=True,
-                              text=True, timeout=10)
-        commit = done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-    return commit, dirty if commit else None
+    """The commit checked out under root and whether a tracked file differs from it (None, None: no git or
+    no repository)."""
+    return GitProbe(root).result()
+
+
+class GitProbe:
+    """git_state, asked when made and read when needed: a run makes one while its first requests are in flight,
+    so that ``git status`` (a stat of every tracked file: long in a large checkout) is not waited for after the
+    last reply."""
+
+    def __init__(self, root: Path) -> None:
+        self._state: tuple[str | None, bool | None] | None = None
+        self._procs: list[subprocess.Popen[str]] = []
+        try:
+            for argv in (["git", "rev-parse", "--verify", "-q", "HEAD"],
+                         ["git", "status", "--porcelain", "--untracked-files=no"]):
+                self._procs.append(subprocess.Popen(argv, cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                                    stderr=subprocess.DEVNULL, text=True))
+        except OSError:  # no git, or no such folder
+            self.close()
+            self._state = (None, None)
+
+    def result(self) -> tuple[str | None, bool | None]:
+        if self._state is None:
+            self._state = self._read()
+        return self._state
+
+    def _read(self) -> tuple[str | None, bool | None]:
+        if len(self._procs) != 2:  # closed before it was read
+            return None, None
+        head, status = self._procs
+        try:
+            commit = head.communicate(timeout=10)[0].strip()
+            changes = status.communicate(timeout=10)[0].strip()
+        except (OSError, subprocess.SubprocessError):
+            return None, None
+        finally:
+            self.close()
+        if head.returncode != 0 or not commit:
+            return None, None
+        return commit, changes != ""
+
+    def close(self) -> None:
+        """Stop and reap what still runs (a run that ended without reports)."""
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+        self._procs = []
 
 
 def model_secrets(spec: Any) -> list[str]:

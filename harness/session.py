@@ -25,6 +25,7 @@ from harness.cache import cache_key
 from harness.engines.client import Reply
 from harness.collect import catalog, relpath
 from harness.interruptible import join_thread
+from harness.metadata import GitProbe
 from harness.plan import CaseRef, Plan, SuiteRun, Task, make_plan, refs_from_ids, refs_from_items
 from harness.result_store import ResultSpool, RunResults, merged
 from harness.results import CaseResult, SuiteResult
@@ -65,6 +66,7 @@ class EvalSession:
         self._keys: dict[str, tuple[str, str]] = {}  # node id -> (cache key, model)
         self._lock = threading.Lock()
         self._pulled: threading.Thread | None = None
+        self._git: GitProbe | None = None  # report.json's commit and dirty flag, asked once requests are in flight
         self._failures = 0
         self._stray: list[CaseResult] = []  # results of cases outside the plan (none expected)
         self._spool: ResultSpool | None = None  # every case result, on disk (harness.result_store)
@@ -175,7 +177,7 @@ class EvalSession:
                                      self.config.getini("llm_reports"), self.state.run_id)
         workers = int(getattr(self.config.option, "numprocesses", 0) or 0) if self.xdist else 0
         record = RunRecord(self.state, self.started_at, self.root, self.suites(), results, self.suite_results,
-                           self.generation_stats, self.reconciliation)
+                           self.generation_stats, self.reconciliation, self._git.result() if self._git else None)
         envelope = build_envelope(record, list(self.config.invocation_params.args), workers, engines)
         if self.comparison is not None:
             envelope["comparison"] = self.comparison
@@ -326,6 +328,7 @@ class EvalSession:
             board.finish()
         else:
             self._send(pending, answered, board)
+        self._git = GitProbe(self.root)
         if plan.pulled:
             # after _send's warm-up of the writers, and with what it runs imported here: a thread of a run imports
             # nothing while another one does (see harness.report.warm_writers)
@@ -842,9 +845,11 @@ class EvalSession:
         return merged(parts)
 
     def close(self) -> None:
-        """The run is over: its results file goes."""
+        """The run is over: its results file goes, and the git processes of a run without reports."""
         if self._spool is not None:
             self._spool.close()
+        if self._git is not None:
+            self._git.close()
 
     def suites(self) -> list[Suite]:
         assert self.plan is not None

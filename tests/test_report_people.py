@@ -6,6 +6,7 @@ the reports write and in the ``tojson`` of prompt templates."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -107,6 +108,32 @@ def test_report_records_package_versions_and_a_freeze_file(tool_run: Path, pytes
     repro = (tool_run / "report.md").read_text(encoding="utf-8").split("## Reproducibility\n")[1]
     assert f"| pytest | `{pytest.__version__}` |" in repro
     assert "[requirements-freeze.txt](requirements-freeze.txt)" in repro
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_report_records_the_commit_and_whether_a_tracked_file_changed(pytester: pytest.Pytester) -> None:
+    # asked while the requests are in flight (harness.metadata.GitProbe), read when the reports are written
+    write_suite(pytester.path / "evals", "geo", [{"id": "c1", "input": "ANSWER: Paris", "target": "Paris"}])
+    (pytester.path / "notes.txt").write_text("v1\n")
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=pytester.path,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "suite")
+    head = git("rev-parse", "HEAD")
+    for workers, dirty in (("2", False), ("0", True)):
+        result = run_inline(pytester, "-n", workers, "--llm-cache", "off", "evals")
+        assert result.ret == 0, result.stdout.str()
+        run = load_report(pytester)["run"]
+        assert (run["git_commit"], run["git_dirty"]) == (head, dirty), workers
+        (pytester.path / "notes.txt").write_text("v2\n")  # a tracked file changed: the next run is dirty
+    git("commit", "-q", "-am", "notes")  # untracked files (the reports, the models file) do not count
+    assert run_inline(pytester, "--llm-cache", "off", "evals").ret == 0
+    assert (load_report(pytester)["run"]["git_commit"], load_report(pytester)["run"]["git_dirty"]) \
+        == (git("rev-parse", "HEAD"), False)
 
 
 def test_package_versions_read_metadata_and_never_import_the_packages() -> None:
