@@ -88,7 +88,7 @@ class SqliteBoard:
         self.path = path
         self.owner_pid = owner_pid
         self.reason: str | None = None
-        self._db = open_wal(path)
+        self._db = open_wal(path, durable=False)  # in the run's own folder, removed at its end
         # one connection, used by the controller's threads (generation, gate-only scoring, main):
         # sqlite3 lets a second thread open a transaction inside the first's, and then raises
         self._lock = threading.RLock()

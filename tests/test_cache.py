@@ -131,3 +131,22 @@ def test_key_covers_model_request_and_settings():
     keys |= {cache_key({**identity, "weights_sha256": "x"}, base), cache_key(identity, base, sample=1)}
     assert len(keys) == len(variants) + 3
     assert json.dumps(identity)  # identities are plain JSON
+
+
+def test_the_response_cache_is_flushed_to_disk_and_the_runs_board_is_not(tmp_path):
+    # the cache outlives the run (a machine that crashes must not lose its replies); the xdist board lives in the
+    # run's own folder, removed at its end: flushing it only delayed the run's exit (its close copied the log
+    # into the file, with an fsync)
+    from harness.board import SqliteBoard
+    from harness.cache import ResponseCache
+
+    cache = ResponseCache(tmp_path / "cache.sqlite", "read-write")
+    cache.put_many([("k", "m", {"content": "x"})])
+    board = SqliteBoard(tmp_path / "run" / "board.sqlite")
+    try:
+        synchronous = {"cache": cache._db.execute("PRAGMA synchronous").fetchone()[0],
+                       "board": board._db.execute("PRAGMA synchronous").fetchone()[0]}
+    finally:
+        board.close()
+        cache.close()
+    assert synchronous == {"cache": 1, "board": 0}  # NORMAL (a WAL database is synced at its checkpoints), OFF
