@@ -67,6 +67,7 @@ class EvalSession:
         self._lock = threading.Lock()
         self._pulled: threading.Thread | None = None
         self._git: GitProbe | None = None  # report.json's commit and dirty flag, asked once requests are in flight
+        self._warmed = False  # _warm_sending ran
         self._failures = 0
         self._stray: list[CaseResult] = []  # results of cases outside the plan (none expected)
         self._spool: ResultSpool | None = None  # every case result, on disk (harness.result_store)
@@ -101,6 +102,33 @@ class EvalSession:
             return (yield)
         finally:
             self._finish_generation()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodeready(self, node: Any) -> None:
+        """A worker has started and now collects: import what sending needs while the controller waits for it."""
+        if not self._warmed and not self.config.option.collectonly:
+            self._warmed = True
+            self._warm_sending()
+
+    def _warm_sending(self) -> None:
+        """Import the modules that planning and sending the first requests need (jinja2 renders the prompts,
+        aiohttp sends them: about 0.2 s on 2 cores), on the main thread, as every import of a run is (see
+        harness.report.warm_writers). Under xdist that is done while the workers collect, so the requests start
+        as soon as their collection arrives."""
+        from harness import generation, prompts  # noqa: F401
+        from harness.engines.registry import engine_class
+        from harness.templates import jinja_env
+
+        jinja_env()
+        # the registry's kinds only: a pytest_llm_make_engine hook is asked when the run starts, not before; a kind
+        # that fails to load says so then, where the run reports it
+        try:
+            served_over_http = any(kind is None or not kind.in_process
+                                   for kind in (engine_class(spec.engine) for spec in self.state.all_models))
+        except Exception:  # noqa: BLE001
+            served_over_http = True
+        if served_over_http:
+            import aiohttp  # noqa: F401  # the HTTP client's
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
