@@ -37,11 +37,14 @@ class GitProbe:
     def __init__(self, root: Path) -> None:
         self._state: tuple[str | None, bool | None] | None = None
         self._procs: list[subprocess.Popen[str]] = []
+        # it runs beside the run's tests: `git status` then takes no optional lock (its refresh of the index), so
+        # a test that runs git in the same checkout meanwhile never meets an index.lock of ours
+        env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
         try:
             for argv in (["git", "rev-parse", "--verify", "-q", "HEAD"],
                          ["git", "status", "--porcelain", "--untracked-files=no"]):
-                self._procs.append(subprocess.Popen(argv, cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                                    stderr=subprocess.DEVNULL, text=True))
+                self._procs.append(subprocess.Popen(argv, cwd=root, env=env, stdin=subprocess.DEVNULL,
+                                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
         except OSError:  # no git, or no such folder
             self.close()
             self._state = (None, None)
@@ -64,7 +67,7 @@ class GitProbe:
             self.close()
         if head.returncode != 0 or not commit:
             return None, None
-        return commit, changes != ""
+        return commit, (changes != "") if status.returncode == 0 else None
 
     def close(self) -> None:
         """Stop and reap what still runs (a run that ended without reports)."""

@@ -21,7 +21,7 @@ def open_wal(path: Path, durable: bool = True) -> sqlite3.Connection:
 
     ``durable=False``: for a database deleted when its run ends (the xdist board). Nothing is flushed to the
     disk then (no fsync), neither while the run writes it nor when the last connection's close copies the log
-    into the file (about 20 ms of a 1,000-case run's end); what a crash of the machine could lose is gone anyway."""
+    into the file (about 15 ms of a 1,000-case run's end); what a crash of the machine could lose is gone anyway."""
     private_dir(Path(path).parent)
     _create_private(path)
     db = sqlite3.connect(str(path), timeout=60, isolation_level=None, check_same_thread=False)
