@@ -132,8 +132,8 @@ def test_report_records_the_commit_and_whether_a_tracked_file_changed(pytester: 
         (pytester.path / "notes.txt").write_text("v2\n")  # a tracked file changed: the next run is dirty
     git("commit", "-q", "-am", "notes")  # untracked files (the reports, the models file) do not count
     assert run_inline(pytester, "--llm-cache", "off", "evals").ret == 0
-    assert (load_report(pytester)["run"]["git_commit"], load_report(pytester)["run"]["git_dirty"]) \
-        == (git("rev-parse", "HEAD"), False)
+    run = load_report(pytester)["run"]
+    assert (run["git_commit"], run["git_dirty"]) == (git("rev-parse", "HEAD"), False)
 
 
 def test_package_versions_read_metadata_and_never_import_the_packages() -> None:
