@@ -72,12 +72,12 @@ def test_trajectory_is_opt_in_not_a_default_gate() -> None:
 
 
 def test_write_refuses_a_dirty_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness.training import trajectory
+    from harness.training.trajectory import writer
 
-    monkeypatch.setattr(trajectory, "dirty_files", lambda folder: [" M harness/x.py"])
-    monkeypatch.setattr(trajectory, "_git", lambda folder, *args: "abc\n")
+    monkeypatch.setattr(writer, "dirty_files", lambda folder: [" M harness/x.py"])
+    monkeypatch.setattr(writer, "_git", lambda folder, *args: "abc\n")
     with pytest.raises(SystemExit, match="(?s)refusing to write a reference from a dirty tree.*harness/x.py.*--allow-dirty"):
-        trajectory.write(tmp_path / "job.yaml", "because")
+        writer.write(tmp_path / "job.yaml", "because")
     assert not (tmp_path / REFERENCE).exists()
 
 
@@ -85,14 +85,14 @@ def test_write_then_rerun_matches_the_reference(tmp_path: Path, monkeypatch: pyt
     pytest.importorskip("trl")
     from dataclasses import replace
 
-    from harness.training import trajectory
     from harness.training.runner import run_job
+    from harness.training.trajectory import writer
     from tests.test_training_runner import make_job, sft_records
 
     job = replace(make_job(tmp_path / "job", "sft", sft_records()), gates=("trajectory",))
     # write() loads the job file; this job is built in memory
     monkeypatch.setattr("harness.training.job.load_job", lambda path: job)
-    path = trajectory.write(job.path, "test reference", allow_dirty=True)
+    path = writer.write(job.path, "test reference", allow_dirty=True)
     assert path == job.path.parent / REFERENCE
     written = json.loads(path.read_text())
     assert len(written["steps"]) == 10 and written["reason"] == "test reference" and written["versions"]["trl"]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .api import TrainJob
+from .trainer_config import build_config, quiet
 
 EXAMPLES = 8
 LOSS_RTOL = 1e-3  # the two logged step-1 losses
@@ -34,15 +35,13 @@ def one_step(
     import datasets
     import trl
 
-    from .runner import _quiet, build_config
-
     # the job's config, but exactly one step over these rows, in their order
     overrides = {"max_steps": 1, "per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation,
                  "train_sampling_strategy": "sequential", "shuffle_dataset": False, "packing": False}
     config = build_config(replace(job, config={**job.config, **overrides}), output_dir)
     trainer = trl.SFTTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_list(rows),
                              processing_class=tokenizer)
-    _quiet(trainer)
+    quiet(trainer)
     if patch is not None:  # tests: simulate a loss-scaling regression on the built trainer
         patch(trainer)
     trainer.train()

@@ -19,34 +19,9 @@ from .label_audit import audit_dpo, audit_kto, audit_sft, prompt_ids
 from .telemetry import step_telemetry
 from .telemetry import summary as telemetry_summary
 from .tiny import resolve_template, tiny_model, train_tokenizer
+from .trainer_config import build_config, quiet
 
-# Fixture defaults (job.config overrides them). TRL 1.16 turns bf16 and gradient checkpointing on even
-# on CPU, which makes logits drift ~3e-3 after a reload; NaN filtering would hide a diverged loss.
-DEFAULTS: dict[str, Any] = {
-    "logging_steps": 1,
-    "bf16": False,
-    "fp16": False,
-    "activation_checkpointing": False,  # transformers 5 name of gradient_checkpointing
-    "report_to": "none",
-    "save_strategy": "no",
-    "dataloader_num_workers": 0,
-    "logging_nan_inf_filter": False,
-    "include_num_input_tokens_seen": "non_padding",
-    "disable_tqdm": True,
-}
-# what each intended loss asks of SFTConfig; a job.config override wins, and the audit then says so
-LOSS_FLAGS = {
-    "completion_only": {"completion_only_loss": True, "assistant_only_loss": False},
-    "assistant_only": {"completion_only_loss": False, "assistant_only_loss": True},
-    "full": {"completion_only_loss": False, "assistant_only_loss": False},
-}
 TURN_ROLES = {"prompt": "user", "completion": "assistant", "chosen": "assistant", "rejected": "assistant"}
-
-
-# GRPO generates during training: TRL's defaults (8 generations of 256 tokens) are GPU-sized
-GRPO_DEFAULTS: dict[str, Any] = {"num_generations": 4, "max_completion_length": 16, "per_device_train_batch_size": 8,
-                                 "include_num_input_tokens_seen": False}  # GRPO counts num_tokens itself
-
 INITIAL = "initial"  # sub-folder of the output folder: the checkpoint before training
 
 
@@ -141,27 +116,6 @@ def _folder(source: dict[str, Any]) -> str:
     return str(source["path"])
 
 
-def build_config(job: TrainJob, output_dir: Path) -> Any:
-    import torch
-
-    settings: dict[str, Any] = {**DEFAULTS, "seed": job.seed, "use_cpu": not torch.cuda.is_available()}
-    if job.trainer == "sft":
-        from trl import SFTConfig as Config
-
-        settings.update(LOSS_FLAGS[job.loss])
-    elif job.trainer == "dpo":
-        from trl import DPOConfig as Config
-    elif job.trainer == "kto":
-        from trl import KTOConfig as Config
-    else:
-        from trl import GRPOConfig as Config
-
-        settings.update(GRPO_DEFAULTS)
-    if "gradient_checkpointing" in job.config:  # the deprecated name in a job still decides
-        settings.pop("activation_checkpointing")
-    return Config(output_dir=str(output_dir), **{**settings, **job.config})
-
-
 def _run(job: TrainJob, output_dir: Path, run: TrainRun, make_reference: Callable[[Any], Any] | None) -> None:
     import datasets
     import torch
@@ -187,7 +141,7 @@ def _run(job: TrainJob, output_dir: Path, run: TrainRun, make_reference: Callabl
     train_dataset = datasets.Dataset.from_list(rows)
     trainer, audit, reference_figures = _trainer(job, model, tokenizer, config, train_dataset, rows, end_of_turn,
                                                  make_reference)
-    _quiet(trainer)
+    quiet(trainer)
     if job.eval:  # the suite evaluated with the in-memory model at the end of training (eval_parity)
         from .eval_parity import callback as eval_callback
 
@@ -292,14 +246,6 @@ def _opt_in_checks(job: TrainJob, run: TrainRun, trainer: Any, tokenizer: Any, r
 
         run.checks["grad_accumulation"] = grad_accumulation_equivalence(
             job, lambda: AutoModelForCausalLM.from_pretrained(output_dir / INITIAL, dtype=torch.float32), tokenizer, rows)
-
-
-def _quiet(trainer: Any) -> None:
-    """No per-step log printing: the log history is in run.json."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
 
 
 def _batch(trainer: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,7 @@
+"""``python -m harness.training.trajectory write <job.yaml> --reason "..."``."""
+
+import sys
+
+from .writer import main
+
+sys.exit(main())
