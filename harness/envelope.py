@@ -55,9 +55,12 @@ def build_envelope(record: RunRecord, args: list[str], workers: int,
     used_models |= judges
     sent |= judges
     engines = state.started_engines()
+    kinds = {spec.name: _kind_of(state, spec.name) for spec in state.all_models if spec.name in used_models}
     for spec in state.all_models:  # a remote server answered from the cache alone still gets its record
         served = state.served_name(spec.name)
-        if spec.name in used_models - sent and served not in engines and not state.engine_of(spec.name).loads:
+        kind = kinds.get(spec.name)
+        if spec.name in used_models - sent and served not in engines and not isinstance(kind, Exception) \
+                and not kind.loads:
             try:
                 engines[served] = state.engine(spec.name)
             except Exception:  # noqa: BLE001 - a server gone by now costs the report its record, not the report
@@ -76,7 +79,7 @@ def build_envelope(record: RunRecord, args: list[str], workers: int,
         "rootdir": str(record.root),
         "pytest_args": args,
         "xdist_workers": workers,
-        "models": [{**model_metadata(spec, state.engine_of(spec.name), engines.get(state.served_name(spec.name))),
+        "models": [{**_model_entry(spec, kinds[spec.name], engines.get(state.served_name(spec.name))),
                     **({"role": spec.role} if spec.role != "test" else {}),
                     **({"variant_of": spec.variant_of} if spec.variant_of else {}),
                     **({"generation": dict(spec.generation)} if spec.generation else {})}
@@ -98,6 +101,21 @@ def build_envelope(record: RunRecord, args: list[str], workers: int,
         "suites": redact_data([s.to_dict() for s in record.suite_results], secrets),
         "cases": CaseRows(record.results, secrets),
     }
+
+
+def _kind_of(state: RunState, model: str) -> Any:
+    """A model's engine kind, or the exception that kept it from being made (a pytest_llm_make_engine hook that
+    raised: the run ended saying so, and its report still names the model)."""
+    try:
+        return state.engine_of(model)
+    except Exception as exc:  # noqa: BLE001
+        return exc
+
+
+def _model_entry(spec: Any, kind: Any, engine: dict[str, Any] | None) -> dict[str, Any]:
+    if isinstance(kind, Exception):
+        return {"name": spec.name, "source": None, "weights_sha256": None, "engine": None, "engine_error": str(kind)}
+    return model_metadata(spec, kind, engine)
 
 
 # Up to this many cases, each case's dict is built once and kept while the reports are written (about

@@ -71,3 +71,17 @@ def pytest_llm_write_report(record: dict[str, Any], out_dir: Path) -> list[Path]
     ``record`` is the report envelope (what report.json holds): ``run``, ``suites``, ``cases``.
     ``cases`` is a sequence (``len``, indexing, iteration) whose dicts are built as they are read, so a
     million cases never stand in memory at once: read them in one pass, or ``list()`` them to keep."""
+
+
+def raised(exc: BaseException, root: Path | None = None) -> str:
+    """A hook's exception as the run reports it: ``OSError: disk full (conftest.py:19)``, its type, its words and
+    the line that raised it (relative to ``root`` where below it)."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = ""
+    if frames:
+        path = Path(frames[-1].filename)
+        shown = path.relative_to(root).as_posix() if root is not None and path.is_relative_to(root) else str(path)
+        where = f" ({shown}:{frames[-1].lineno})"
+    return f"{type(exc).__name__}: {exc}{where}"

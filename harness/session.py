@@ -16,13 +16,14 @@ import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generator, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Generator, Iterable, NoReturn, Sequence
 
 import pytest
 
 from harness.board import Board
 from harness.cache import cache_key
 from harness.engines.client import Reply
+from harness.engines.managed import EngineStartError
 from harness.collect import catalog, relpath
 from harness.interruptible import join_thread
 from harness.metadata import GitProbe
@@ -226,7 +227,12 @@ class EvalSession:
         except ReportsIncomplete as exc:
             self._report_failures.extend(exc.failures)
         self._save_baseline(envelope)
-        self.config.hook.pytest_llm_write_report(record=envelope, out_dir=out)
+        try:
+            self.config.hook.pytest_llm_write_report(record=envelope, out_dir=out)
+        except Exception as exc:  # noqa: BLE001 - a user's report must not cost the run its summary and its own reports
+            from harness.hookspec import raised
+
+            self._report_failures.append(f"pytest_llm_write_report raised {raised(exc, self.root)}")
         for engine in engines:
             if engine.get("log") and Path(engine["log"]).exists():
                 shutil.copy(engine["log"], out / Path(engine["log"]).name)
@@ -346,7 +352,10 @@ class EvalSession:
         board.plan(t.nodeid for t in plan.tasks)
         board.put_many((t.nodeid, Reply(None, t.error, 0.0).to_dict()) for t in plan.tasks if t.request is None)
         sendable = [t for t in plan.tasks if t.request is not None]
-        pending, answered = self._from_cache(sendable, board)
+        try:
+            pending, answered = self._from_cache(sendable, board)  # the models' engines are made here (identity)
+        except EngineStartError as exc:  # a pytest_llm_make_engine hook that raised
+            self._engine_failed(exc, board)
         left = Counter(t.model for t in pending)
         self._cached = {model: n - left[model] for model, n in Counter(t.model for t in sendable).items()
                         if n > left[model]}
@@ -377,7 +386,6 @@ class EvalSession:
         return (spec, judge_model(spec, self.state)) if spec is not None else None
 
     def _send(self, pending: list[Task], answered: list[tuple[Task, dict[str, Any]]], board: Board) -> None:
-        from harness.engines.managed import EngineStartError
         from harness.generation import Generation, GenerationAborted
         from harness.report import warm_writers
 
@@ -391,9 +399,8 @@ class EvalSession:
             self._start_alongside(wanted)
             clients = {model: self._client(model) for model in wanted}
         except EngineStartError as exc:
-            board.finish(f"engine did not start: {exc}")
             self._progress.stop()
-            pytest.exit(f"llm-harness: {exc}", returncode=pytest.ExitCode.INTERNAL_ERROR)
+            self._engine_failed(exc, board)
         except BaseException:  # Ctrl-C while an engine starts: the items never run, nor does _finish_generation
             self._progress.stop()
             raise
@@ -422,6 +429,12 @@ class EvalSession:
             self._generation.cancel()
             self._progress.stop()
             raise
+
+    @staticmethod
+    def _engine_failed(exc: Exception, board: Board) -> NoReturn:
+        """No engine for a model: the items waiting on the board stop, and the run ends saying why."""
+        board.finish(f"engine did not start: {exc}")
+        pytest.exit(f"llm-harness: {exc}", returncode=pytest.ExitCode.INTERNAL_ERROR)
 
     def _finish_generation(self) -> None:
         """After the items: stop what is still being sent (-x, Ctrl-C), keep the run's figures."""
@@ -570,8 +583,14 @@ class EvalSession:
             self._add(score_reply(ref.suite, ref.case, ref.model, ref.nodeid, ref.dataset, reply, self._hook(ref.suite)))
 
     def _lost(self, report: pytest.TestReport) -> CaseResult:
-        lines = str(report.longrepr or "").strip().splitlines()
-        reason = lines[-1] if lines else "no result"
+        crash = getattr(report.longrepr, "reprcrash", None)
+        if crash is not None and crash.message:
+            # what raised and where (a hook of the user's, a plugin): the exception's own words, as pytest's
+            # short summary gives them, not the traceback's last line (a location without the message)
+            reason = f"{crash.message} ({relpath(Path(crash.path), self.root)}:{crash.lineno})"
+        else:
+            lines = str(report.longrepr or "").strip().splitlines()
+            reason = lines[-1] if lines else "no result"
         if report.when == "???":
             reason = f"worker crashed: {reason}"
         return self._error_result(report.nodeid, reason)

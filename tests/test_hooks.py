@@ -39,6 +39,19 @@ def test_build_request_hook_rewrites_what_is_sent_and_cached(pytester, workers):
     assert [c["cached"] for c in cases] == [True, True, False]
 
 
+def test_a_build_request_hook_that_raises_is_its_cases_error(pytester, workers):
+    write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record"})
+    pytester.makeconftest("""
+        def pytest_llm_build_request(suite, case, model, request):
+            if case.id == "c2":
+                raise ValueError("no template for " + case.id)
+    """)
+    run_inline(pytester, "evals", "-n", workers).assert_outcomes(passed=3)  # record-only: the cases pass
+    by_id = {c["id"]: c for c in load_report(pytester)["cases"]}
+    assert by_id["c2"]["error"] == "request not built: ValueError: no template for c2"
+    assert by_id["c1"]["output"] == "Paris" and by_id["c3"]["output"] == "Oslo"
+
+
 def test_case_result_hook_changes_a_score_before_the_pass_rule(pytester, workers):
     write_suite(pytester.path / "evals" / "sub", "geo", CASES, gates=["accuracy == 1"])
     (pytester.path / "evals" / "sub" / "conftest.py").write_text(textwrap.dedent("""
@@ -52,6 +65,23 @@ def test_case_result_hook_changes_a_score_before_the_pass_rule(pytester, workers
     cases = load_report(pytester)["cases"]
     assert all(c["metadata"]["seen_by_hook"] for c in cases)
     assert cases[2]["passed"] is True and cases[2]["reason"] == "accepted by a reviewer"
+
+
+def test_a_hook_that_raises_fails_its_case_with_the_exception_in_the_report(pytester, workers):
+    write_suite(pytester.path / "evals", "geo", CASES, gates=["error_rate == 0"])
+    pytester.makeconftest("""
+        def pytest_llm_case_result(result, suite, case):
+            if case.id == "c2":
+                raise RuntimeError("no reviewer for " + case.id)
+    """)
+    result = run_inline(pytester, "evals", "-n", workers)
+    result.assert_outcomes(passed=1, failed=3)  # c2 (the hook), c3 (a wrong answer), the gate
+    result.stdout.fnmatch_lines(["*raise RuntimeError*", "*FAILED evals/geo/cases.jsonl::c2 - RuntimeError: no reviewer*"])
+    by_id = {c["id"]: c for c in load_report(pytester)["cases"]}
+    assert sorted(by_id) == ["c1", "c2", "c3"]  # no case lost
+    # the exception's own words and where it was raised, not only the traceback's last line
+    assert by_id["c2"]["error"] == "RuntimeError: no reviewer for c2 (conftest.py:3)"
+    assert by_id["c1"]["error"] is None and by_id["c3"]["error"] is None
 
 
 def test_suite_metrics_hook_adds_a_metric_a_gate_judges(pytester, workers):
@@ -82,6 +112,20 @@ def test_write_report_hook_gets_the_record_and_the_folder(pytester):
     assert json.loads((pytester.path / "out" / "ids.json").read_text()) == ["c1", "c2", "c3"]
 
 
+def test_a_write_report_hook_that_raises_costs_the_run_neither_its_summary_nor_its_reports(pytester):
+    write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record"})
+    pytester.makeconftest("""
+        def pytest_llm_write_report(record, out_dir):
+            raise OSError("disk full")
+    """)
+    result = run_inline(pytester, "evals")
+    result.assert_outcomes(passed=3)
+    assert result.ret == 0  # as when a built-in format cannot be written: the tests and gates decide
+    result.stdout.fnmatch_lines(["*llm-harness summary*", "reports: *out",
+                                 "llm-harness: pytest_llm_write_report raised OSError: disk full (conftest.py:2)"])
+    assert [c["id"] for c in load_report(pytester)["cases"]] == ["c1", "c2", "c3"]
+
+
 def test_make_engine_hook_serves_a_kind_the_registry_lacks(pytester, workers):
     write_suite(pytester.path / "evals", "geo", CASES, gates=["accuracy == 1"])
     (pytester.path / "models.yaml").write_text("- {name: echo, engine: always-bern}\n")
@@ -102,6 +146,28 @@ def test_make_engine_hook_serves_a_kind_the_registry_lacks(pytester, workers):
     result.assert_outcomes(passed=1, failed=3)  # c3 passes; c1, c2 and the gate fail
     models = load_report(pytester)["run"]["models"]
     assert models[0]["engine"]["kind"] == "always-bern"
+
+
+def test_a_make_engine_hook_that_raises_ends_the_run_naming_it_and_its_line(pytester, workers):
+    write_suite(pytester.path / "evals", "geo", CASES, gates=["accuracy == 1"])
+    pytester.makeconftest("""
+        def pytest_llm_make_engine(spec):
+            raise ImportError("my engine package is broken")
+    """)
+    said = "pytest_llm_make_engine raised ImportError: my engine package is broken (*conftest.py:2)"
+    # a kind the registry knows (the scripted one): the hook is asked first, when the run starts
+    result = run_inline(pytester, "evals", "-n", workers)
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR  # as when an engine's server does not start
+    result.stdout.fnmatch_lines([f"*llm-harness: model 'stub': {said}*"])
+    assert "INTERNALERROR" not in result.stdout.str()
+    report = load_report(pytester)  # the run's report still says what happened
+    assert report["run"]["models"][0]["engine_error"].startswith("model 'stub': pytest_llm_make_engine raised")
+    assert [c["id"] for c in report["cases"]] == ["c1", "c2", "c3"]
+    # a kind only the hook would serve: the models file is refused before the run
+    (pytester.path / "models.yaml").write_text("- {name: mine, engine: my-kind}\n")
+    refused = run_inline(pytester, "evals", "-n", workers)
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    refused.stderr.fnmatch_lines([f"*models.yaml: model 'mine': {said}"])
 
 
 def test_an_engine_from_an_installed_entry_point_needs_no_change_in_harness(pytester, workers, monkeypatch):

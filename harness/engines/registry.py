@@ -142,16 +142,31 @@ def spec_problem(spec: ModelSpec, hook: Any = None) -> str | None:
     except (ImportError, TypeError) as exc:
         return f"engine {spec.engine!r} could not be loaded: {exc}"
     if cls is None:
-        if hook is not None and hook.pytest_llm_make_engine(spec=spec) is not None:
-            return None
+        try:
+            if hook is not None and _from_hook(spec, hook) is not None:
+                return None
+        except RuntimeError as exc:  # the hook raised: said as the entry's problem (the caller names the model)
+            return str(exc).removeprefix(f"model {spec.name!r}: ")
         return f"engine must be one of {', '.join(known_kinds())}, not {spec.engine!r}"
     return cls.check(spec)
+
+
+def _from_hook(spec: ModelSpec, hook: Any) -> Engine | None:
+    """A ``pytest_llm_make_engine`` hook's engine for ``spec``, or None; a hook that raises is the model's engine
+    failing to start (``EngineStartError``, naming the exception and the line that raised it), not a crash."""
+    try:
+        return hook.pytest_llm_make_engine(spec=spec)
+    except Exception as exc:  # noqa: BLE001 - a user's hook: its failure is reported as the model's
+        from harness.engines.managed import EngineStartError
+        from harness.hookspec import raised
+
+        raise EngineStartError(f"model {spec.name!r}: pytest_llm_make_engine raised {raised(exc, Path.cwd())}") from exc
 
 
 def make_engine(spec: ModelSpec, hook: Any = None) -> Engine:
     """The engine serving ``spec``: a ``pytest_llm_make_engine`` hook's, else the registry's."""
     if hook is not None:
-        engine = hook.pytest_llm_make_engine(spec=spec)
+        engine = _from_hook(spec, hook)
         if engine is not None:
             return engine
     cls = engine_class(spec.engine)
