@@ -113,9 +113,16 @@ def _kind_of(state: RunState, model: str) -> Any:
 
 
 def _model_entry(spec: Any, kind: Any, engine: dict[str, Any] | None) -> dict[str, Any]:
-    if isinstance(kind, Exception):
-        return {"name": spec.name, "source": None, "weights_sha256": None, "engine": None, "engine_error": str(kind)}
-    return model_metadata(spec, kind, engine)
+    """A model's entry in report.json; what kept its engine from being made, or from saying where its weights
+    came from (a third-party kind's ``metadata``), stands in the entry instead of costing the run its report."""
+    if not isinstance(kind, Exception):
+        try:
+            return model_metadata(spec, kind, engine)
+        except Exception as exc:  # noqa: BLE001
+            from harness.hookspec import raised
+
+            kind = RuntimeError(f"engine {kind.kind} gave no metadata: {raised(exc, Path.cwd())}")
+    return {"name": spec.name, "source": None, "weights_sha256": None, "engine": None, "engine_error": str(kind)}
 
 
 # Up to this many cases, each case's dict is built once and kept while the reports are written (about

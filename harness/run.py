@@ -10,9 +10,10 @@ import os
 import secrets
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -160,7 +161,9 @@ class RunState:
 
     def model_identity(self, model: str) -> dict[str, Any]:
         """What makes two replies interchangeable: name, engine kind, weights when known."""
-        return self.engine_of(model).identity()
+        engine = self.engine_of(model)
+        with _starting(f"model {model!r}", engine, "gave no identity"):
+            return engine.identity()
 
     def engine(self, model: str) -> dict[str, Any]:
         """The engine serving a model, started (or reached) now if this process has not yet."""
@@ -174,7 +177,8 @@ class RunState:
                     f"model {model!r} runs in-process (engine {engine.kind}) in the controller only; loading it in "
                     f"every xdist worker would put several engines on one GPU. Use engine: vllm (a managed server) "
                     f"for hand-written llm_client tests under -n, or run without -n")
-            self._engines[model] = engine.start(self.context())
+            with _starting(f"model {model!r}", engine, "did not start"):
+                self._engines[model] = engine.start(self.context())
         return self._engines[model]
 
     def alongside(self, models: list[str]) -> list[str]:
@@ -193,7 +197,8 @@ class RunState:
         from harness.engines.lease import ManagedServer, start_together
 
         servers = [engine for model in models if isinstance(engine := self.engine_of(model), ManagedServer)]
-        self._engines.update(zip(models, start_together(servers, self.context())))
+        with _starting(f"models {', '.join(map(repr, models))}", None, "did not start"):
+            self._engines.update(zip(models, start_together(servers, self.context())))
 
     def started_engines(self) -> dict[str, dict[str, Any]]:
         """The records of the engines this process started or reached, by model."""
@@ -204,7 +209,9 @@ class RunState:
         model = self.served_name(model)
         if model not in self._clients:
             record = self.engine(model)
-            self._clients[model] = self.engine_of(model).client(record, self.context())
+            engine = self.engine_of(model)
+            with _starting(f"model {model!r}", engine, "gave no client"):
+                self._clients[model] = engine.client(record, self.context())
         return self._clients[model]
 
     def planned_reply(self, nodeid: str) -> dict[str, Any]:
@@ -243,6 +250,24 @@ class RunState:
         if self._cache is not None:
             self._cache.close()
             self._cache = None
+
+
+@contextmanager
+def _starting(what: str, engine: Engine | None, failed: str) -> Iterator[None]:
+    """An engine's own failure to start (``EngineStartError``, with its log) passes as it is; anything else it
+    raises (a third-party kind's bug, a missing binary) becomes one, naming the model, the kind and the line, so
+    that the run ends saying so rather than with an internal error."""
+    from harness.engines.managed import EngineStartError
+
+    try:
+        yield
+    except EngineStartError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        from harness.hookspec import raised
+
+        kind = f" (engine {engine.kind})" if engine is not None else ""
+        raise EngineStartError(f"{what}{kind} {failed}: {raised(exc, Path.cwd())}") from exc
 
 
 def run_state(config: pytest.Config) -> RunState:

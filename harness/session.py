@@ -398,6 +398,7 @@ class EvalSession:
             wanted = list(dict.fromkeys([*models, *judges]))
             self._start_alongside(wanted)
             clients = {model: self._client(model) for model in wanted}
+            judge_identities = {m: self.state.model_identity(m) for m in judges}
         except EngineStartError as exc:
             self._progress.stop()
             self._engine_failed(exc, board)
@@ -408,8 +409,8 @@ class EvalSession:
         if judges:
             from harness.judging.stage import JudgeStage
 
-            judging = JudgeStage(self._judge_of, {m: clients[m] for m in judges},
-                                 {m: self.state.model_identity(m) for m in judges}, self.state.response_cache(),
+            judging = JudgeStage(self._judge_of, {m: clients[m] for m in judges}, judge_identities,
+                                 self.state.response_cache(),
                                  lambda task: self.comparisons.reference_of(task.model, task.ref.suite))
         self._generation = Generation(pending, clients, settings.concurrency, board, self._to_cache,
                                       passes=settings.retry_passes, judging=judging, answered=answered,

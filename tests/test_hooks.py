@@ -170,6 +170,59 @@ def test_a_make_engine_hook_that_raises_ends_the_run_naming_it_and_its_line(pyte
     refused.stderr.fnmatch_lines([f"*models.yaml: model 'mine': {said}"])
 
 
+BROKEN_ENGINE = """
+    from harness.engines.registry import Engine
+    from harness.testing.scripted import ScriptedClient
+
+    class Broken(Engine):
+        kind = "broken"
+
+        def start(self, ctx):
+            if "{failing}" == "start":
+                raise ValueError("no GPU here")
+            return {{"model": self.spec.name, "kind": self.kind}}
+
+        def client(self, record, ctx):
+            if "{failing}" == "client":
+                raise ValueError("no GPU here")
+            return ScriptedClient(self.spec.name)
+
+        def identity(self):
+            if "{failing}" == "identity":
+                raise ValueError("no GPU here")
+            return {{"name": self.spec.name, "engine": self.kind}}
+
+        def metadata(self, record):
+            if "{failing}" == "metadata":
+                raise ValueError("no GPU here")
+            return {{"source": None, "weights_sha256": None}}
+
+    def pytest_llm_make_engine(spec):
+        return Broken(spec)
+"""
+
+
+@pytest.mark.parametrize(("failing", "said"), [("start", "did not start"), ("client", "gave no client"),
+                                               ("identity", "gave no identity")])
+def test_an_engine_kind_that_raises_ends_the_run_as_an_engine_that_did_not_start(pytester, workers, failing, said):
+    write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record"})
+    pytester.makeconftest(BROKEN_ENGINE.format(failing=failing))
+    result = run_inline(pytester, "evals", "-n", workers)
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    assert "INTERNALERROR" not in result.stdout.str()
+    result.stdout.fnmatch_lines([f"*llm-harness: model 'stub' (engine broken) {said}: ValueError: no GPU here "
+                                 "(*conftest.py:*)*"])
+
+
+def test_an_engine_kind_whose_metadata_raises_costs_the_report_only_that_entry(pytester, workers):
+    write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record"})
+    pytester.makeconftest(BROKEN_ENGINE.format(failing="metadata"))
+    run_inline(pytester, "evals", "-n", workers).assert_outcomes(passed=3)
+    report = load_report(pytester)
+    assert report["run"]["models"][0]["engine_error"].startswith("engine broken gave no metadata: ValueError: no GPU")
+    assert [c["output"] for c in report["cases"]] == ["Paris", "Rome", "Oslo"]
+
+
 def test_an_engine_from_an_installed_entry_point_needs_no_change_in_harness(pytester, workers, monkeypatch):
     # a package installed beside the project: its dist-info declares the engine in our entry-point group
     site = pytester.mkdir("site")
