@@ -270,6 +270,26 @@ def test_an_unknown_engine_kind_is_a_usage_error_naming_the_known_ones(pytester)
     result.stderr.fnmatch_lines(["*models.yaml: model 'm': engine must be one of *scripted*vllm*not 'warp-drive'*"])
 
 
+@pytest.mark.parametrize(("module", "said"), [
+    ("raise ImportError('needs the cuda extra')", "could not be loaded: needs the cuda extra"),
+    ("class Gone:\n    pass", "could not be loaded: entry point 'gone' in pytest_llm_harness.engines is <class "
+                                 "'gone_engine.Gone'>, not a harness Engine subclass"),
+])
+def test_an_entry_point_engine_that_cannot_be_loaded_is_a_usage_error(pytester, monkeypatch, module, said):
+    site = pytester.mkdir("site")
+    (site / "gone_engine.py").write_text(module + "\n")
+    dist = site / "gone_engine-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gone-engine\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[pytest_llm_harness.engines]\ngone = gone_engine:Gone\n")
+    monkeypatch.syspath_prepend(str(site))
+    write_suite(pytester.path / "evals", "geo", CASES)
+    (pytester.path / "models.yaml").write_text("- {name: m, engine: gone}\n")
+    result = run_inline(pytester, "evals")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*models.yaml: model 'm': engine 'gone' {said}"])
+
+
 @pytest.mark.parametrize("loaded", ["entry point", "conftest pytest_plugins"])
 def test_the_garbage_collector_is_given_back_as_it_was(pytester, monkeypatch, loaded):
     write_suite(pytester.path / "evals", "geo", CASES, **{"pass": "record"})
