@@ -170,6 +170,18 @@ def test_a_make_engine_hook_that_raises_ends_the_run_naming_it_and_its_line(pyte
     refused.stderr.fnmatch_lines([f"*models.yaml: model 'mine': {said}"])
 
 
+def test_a_make_engine_hook_that_returns_no_engine_ends_the_run_saying_what_it_returned(pytester, workers):
+    write_suite(pytester.path / "evals", "geo", CASES)
+    pytester.makeconftest("""
+        def pytest_llm_make_engine(spec):
+            return "scripted"  # a kind's name, not an engine
+    """)
+    result = run_inline(pytester, "evals", "-n", workers)
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    assert "INTERNALERROR" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["*llm-harness: model 'stub': pytest_llm_make_engine returned str, not a harness Engine*"])
+
+
 BROKEN_ENGINE = """
     from harness.engines.registry import Engine
     from harness.testing.scripted import ScriptedClient

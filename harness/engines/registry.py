@@ -154,13 +154,18 @@ def spec_problem(spec: ModelSpec, hook: Any = None) -> str | None:
 def _from_hook(spec: ModelSpec, hook: Any) -> Engine | None:
     """A ``pytest_llm_make_engine`` hook's engine for ``spec``, or None; a hook that raises is the model's engine
     failing to start (``EngineStartError``, naming the exception and the line that raised it), not a crash."""
+    from harness.engines.managed import EngineStartError
+
     try:
-        return hook.pytest_llm_make_engine(spec=spec)
+        engine = hook.pytest_llm_make_engine(spec=spec)
     except Exception as exc:  # noqa: BLE001 - a user's hook: its failure is reported as the model's
-        from harness.engines.managed import EngineStartError
         from harness.hookspec import raised
 
         raise EngineStartError(f"model {spec.name!r}: pytest_llm_make_engine raised {raised(exc, Path.cwd())}") from exc
+    if engine is not None and not isinstance(engine, Engine):
+        raise EngineStartError(f"model {spec.name!r}: pytest_llm_make_engine returned {type(engine).__name__}, "
+                               f"not a harness Engine (harness.Engine)")
+    return engine
 
 
 def make_engine(spec: ModelSpec, hook: Any = None) -> Engine:
