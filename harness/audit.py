@@ -152,7 +152,10 @@ def rejudge(suite: Suite, model: str, results: Sequence[CaseResult], audited: di
     mixed = [audited.get(r.nodeid, r) for r in results]
     _, metrics = suite_metrics(suite, mixed)
     if hook is not None:
+        from harness.suite_metrics import plain_metrics
+
         hook.pytest_llm_suite_metrics(suite=suite, model=model, results=list(mixed), metrics=metrics)
+        plain_metrics(metrics)
     flips = []
     for gate in judged:
         again = evaluate_gate(parse_gate(gate.expr), metrics)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
 import threading
 from functools import lru_cache
 from typing import Any
 
 from harness.gates import parse_gate
 from harness.judging.scores import JudgeFailed
-from harness.results import CaseResult
+from harness.results import CaseResult, plain
 from harness.scoring.base import ScorerUnavailable
 from harness.scoring.extract import ExtractionError, run_pipeline
 from harness.scoring.scorers import Scorer, get_scorer
@@ -61,6 +62,12 @@ def score_reply(suite: Suite, case: Case, model: str, nodeid: str, dataset: str,
             result.reason = result.error
         if hook is not None:
             hook.pytest_llm_case_result(result=result, suite=suite, case=case)
+            _check_hooked_score(result)
+        # what a custom scorer or a hook put there travels to the controller and into report.json as plain values
+        result.metadata, result.data = plain(result.metadata), plain(result.data)
+        result.extracted = plain(result.extracted)
+        if result.reason is not None and type(result.reason) is not str:
+            result.reason = str(result.reason)
     # record-only suites leave `passed` unset: their gates alone judge
     if result.data.get("pairwise") == "reference" and result.error is None:
         result.passed = None  # the pairwise reference: the other models are judged against its answers
@@ -76,6 +83,20 @@ def score_reply(suite: Suite, case: Case, model: str, nodeid: str, dataset: str,
         if not result.passed and not result.reason:
             result.reason = f"score {result.score:.3g} fails '{suite.pass_rule}'"
     return result
+
+
+def _check_hooked_score(result: CaseResult) -> None:
+    """A score a ``pytest_llm_case_result`` hook set must be a number, as a scorer's is: anything else would fail
+    later, in the pass rule or the suite's metrics, pointing at the harness. It is the case's error instead."""
+    score = result.score
+    if score is None or type(score) is float:
+        return
+    if isinstance(score, numbers.Real):  # an int, a bool, numpy's float32: the float every score is
+        result.score = float(score)
+        return
+    result.error = result.reason = (f"pytest_llm_case_result set score to {score!r} ({type(score).__name__}): "
+                                    f"a score is a number")
+    result.score = 0.0
 
 
 def _scorer_error(exc: Exception) -> str:

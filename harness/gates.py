@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 import re
 from dataclasses import dataclass
@@ -77,6 +78,9 @@ def evaluate_gate(gate: Gate, metrics: Mapping[str, float | None]) -> GateResult
         return GateResult(**base, status="failed", reason=f"unknown metric {gate.metric!r}; this suite has: {known}")
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return GateResult(**base, status="failed", reason=f"{gate.metric} has no value (no case could be judged)")
+    if not isinstance(value, numbers.Real):  # a pytest_llm_suite_metrics hook's (numpy's numbers are Real)
+        return GateResult(**{**base, "value": None}, status="failed",
+                          reason=f"{gate.metric} is {value!r} ({type(value).__name__}), not a number")
     if gate.holds(value):
         return GateResult(**base, status="passed", reason=f"{gate.metric} = {value:.4g} {gate.op} {gate.threshold:g}")
     return GateResult(

@@ -70,6 +70,44 @@ _CASE_FIELD_SET = frozenset(_CASE_FIELDS)
 case_values = operator.attrgetter(*_CASE_FIELDS)
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def plain(value: Any) -> Any:
+    """``value`` made of what the wire carries and report.json shows, the same with and without xdist: numpy's
+    numbers and arrays (``tolist``) become Python's, subclasses of the built-in types those types, any other
+    object its text. What is plain already comes back as it is (the usual case: no copy)."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if isinstance(value, dict):
+        items = [(key if type(key) in _PLAIN else plain_key(key), plain(item)) for key, item in value.items()]
+        if kind is dict and all(a is b and x is y for (a, x), (b, y) in zip(items, value.items())):
+            return value
+        return dict(items)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [plain(item) for item in value]
+        if kind in (list, tuple, set, frozenset) and all(a is b for a, b in zip(items, value)):
+            return value
+        base = next(t for t in (list, tuple, set, frozenset) if isinstance(value, t))
+        return base(items)
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):  # numpy's scalars and arrays
+        try:
+            return plain(tolist())
+        except Exception:  # noqa: BLE001 - then its text, as for any other object
+            pass
+    for base in (bool, int, float, str):
+        if isinstance(value, base):
+            return base(value)
+    return str(value)
+
+
+def plain_key(key: Any) -> Any:
+    converted = plain(key)
+    return converted if type(converted) in _PLAIN or type(converted) is tuple else str(converted)
+
+
 @dataclass
 class GateResult:
     """One gate judged on one suite and model."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from array import array
 from typing import Any, Collection, Iterable, Sequence
 
@@ -223,6 +224,16 @@ def unmeasured_reason(cols: Columns) -> str | None:
             f"latency not measured")
 
 
+def plain_metrics(metrics: dict[str, Any]) -> None:
+    """What a ``pytest_llm_suite_metrics`` hook set, made plain in place: numpy's numbers become floats (a
+    verdict travels to the xdist workers as JSON, and report.json is JSON); text stays text, which a gate
+    on it fails saying so; any other object becomes its text."""
+    for name, value in metrics.items():
+        if value is None or type(value) in (float, int, bool, str):
+            continue
+        metrics[name] = float(value) if isinstance(value, numbers.Real) else str(value)
+
+
 def suite_result(suite: Suite, model: str, results: Sequence[CaseResult], total_cases: int,
                  judged: Collection[str] | None = None, hook: Any = None,
                  unjudged_reason: str = NOT_SELECTED) -> SuiteResult:
@@ -236,6 +247,7 @@ def suite_result(suite: Suite, model: str, results: Sequence[CaseResult], total_
     judge_table = _judge_figures(suite, results, model)[1] if suite.judge is not None else None
     if hook is not None:
         hook.pytest_llm_suite_metrics(suite=suite, model=model, results=results, metrics=metrics)
+        plain_metrics(metrics)
     unmeasured = unmeasured_reason(cols)
     reference_of_pairwise = cols.pairwise_reference
     gates = []

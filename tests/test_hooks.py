@@ -84,6 +84,74 @@ def test_a_hook_that_raises_fails_its_case_with_the_exception_in_the_report(pyte
     assert by_id["c1"]["error"] is None and by_id["c3"]["error"] is None
 
 
+def test_a_score_a_hook_sets_is_a_number_or_the_cases_error(pytester, workers):
+    write_suite(pytester.path / "evals", "geo", CASES, gates=["score >= 0.5", "error_rate <= 0.5"],
+                **{"pass": "record"})
+    pytester.makeconftest("""
+        import numpy
+
+        def pytest_llm_case_result(result, suite, case):
+            if case.id == "c2":
+                result.score = "high"
+            if case.id == "c3":
+                result.score = numpy.float32(0.5)  # a number of numpy's: kept, as a float
+    """)
+    result = run_inline(pytester, "evals", "-n", workers)
+    result.assert_outcomes(passed=5)
+    by_id = {c["id"]: c for c in load_report(pytester)["cases"]}
+    assert by_id["c2"]["error"] == "pytest_llm_case_result set score to 'high' (str): a score is a number"
+    assert by_id["c2"]["score"] == 0.0 and by_id["c3"]["score"] == 0.5 and by_id["c3"]["error"] is None
+    metrics = load_report(pytester)["suites"][0]["metrics"]
+    assert metrics["score"] == pytest.approx(0.5) and metrics["error_rate"] == pytest.approx(1 / 3)
+
+
+def test_a_metric_a_hook_sets_that_is_no_number_fails_its_gate_saying_so(pytester, workers):
+    write_suite(pytester.path / "evals", "geo", CASES, gates=["label >= 1", "count >= 3", "accuracy >= 0.5"],
+                **{"pass": "record"})
+    pytester.makeconftest("""
+        import numpy
+
+        def pytest_llm_suite_metrics(suite, model, results, metrics):
+            metrics["label"] = "good"
+            metrics["count"] = numpy.int64(len(results))  # numpy's integers are numbers
+    """)
+    result = run_inline(pytester, "evals", "-n", workers)
+    result.assert_outcomes(passed=5, failed=1)
+    gates = {g["expr"]: g for g in load_report(pytester)["suites"][0]["gates"]}
+    assert gates["label >= 1"]["status"] == "failed"
+    assert gates["label >= 1"]["reason"] == "label is 'good' (str), not a number"
+    assert gates["count >= 3"]["status"] == "passed" and gates["accuracy >= 0.5"]["status"] == "passed"
+
+
+def test_numpy_values_from_a_scorer_or_a_hook_reach_the_report_as_numbers_with_and_without_xdist(pytester):
+    write_suite(pytester.path / "evals", "geo", CASES, scorer="np_exact", gates=["accuracy >= 0.5"],
+                **{"pass": "record"})
+    pytester.makeconftest("""
+        import numpy
+        import harness
+
+        @harness.scorer("np_exact", main_metric="accuracy")
+        def np_exact(prediction, target, case):
+            hit = numpy.bool_(prediction == target)
+            return harness.Score(numpy.float32(hit), None, {"hit": hit, "lengths": numpy.array([len(prediction)])})
+
+        def pytest_llm_case_result(result, suite, case):
+            result.metadata = {**result.metadata, "weight": numpy.float64(0.5), "rank": numpy.int64(2),
+                               "path": harness.Case}  # an object: shown as its text
+    """)
+    reports = []
+    for workers in ("0", "2"):  # under xdist a numpy value used to stop the workers: execnet cannot send it
+        run_inline(pytester, "evals", "-n", workers).assert_outcomes(passed=4)
+        report = load_report(pytester)
+        reports.append(([{k: c[k] for k in ("id", "score", "data", "metadata")} for c in report["cases"]],
+                        report["suites"][0]["metrics"]["accuracy"]))
+    assert reports[0] == reports[1]
+    cases, accuracy = reports[0]
+    assert cases[0]["data"] == {"hit": True, "lengths": [5]} and cases[2]["data"]["hit"] is False
+    assert cases[0]["metadata"] == {"weight": 0.5, "rank": 2, "path": "<class 'harness.suite.Case'>"}
+    assert [c["score"] for c in cases] == [1.0, 1.0, 0.0] and accuracy == pytest.approx(2 / 3)
+
+
 def test_suite_metrics_hook_adds_a_metric_a_gate_judges(pytester, workers):
     write_suite(pytester.path / "evals", "geo", CASES, gates=["long_answers <= 0", "long_answers >= 1"],
                 **{"pass": "record"})
