@@ -167,12 +167,15 @@ def _entry(path: Path, index: int, entry: Any, key_env: str, default_gpus: tuple
     generation = entry.get("generation") or {}
     if not isinstance(generation, dict):
         raise ModelConfigError(f"{path}: model {name!r}: generation must be a mapping of settings")
-    from harness.suite import GENERATION_KEYS
+    from harness.suite import GENERATION_KEYS, generation_problem
 
     unknown_gen = sorted(set(generation) - set(GENERATION_KEYS))
     if unknown_gen:
         raise ModelConfigError(f"{path}: model {name!r}: unknown generation setting {unknown_gen[0]!r} "
                                f"(known: {', '.join(GENERATION_KEYS)})")
+    for key, value in generation.items():
+        if (problem := generation_problem(key, value)) is not None:
+            raise ModelConfigError(f"{path}: model {name!r}: generation.{key} {problem}")
     variant_of = entry.get("variant_of")
     if variant_of is not None:
         if not isinstance(variant_of, str) or not variant_of.strip() or variant_of == name:

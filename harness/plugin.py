@@ -84,6 +84,12 @@ def _value(config: pytest.Config, name: str) -> Any:
     return cli if cli not in (None, []) else config.getini(name)
 
 
+# each numeric setting's least value (strict: the value itself excluded); 0 turns off the deadline and progress
+_BOUNDS = (("concurrency", 1, False), ("timeout_s", 0, True), ("retries", 0, False), ("engine_timeout_s", 0, True),
+           ("max_batch", 1, False), ("wait_ready_s", 0, False), ("wait_interval_s", 0, True), ("deadline_s", 0, False),
+           ("retry_passes", 0, False), ("progress_s", 0, False))
+
+
 def _settings(config: pytest.Config) -> Settings:
     try:
         settings = Settings(
@@ -105,6 +111,12 @@ def _settings(config: pytest.Config) -> Settings:
         )
     except ValueError as exc:
         raise pytest.UsageError(f"llm-harness: bad numeric option: {exc}") from exc
+    for name, least, strict in _BOUNDS:
+        value = getattr(settings, name)
+        if value < least or (strict and value == least):
+            option = name.removesuffix("_s").replace("_", "-")
+            raise pytest.UsageError(f"llm-harness: --llm-{option} (ini llm_{option.replace('-', '_')}) takes a number "
+                                    f"{'>' if strict else '>='} {least:g}, not {value:g}")
     from harness.cache import MODES
 
     if settings.cache_mode not in MODES:
@@ -116,7 +128,7 @@ def _generation_set(items: list[str]) -> dict[str, Any]:
     """--llm-set key=value (YAML values: 0.7 is a number, [a, b] a list); later ones win."""
     import yaml
 
-    from harness.suite import GENERATION_KEYS
+    from harness.suite import GENERATION_KEYS, generation_problem
 
     settings: dict[str, Any] = {}
     for item in items:
@@ -129,6 +141,8 @@ def _generation_set(items: list[str]) -> dict[str, Any]:
             settings[key] = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise pytest.UsageError(f"llm-harness: --llm-set {item!r}: not a value: {exc}") from exc
+        if (problem := generation_problem(key, settings[key])) is not None:
+            raise pytest.UsageError(f"llm-harness: --llm-set {item!r}: {key} {problem}")
     return settings
 
 

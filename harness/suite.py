@@ -152,6 +152,27 @@ class Suite:
         }
 
 
+def generation_problem(key: str, value: Any) -> str | None:
+    """What is wrong with a generation setting's value (a suite's ``generation``, ``--llm-set``), or None: caught
+    before the run rather than as every request's HTTP 400. None leaves a setting to the server."""
+    if value is None:
+        return None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key in ("max_tokens", "seed"):
+        if not isinstance(value, int) or isinstance(value, bool) or (key == "max_tokens" and value < 1):
+            return f"must be a whole number{' >= 1' if key == 'max_tokens' else ''}, not {value!r}"
+    elif key == "temperature":
+        if not number or value < 0:
+            return f"must be a number >= 0, not {value!r}"
+    elif key == "top_p":
+        if not number or not 0 < value <= 1:
+            return f"must be a number in (0, 1], not {value!r}"
+    elif key == "stop":
+        if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+            return f"must be a string or a list of strings, not {value!r}"
+    return None
+
+
 def _line_of(text: str, key: str) -> int | None:
     """Best-effort line of a top-level key in a YAML text, for error messages."""
     for number, line in enumerate(text.splitlines(), 1):
@@ -245,6 +266,10 @@ def load_suite(path: Path) -> Suite:
     if unknown_gen:
         raise fail("generation", f"unknown generation setting {sorted(unknown_gen)[0]!r}; "
                    f"known: {', '.join(GENERATION_KEYS)} (put other request fields in 'extra_body')")
+    for key, value in generation.items():
+        if (problem := generation_problem(key, value)) is not None:
+            raise SuiteError(path, _sub_line(text, "generation", key) or _line_of(text, "generation"),
+                             f"generation.{key}: {problem}")
 
     extract = raw.get("extract") or []
     if isinstance(extract, (str, dict)):

@@ -89,6 +89,34 @@ def test_a_bad_llm_set_is_a_usage_error(pytester, args):
     assert "--llm-set takes KEY=VALUE with KEY one of max_tokens, temperature" in result.stderr.str()
 
 
+@pytest.mark.parametrize("item, message", [
+    ("max_tokens=64k", "max_tokens must be a whole number >= 1, not '64k'"),
+    ("max_tokens=0", "max_tokens must be a whole number >= 1, not 0"),
+    ("temperature=hot", "temperature must be a number >= 0, not 'hot'"),
+    ("top_p=1.5", "top_p must be a number in (0, 1], not 1.5"),
+    ("seed=0.5", "seed must be a whole number, not 0.5"),
+    ("stop=[a, 1]", "stop must be a string or a list of strings, not ['a', 1]"),
+])
+def test_a_generation_setting_of_the_wrong_kind_is_refused_before_the_run(pytester, item, message):
+    """Caught where it is written (--llm-set, a models file, a suite file), not as every request's HTTP 400."""
+    setup(pytester, [{"name": "base", "engine": "scripted"}])
+    result = run_inline(pytester, "evals", "--llm-set", item)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"--llm-set {item!r}: {message}" in result.stderr.str()
+    key, _, raw = item.partition("=")
+    value = yaml.safe_load(raw)
+    setup(pytester, [{"name": "base", "engine": "scripted", "generation": {key: value}}])
+    result = run_inline(pytester, "evals")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"model 'base': generation.{message}" in result.stderr.str()
+    setup(pytester, [{"name": "base", "engine": "scripted"}], generation={"temperature": 0, key: value})
+    result = run_inline(pytester, "evals")
+    lines = (pytester.path / "evals" / "s" / "suite.yaml").read_text().splitlines()
+    line = next(n for n, text in enumerate(lines, 1) if text.strip().startswith(f"{key}:"))
+    assert f"suite.yaml:{line}: generation.{key}: {message.split(' ', 1)[1]}" in result.stdout.str()  # its line
+    assert result.ret == pytest.ExitCode.INTERRUPTED  # a collection error
+
+
 @pytest.mark.parametrize("entries, message", [
     ([{"name": "hot", "variant_of": "nowhere"}], "variant_of 'nowhere' is not a model of this file"),
     ([{"name": "base", "engine": "scripted"}, {"name": "hot", "variant_of": "base", "engine": "scripted"}],
@@ -121,3 +149,22 @@ def test_a_variant_of_the_bundled_model_needs_no_entry_for_it():
     state = RunState.new(specs, Settings())
     assert state.served_name("t07") == "gemma-3-270m"
     assert state.engine_of("greedy") is state.engine_of("t07")  # one engine for both
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--llm-concurrency", "0"], "--llm-concurrency (ini llm_concurrency) takes a number >= 1, not 0"),
+    (["--llm-timeout", "-1"], "--llm-timeout (ini llm_timeout) takes a number > 0, not -1"),
+    (["--llm-retries", "-1"], "--llm-retries (ini llm_retries) takes a number >= 0, not -1"),
+    (["--llm-deadline", "-5"], "--llm-deadline (ini llm_deadline) takes a number >= 0, not -5"),
+    (["--llm-wait-interval", "0"], "--llm-wait-interval (ini llm_wait_interval) takes a number > 0, not 0"),
+    (["-o", "llm_max_batch=0"], "--llm-max-batch (ini llm_max_batch) takes a number >= 1, not 0"),
+])
+def test_a_number_option_out_of_its_range_is_a_usage_error(pytester, args, message):
+    """A timeout of 0 used to time out every request; a concurrency of 0 was quietly taken as 1."""
+    setup(pytester, [{"name": "base", "engine": "scripted"}])
+    result = run_inline(pytester, "evals", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"llm-harness: {message}" in result.stderr.str()
+    # 0 turns off the deadline and the progress lines
+    run_inline(pytester, "evals", "--llm-deadline", "0", "--llm-progress", "0").assert_outcomes(passed=3)
+
