@@ -124,6 +124,19 @@ def _settings(config: pytest.Config) -> Settings:
     return settings
 
 
+def _check_report_folder(config: pytest.Config) -> None:
+    """Where the reports go must be a folder or not exist yet: a file on that path would cost the run its reports
+    only at its end, after every request."""
+    for where, raw in (("--llm-report-dir", config.getoption("llm_report_dir")),
+                       ("llm_reports", config.getini("llm_reports"))):
+        if not raw:
+            continue
+        path = Path(raw) if Path(raw).is_absolute() else config.rootpath / raw
+        found = next((p for p in (path, *path.parents) if p.exists()), None)
+        if found is not None and not found.is_dir():
+            raise pytest.UsageError(f"llm-harness: {where} {raw}: {found} is a file, not a folder")
+
+
 def _generation_set(items: list[str]) -> dict[str, Any]:
     """--llm-set key=value (YAML values: 0.7 is a number, [a, b] a list); later ones win."""
     import yaml
@@ -220,6 +233,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except ModelConfigError as exc:
         raise pytest.UsageError(f"llm-harness: {exc}") from exc
     settings = _settings(config)
+    _check_report_folder(config)
     from harness.judging.models import add_judge_model
 
     try:

@@ -226,6 +226,10 @@ class EvalSession:
             write_reports(envelope, out)
         except ReportsIncomplete as exc:
             self._report_failures.extend(exc.failures)
+        except OSError as exc:  # the folder itself could not be made (a read-only disk, a file in the way)
+            self._report_failures.append(f"no report written: {out}: {type(exc).__name__}: {exc}")
+            self._save_baseline(envelope)
+            return
         self._save_baseline(envelope)
         try:
             self.config.hook.pytest_llm_write_report(record=envelope, out_dir=out)

@@ -400,3 +400,27 @@ def test_waits_for_a_remote_server_to_list_the_model(pytester):
                "--llm-wait-interval", "0.2", "--llm-cache", "off", http=True)
     assert gone.ret == pytest.ExitCode.INTERNAL_ERROR
     assert "not ready after 1 s" in gone.stdout.str() + gone.stderr.str()
+
+
+def test_a_report_folder_that_is_a_file_is_a_usage_error_before_the_run(pytester):
+    write_suite(pytester.path / "evals", "geo", answer_cases([("c1", "Paris", "Paris")]))
+    (pytester.path / "out").write_text("not a folder")
+    result = run_inline(pytester, "evals")  # --llm-report-dir out
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*llm-harness: --llm-report-dir out: *out is a file, not a folder"])
+    assert "passed" not in result.stdout.str()  # nothing ran
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_report_folder_that_cannot_be_made_at_the_end_costs_the_run_only_its_reports(pytester, workers):
+    write_suite(pytester.path / "evals", "geo", answer_cases([("c1", "Paris", "Paris"), ("c2", "Rome", "Rome")]),
+                gates=["accuracy == 1"])
+    pytester.makeconftest("""
+        def pytest_collection_finish(session):  # a file appears where the reports go, after the run began
+            (session.config.rootpath / "out").write_text("in the way")
+    """)
+    result = run_inline(pytester, "evals", "-n", workers)
+    result.assert_outcomes(passed=3)
+    assert result.ret == 0  # the tests and gates decide, as when one format cannot be written
+    result.stdout.fnmatch_lines(["*llm-harness summary*", "*geo*1/1 passed*",
+                                 "llm-harness: no report written: *out: NotADirectoryError*"])
