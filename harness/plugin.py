@@ -127,10 +127,9 @@ def _settings(config: pytest.Config) -> Settings:
 def _check_report_folder(config: pytest.Config) -> None:
     """Where the reports go must be a folder or not exist yet: a file on that path would cost the run its reports
     only at its end, after every request."""
-    for where, raw in (("--llm-report-dir", config.getoption("llm_report_dir")),
-                       ("llm_reports", config.getini("llm_reports"))):
-        if not raw:
-            continue
+    option = config.getoption("llm_report_dir")
+    where, raw = ("--llm-report-dir", option) if option else ("llm_reports", config.getini("llm_reports"))
+    if raw:  # the ini key is the base folder of every run's folder; the option, the one folder it replaces
         path = Path(raw) if Path(raw).is_absolute() else config.rootpath / raw
         found = next((p for p in (path, *path.parents) if p.exists()), None)
         if found is not None and not found.is_dir():
