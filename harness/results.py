@@ -81,7 +81,7 @@ def plain(value: Any) -> Any:
     if kind in _PLAIN:
         return value
     if isinstance(value, dict):
-        items = [(key if type(key) in _PLAIN else plain_key(key), plain(item)) for key, item in value.items()]
+        items = [(key if type(key) in _PLAIN else _plain_key(key), plain(item)) for key, item in value.items()]
         if kind is dict and all(a is b and x is y for (a, x), (b, y) in zip(items, value.items())):
             return value
         return dict(items)
@@ -103,7 +103,7 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
-def plain_key(key: Any) -> Any:
+def _plain_key(key: Any) -> Any:
     converted = plain(key)
     return converted if type(converted) in _PLAIN or type(converted) is tuple else str(converted)
 

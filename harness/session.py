@@ -222,15 +222,17 @@ class EvalSession:
             from harness.audit import audit_block
 
             envelope["audit"] = audit_block(self.audits, self.state.all_model_names)
+        folder_made = True
         try:
             write_reports(envelope, out)
         except ReportsIncomplete as exc:
             self._report_failures.extend(exc.failures)
         except OSError as exc:  # the folder itself could not be made (a read-only disk, a file in the way)
             self._report_failures.append(f"no report written: {out}: {type(exc).__name__}: {exc}")
-            self._save_baseline(envelope)
-            return
+            folder_made = False
         self._save_baseline(envelope)
+        if not folder_made:
+            return
         try:
             self.config.hook.pytest_llm_write_report(record=envelope, out_dir=out)
         except Exception as exc:  # noqa: BLE001 - a user's report must not cost the run its summary and its own reports
@@ -358,7 +360,7 @@ class EvalSession:
         sendable = [t for t in plan.tasks if t.request is not None]
         try:
             pending, answered = self._from_cache(sendable, board)  # the models' engines are made here (identity)
-        except EngineStartError as exc:  # a pytest_llm_make_engine hook that raised
+        except EngineStartError as exc:  # an engine that could not be made (a hook that raised) or gave no identity
             self._engine_failed(exc, board)
         left = Counter(t.model for t in pending)
         self._cached = {model: n - left[model] for model, n in Counter(t.model for t in sendable).items()
